@@ -1,0 +1,49 @@
+"""Exceptions raised by cogenesis-device. Each message names the problem."""
+
+
+class CogenesisError(Exception):
+    """Base class of every error raised by this library."""
+
+
+class InvalidParameterError(CogenesisError, ValueError):
+    """A parameter is out of range or not a number (n_ctx <= 0, top_p outside (0, 1], NaN temperature...)."""
+
+
+class MissingFileError(CogenesisError, FileNotFoundError):
+    """A model or state file does not exist."""
+
+
+class ModelLoadError(CogenesisError):
+    """A model file is not a valid GGUF model (bad magic, truncated, unsupported)."""
+
+
+class UnknownModelError(CogenesisError, ValueError):
+    """A model name is neither in the registry nor a path to a file."""
+
+
+class ModelPackageMissingError(CogenesisError, ImportError):
+    """A registry model's PyPI package is not installed."""
+
+
+class ContextOverflowError(CogenesisError, ValueError):
+    """Tokens do not fit in the context window (for example a prompt longer than n_ctx)."""
+
+
+class StateError(CogenesisError):
+    """A KV state file is corrupt, truncated or was saved with another model."""
+
+
+class NoChatTemplateError(CogenesisError):
+    """The model carries no chat template that can be applied."""
+
+
+class DecodeError(CogenesisError):
+    """llama.cpp failed while evaluating tokens."""
+
+
+class CogenesisIOError(CogenesisError, OSError):
+    """A file could not be read or written."""
+
+
+class CancelledError(CogenesisError):
+    """An operation was stopped by cancel()."""

@@ -1,0 +1,288 @@
+"""The local model: generation through the engine's native loop."""
+from __future__ import annotations
+
+import os
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Sequence, Union
+
+import numpy as np
+
+from . import _native
+from .registry import DEFAULT_MODEL, resolve_model
+
+Prompt = Union[str, Sequence[int], np.ndarray]
+
+
+@dataclass(frozen=True)
+class GenerationStats:
+    """Timings of one generation (milliseconds) and token counts."""
+
+    load_ms: float
+    prefill_ms: float
+    first_token_ms: float
+    decode_ms: float
+    sample_ms: float
+    n_prompt: int
+    n_reused: int  # prompt tokens found in the KV cache (not prefilled again)
+    n_generated: int
+    n_decoded: int
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        n = self.n_prompt - self.n_reused
+        return n / self.prefill_ms * 1000.0 if self.prefill_ms > 0 else 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return self.n_decoded / self.decode_ms * 1000.0 if self.decode_ms > 0 else 0.0
+
+    def summary(self) -> str:
+        return (
+            f"prompt {self.n_prompt} tok ({self.n_reused} cached), prefill {self.prefill_ms:.0f} ms, "
+            f"first token {self.first_token_ms:.0f} ms, {self.n_generated} tok generated, "
+            f"decode {self.decode_tokens_per_s:.1f} tok/s, sampling {self.sample_ms:.1f} ms"
+        )
+
+
+@dataclass(frozen=True)
+class Completion:
+    """The result of LocalModel.generate."""
+
+    text: str
+    tokens: list[int]
+    finish_reason: str  # 'eos', 'stop', 'length', 'context_full' or 'cancelled'
+    stats: GenerationStats
+
+
+class CompletionStream:
+    """Iterates over text as it is generated; `result` holds the Completion at the end.
+
+    Use as a context manager (or exhaust it) so the session returns to the pool.
+    """
+
+    def __init__(self, generation: _native.Generation, session: _native.Session, release):
+        self._gen = generation
+        self._session = session
+        self._release = release
+        self._result: Completion | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        while self._result is None:
+            if self._gen.finished:
+                self._finish()
+                break
+            _, text = self._gen.step()
+            if text:
+                return text
+        raise StopIteration
+
+    def cancel(self) -> None:
+        """Stop generating after the current token; the stream then ends with finish_reason 'cancelled'."""
+        self._session.cancel()
+
+    @property
+    def result(self) -> Completion:
+        if self._result is None:
+            raise RuntimeError("the stream has not finished; iterate it to the end first")
+        return self._result
+
+    def close(self) -> None:
+        """Abandon the generation (if unfinished) and return the session to the pool."""
+        self._gen.close()
+        if self._release is not None:
+            self._release(self._session)
+            self._release = None
+
+    def __enter__(self) -> "CompletionStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _finish(self) -> None:
+        self._result = _completion(self._gen)
+        self.close()
+
+
+def _completion(gen: _native.Generation) -> Completion:
+    return Completion(
+        text=gen.text,
+        tokens=gen.tokens.tolist(),
+        finish_reason=gen.finish_reason,
+        stats=GenerationStats(**gen.timings),
+    )
+
+
+class LocalModel:
+    """A GGUF model run by the native engine on this device.
+
+    model: a registry name ("smollm2-135m-instruct", "gemma3-270m") or a path to a .gguf file.
+    n_ctx: context window of each session, in tokens. n_threads: decode threads (default: all cores).
+
+    The model is loaded once; each concurrent generation gets its own session
+    (llama context + KV cache) from a pool, so several threads can generate at once.
+    A session keeps the tokens of its last prompt: a new prompt that starts the
+    same way is not prefilled again.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike = DEFAULT_MODEL,
+        *,
+        n_ctx: int = 2048,
+        n_threads: int | None = None,
+        n_batch: int = 512,
+    ):
+        self.path = resolve_model(model)
+        self.name = os.fspath(model)
+        self._model = _native.Model(str(self.path))
+        self._session_args = dict(n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads or 0)
+        self._idle: list[_native.Session] = []
+        self._lock = threading.Lock()
+        self._idle.append(self.new_session())  # validates n_ctx & co now
+
+    # -- tokenizer ---------------------------------------------------------
+
+    @property
+    def n_ctx(self) -> int:
+        return self._session_args["n_ctx"]
+
+    @property
+    def n_vocab(self) -> int:
+        return self._model.n_vocab
+
+    @property
+    def native(self) -> _native.Model:
+        """The underlying engine model (shared by every session)."""
+        return self._model
+
+    @property
+    def has_chat_template(self) -> bool:
+        return self._model.has_chat_template
+
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = False) -> list[int]:
+        return self._model.tokenize(text, add_special=add_special, parse_special=parse_special).tolist()
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return self._model.detokenize(np.asarray(tokens, dtype=np.int32))
+
+    def apply_chat_template(self, messages: Sequence[dict], *, add_generation_prompt: bool = True) -> str:
+        """Format [{"role": ..., "content": ...}, ...] with the model's own chat template."""
+        pairs = [(m["role"], m["content"]) for m in messages]
+        return self._model.apply_chat_template(pairs, add_generation_prompt=add_generation_prompt)
+
+    # -- sessions ----------------------------------------------------------
+
+    def new_session(self, *, n_seq_max: int = 1) -> _native.Session:
+        """A fresh session of its own (for prefill/decode/state work outside generate)."""
+        return _native.Session(self._model, n_seq_max=n_seq_max, **self._session_args)
+
+    def _acquire(self) -> _native.Session:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return self.new_session()
+
+    def _release(self, session: _native.Session) -> None:
+        with self._lock:
+            self._idle.append(session)
+
+    @contextmanager
+    def _pooled_session(self):
+        session = self._acquire()
+        try:
+            yield session
+        finally:
+            self._release(session)
+
+    def cache_prefix(self, prefix: Prompt, path: str | os.PathLike, *, chat: bool = False) -> int:
+        """Prefill a prompt prefix (e.g. the private context) once and save its KV state to `path`.
+
+        Pass `prefix_cache=path` to generate() later: the prompt's leading tokens that
+        match are restored from the file instead of being evaluated. Returns the token count.
+        """
+        tokens = self._prompt_tokens(prefix, chat=chat, add_generation_prompt=False)
+        with self._pooled_session() as session:
+            session.truncate(0)
+            session.prefill(tokens)
+            session.save_state(os.fspath(path))
+        return len(tokens)
+
+    # -- generation --------------------------------------------------------
+
+    def generate(self, prompt: Prompt, **options) -> Completion:
+        """Generate a completion with the GIL released. See stream() for the options."""
+        gen, session = self._start(prompt, **options)
+        try:
+            gen.run()
+            return _completion(gen)
+        finally:
+            gen.close()
+            self._release(session)
+
+    def stream(
+        self,
+        prompt: Prompt,
+        **options,
+    ) -> CompletionStream:
+        """Generate token by token, yielding text as it becomes final.
+
+        Options: max_tokens=128, temperature=0.8 (<= 0: greedy), top_k=40, top_p=0.95, min_p=0.05,
+        repeat_penalty=1.0, repeat_last_n=64, seed=None (random), stop=None (list of strings),
+        ignore_eos=False, chat=False (wrap the prompt as a user turn with the model's chat
+        template), system=None (system message when chat=True), prefix_cache=None
+        (a file written by cache_prefix).
+        """
+        gen, session = self._start(prompt, **options)
+        return CompletionStream(gen, session, self._release)
+
+    def _start(
+        self,
+        prompt: Prompt,
+        *,
+        max_tokens: int = 128,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        repeat_last_n: int = 64,
+        seed: int | None = None,
+        stop: Sequence[str] | None = None,
+        ignore_eos: bool = False,
+        chat: bool = False,
+        system: str | None = None,
+        prefix_cache: str | os.PathLike | None = None,
+    ):
+        sampler = _native.Sampler(
+            temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+            repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, seed=seed,
+        )
+        tokens = self._prompt_tokens(prompt, chat=chat, system=system)
+        session = self._acquire()
+        try:
+            if prefix_cache is not None:
+                session.load_state(os.fspath(prefix_cache))
+            gen = _native.Generation(
+                session, tokens, sampler, max_tokens=max_tokens, stop=list(stop or []), ignore_eos=ignore_eos,
+            )
+        except BaseException:
+            self._release(session)
+            raise
+        return gen, session
+
+    def _prompt_tokens(
+        self, prompt: Prompt, *, chat: bool, system: str | None = None, add_generation_prompt: bool = True,
+    ) -> np.ndarray:
+        if not isinstance(prompt, str):
+            return np.asarray(prompt, dtype=np.int32)
+        if not chat:
+            return self._model.tokenize(prompt)
+        messages = ([("system", system)] if system else []) + [("user", prompt)]
+        text = self._model.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+        return self._model.tokenize(text, parse_special=True)

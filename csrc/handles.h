@@ -1,0 +1,87 @@
+// Owning wrappers for engine handles, shared by the binding files.
+// Python objects hold shared_ptrs so a model outlives its sessions and a
+// session outlives its generations, whatever order Python frees them in.
+#pragma once
+
+#include "cogenesis.h"
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <atomic>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace cgpy {
+
+namespace py = pybind11;
+
+// A non-OK engine status with its message; errors.cpp maps it to Python.
+struct StatusError : std::runtime_error {
+    int32_t status;
+    StatusError(int32_t s, const std::string & message) : std::runtime_error(message), status(s) {}
+};
+
+inline void check(int32_t status) {
+    if (status != CG_OK) throw StatusError(status, cg_last_error());
+}
+
+struct ModelHandle {
+    cg_model * ptr = nullptr;
+    ~ModelHandle() { cg_model_free(ptr); }
+};
+
+struct SessionHandle {
+    std::shared_ptr<ModelHandle> model;
+    cg_session *                 ptr = nullptr;
+    std::atomic<bool>            busy{false};
+    ~SessionHandle() { cg_session_free(ptr); }
+};
+
+struct SamplerHandle {
+    cg_sampler * ptr = nullptr;
+    ~SamplerHandle() { cg_sampler_free(ptr); }
+};
+
+// Marks a session in use for a scope: a session serves one thread at a time.
+class SessionLease {
+public:
+    explicit SessionLease(SessionHandle & s) : s_(s) {
+        if (s_.busy.exchange(true)) {
+            throw std::runtime_error("this Session is in use (by another thread or an unfinished Generation); "
+                                     "create one Session per thread");
+        }
+    }
+    ~SessionLease() { s_.busy.store(false); }
+    SessionLease(const SessionLease &) = delete;
+    SessionLease & operator=(const SessionLease &) = delete;
+
+private:
+    SessionHandle & s_;
+};
+
+// Tokens in from Python: a C-contiguous int32 view (zero-copy for such numpy
+// arrays; lists are converted). Read only during the call that receives it.
+using TokenArray = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+
+// Hand a vector to numpy without copying: the array owns it from then on.
+template <typename T>
+py::array_t<T> to_numpy(std::vector<T> && v) {
+    auto * owned = new std::vector<T>(std::move(v));
+    py::capsule free_when_done(owned, [](void * p) { delete static_cast<std::vector<T> *>(p); });
+    return py::array_t<T>({(py::ssize_t) owned->size()}, {(py::ssize_t) sizeof(T)}, owned->data(), free_when_done);
+}
+
+inline std::string decode_utf8(const char * data, size_t n) {
+    return py::reinterpret_steal<py::str>(PyUnicode_DecodeUTF8(data, (py::ssize_t) n, "replace"));
+}
+
+void register_errors(py::module_ & m);
+void register_model(py::module_ & m);
+void register_session(py::module_ & m);
+void register_sampler(py::module_ & m);
+void register_generation(py::module_ & m);
+
+}  // namespace cgpy

@@ -1,0 +1,44 @@
+// Binding of the standard sampler chain built from sampling parameters.
+#include "handles.h"
+
+#include <pybind11/stl.h>
+
+#include <optional>
+
+namespace cgpy {
+
+namespace {
+
+std::shared_ptr<SamplerHandle> create(float temperature, int32_t top_k, float top_p, float min_p, float repeat_penalty,
+                                      int32_t repeat_last_n, std::optional<int64_t> seed) {
+    cg_sampling_params p = cg_sampling_default_params();
+    p.temperature = temperature;
+    p.top_k = top_k;
+    p.top_p = top_p;
+    p.min_p = min_p;
+    p.repeat_penalty = repeat_penalty;
+    p.repeat_last_n = repeat_last_n;
+    if (seed) {
+        if (*seed < 0 || *seed >= (int64_t) CG_SEED_RANDOM) {
+            throw StatusError(CG_ERR_INVALID_ARGUMENT, "seed must be in [0, 2**32 - 2], got " + std::to_string(*seed));
+        }
+        p.seed = (uint32_t) *seed;
+    }
+    auto h = std::make_shared<SamplerHandle>();
+    check(cg_sampler_init_from_params(&p, &h->ptr));
+    return h;
+}
+
+}  // namespace
+
+void register_sampler(py::module_ & m) {
+    py::class_<SamplerHandle, std::shared_ptr<SamplerHandle>>(m, "Sampler",
+        "The engine's sampler chain: penalties -> top_k -> top_p -> min_p -> temperature -> dist\n"
+        "(or greedy when temperature <= 0). Parameters are validated here.")
+        .def(py::init(&create), py::kw_only(), py::arg("temperature") = 0.8f, py::arg("top_k") = 40,
+             py::arg("top_p") = 0.95f, py::arg("min_p") = 0.05f, py::arg("repeat_penalty") = 1.0f,
+             py::arg("repeat_last_n") = 64, py::arg("seed") = py::none(),
+             "seed=None draws a random seed at every reset; a fixed seed makes each generation reproducible.");
+}
+
+}  // namespace cgpy

@@ -1,0 +1,107 @@
+// Binding of cg_session: prefill, batched decode, logits, KV state files.
+#include "handles.h"
+
+#include <cstring>
+#include <thread>
+
+namespace cgpy {
+
+namespace {
+
+using SessionPtr = std::shared_ptr<SessionHandle>;
+
+SessionPtr create(std::shared_ptr<ModelHandle> model, int32_t n_ctx, int32_t n_batch, int32_t n_threads,
+                  int32_t n_threads_batch, int32_t n_seq_max, int32_t flash_attn) {
+    cg_session_params p = cg_session_default_params();
+    p.n_ctx = n_ctx;
+    p.n_batch = n_batch;
+    if (n_threads) p.n_threads = n_threads;
+    p.n_threads_batch = n_threads_batch ? n_threads_batch : p.n_threads;
+    p.n_seq_max = n_seq_max;
+    p.flash_attn = flash_attn;
+    auto h = std::make_shared<SessionHandle>();
+    h->model = std::move(model);
+    int32_t rc;
+    {
+        py::gil_scoped_release nogil;
+        rc = cg_session_init(h->model->ptr, p, &h->ptr);
+    }
+    check(rc);
+    return h;
+}
+
+// Run an engine call on the session with the GIL released.
+template <typename Call>
+void run_nogil(SessionHandle & s, Call call) {
+    SessionLease lease(s);
+    int32_t rc;
+    {
+        py::gil_scoped_release nogil;
+        rc = call(s.ptr);
+    }
+    check(rc);
+}
+
+}  // namespace
+
+void register_session(py::module_ & m) {
+    py::class_<SessionHandle, SessionPtr>(m, "Session",
+        "One llama context (KV cache) over a Model, holding up to n_seq_max token sequences that share the\n"
+        "n_ctx window. Use a Session from one thread at a time; create one per thread.")
+        .def(py::init(&create), py::arg("model"), py::kw_only(), py::arg("n_ctx") = 2048, py::arg("n_batch") = 512,
+             py::arg("n_threads") = 0, py::arg("n_threads_batch") = 0, py::arg("n_seq_max") = 1,
+             py::arg("flash_attn") = 0,
+             "n_threads=0 uses every core; n_threads_batch=0 follows n_threads; flash_attn: -1 auto, 0 off, 1 on.")
+        .def_property_readonly("n_ctx", [](const SessionHandle & s) { return cg_session_n_ctx(s.ptr); })
+        .def_property_readonly("n_seq_max", [](const SessionHandle & s) { return cg_session_n_seq_max(s.ptr); })
+        .def("prefill", [](SessionHandle & s, const TokenArray & tokens, int32_t seq_id) {
+                const int32_t * d = tokens.data();
+                const int32_t n = (int32_t) tokens.size();
+                run_nogil(s, [&](cg_session * p) { return cg_session_prefill(p, seq_id, d, n); });
+            }, py::arg("tokens"), py::kw_only(), py::arg("seq_id") = 0,
+             "Append and evaluate tokens on a sequence (GIL released). Row 0 of logits() then scores the next token.")
+        .def("decode", [](SessionHandle & s, const TokenArray & seq_ids, const TokenArray & tokens) {
+                if (seq_ids.size() != tokens.size()) throw py::value_error("seq_ids and tokens must have the same length");
+                const int32_t * ids = seq_ids.data();
+                const int32_t * d = tokens.data();
+                const int32_t n = (int32_t) tokens.size();
+                run_nogil(s, [&](cg_session * p) { return cg_session_decode(p, ids, d, n); });
+            }, py::arg("seq_ids"), py::arg("tokens"),
+             "Append tokens[i] to sequence seq_ids[i], all in one batch (GIL released). Row i of logits() follows entry i.")
+        .def("logits", [](SessionHandle & s, int32_t row) {
+                const float * src = cg_session_logits(s.ptr, row);
+                if (!src) throw StatusError(CG_ERR_INVALID_ARGUMENT, cg_last_error());
+                std::vector<float> copy(src, src + cg_model_n_vocab(s.model->ptr));
+                return to_numpy(std::move(copy));
+            }, py::arg("row") = 0,
+             "Scores of one row of the last evaluation, as a float32 array owned by the caller (a copy: the\n"
+             "engine's buffer is overwritten by the next evaluation).")
+        .def("seq_len", [](const SessionHandle & s, int32_t seq_id) {
+                const int32_t n = cg_session_seq_len(s.ptr, seq_id);
+                if (n < 0) throw StatusError(CG_ERR_INVALID_ARGUMENT, cg_last_error());
+                return n;
+            }, py::arg("seq_id") = 0)
+        .def("seq_tokens", [](const SessionHandle & s, int32_t seq_id) {
+                const int32_t n = cg_session_seq_len(s.ptr, seq_id);
+                if (n < 0) throw StatusError(CG_ERR_INVALID_ARGUMENT, cg_last_error());
+                std::vector<int32_t> toks(n);
+                cg_session_seq_tokens(s.ptr, seq_id, toks.data(), n);
+                return to_numpy(std::move(toks));
+            }, py::arg("seq_id") = 0, "Tokens held in the KV cache for the sequence.")
+        .def("truncate", [](SessionHandle & s, int32_t n_keep, int32_t seq_id) {
+                run_nogil(s, [&](cg_session * p) { return cg_session_seq_truncate(p, seq_id, n_keep); });
+            }, py::arg("n_keep"), py::kw_only(), py::arg("seq_id") = 0,
+             "Keep the first n_keep tokens of the sequence (roll back the rest).")
+        .def("save_state", [](SessionHandle & s, const std::string & path, int32_t seq_id) {
+                run_nogil(s, [&](cg_session * p) { return cg_session_state_save(p, seq_id, path.c_str()); });
+            }, py::arg("path"), py::kw_only(), py::arg("seq_id") = 0,
+             "Write the sequence's KV state and tokens to a file (atomically).")
+        .def("load_state", [](SessionHandle & s, const std::string & path, int32_t seq_id) {
+                run_nogil(s, [&](cg_session * p) { return cg_session_state_load(p, seq_id, path.c_str()); });
+            }, py::arg("path"), py::kw_only(), py::arg("seq_id") = 0,
+             "Replace the sequence with a saved state. Raises StateError if the file is corrupt or from another model.")
+        .def("cancel", [](SessionHandle & s) { cg_session_cancel(s.ptr); },
+             "Stop the running prefill or generation soon. Safe from any thread.");
+}
+
+}  // namespace cgpy

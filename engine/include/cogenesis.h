@@ -1,0 +1,296 @@
+/*
+ * cogenesis.h - C ABI of the cogenesis-device engine.
+ *
+ * A small native core over llama.cpp: load a GGUF model, keep per-thread
+ * sessions (a llama context each), prefill and decode one or several token
+ * sequences, sample with a chain of small samplers, generate with streaming
+ * and cancellation, and save/restore the KV state of a prompt prefix.
+ *
+ * Conventions (after llama.h):
+ *   - every object is an opaque handle created by *_init / *_load and
+ *     released by the matching *_free;
+ *   - parameter structs come from *_default_params();
+ *   - calls that can fail return an int32_t status (CG_OK on success) and
+ *     leave a message for cg_last_error() on the calling thread;
+ *   - calls that fill a caller buffer return the size they need (which may
+ *     exceed the capacity passed; call again with a larger buffer) or -1 on error.
+ *
+ * Threads: a cg_model may be shared by any number of threads; a cg_session
+ * must be used by one thread at a time (cg_session_cancel excepted).
+ * The engine does no network I/O.
+ */
+#ifndef COGENESIS_H
+#define COGENESIS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef int32_t cg_token;
+
+typedef struct cg_model      cg_model;
+typedef struct cg_session    cg_session;
+typedef struct cg_sampler    cg_sampler;
+typedef struct cg_generation cg_generation;
+
+enum cg_status {
+    CG_OK                   = 0,
+    CG_ERR_INVALID_ARGUMENT = 1, /* a parameter is out of range, NaN, NULL... */
+    CG_ERR_FILE_NOT_FOUND   = 2, /* a model or state file does not exist */
+    CG_ERR_MODEL_LOAD       = 3, /* not a GGUF file, truncated, unsupported */
+    CG_ERR_CONTEXT_OVERFLOW = 4, /* tokens do not fit in the context window */
+    CG_ERR_DECODE           = 5, /* llama_decode failed */
+    CG_ERR_STATE            = 6, /* state file corrupt or from another model */
+    CG_ERR_NO_TEMPLATE      = 7, /* the model has no usable chat template */
+    CG_ERR_IO               = 8, /* a file could not be written or read */
+    CG_ERR_CANCELLED        = 9, /* stopped by cg_session_cancel */
+};
+
+/* Message describing the last failure on the calling thread ("" if none). */
+const char * cg_last_error(void);
+
+/* Version string of the engine, e.g. "0.1.0". */
+const char * cg_version(void);
+
+/* ---------------------------------------------------------------- model */
+
+struct cg_model_params {
+    bool use_mmap;   /* map the file instead of reading it into memory */
+    bool vocab_only; /* load the tokenizer only (no weights) */
+};
+
+struct cg_model_params cg_model_default_params(void);
+
+/* Load a GGUF file. Checks that it exists and starts with the GGUF magic
+ * before handing it to llama.cpp. On success *out owns the model. */
+int32_t cg_model_load(const char * path, struct cg_model_params params, cg_model ** out);
+void    cg_model_free(cg_model * model);
+
+int32_t  cg_model_n_vocab(const cg_model * model);
+int32_t  cg_model_n_ctx_train(const cg_model * model);
+cg_token cg_model_token_bos(const cg_model * model);
+cg_token cg_model_token_eos(const cg_model * model);
+/* True for any end-of-generation token (EOS, EOT, ...). */
+bool     cg_model_token_is_eog(const cg_model * model, cg_token token);
+/* Wall time spent in cg_model_load, in milliseconds. */
+double   cg_model_load_ms(const cg_model * model);
+/* Human readable description ("llama 135M Q4_1"); returns bytes needed. */
+int32_t  cg_model_desc(const cg_model * model, char * buf, int32_t capacity);
+/* Size of the model weights in bytes. */
+uint64_t cg_model_size(const cg_model * model);
+
+/* Text -> tokens. Returns the number of tokens (written up to capacity). */
+int32_t cg_tokenize(const cg_model * model, const char * text, int32_t text_len,
+                    bool add_special, bool parse_special, cg_token * out, int32_t capacity);
+/* One token -> its bytes (not NUL-terminated). Returns the byte count. */
+int32_t cg_token_to_piece(const cg_model * model, cg_token token, bool special,
+                          char * buf, int32_t capacity);
+/* Tokens -> text (not NUL-terminated). Returns the byte count. */
+int32_t cg_detokenize(const cg_model * model, const cg_token * tokens, int32_t n_tokens,
+                      bool special, char * buf, int32_t capacity);
+
+/* True if the GGUF metadata carries a chat template. */
+bool    cg_model_has_chat_template(const cg_model * model);
+
+/* Format a conversation with the chat template stored in the GGUF metadata.
+ * roles[i] / contents[i] are NUL-terminated. Returns the byte count of the
+ * prompt, or -1 with CG_ERR_NO_TEMPLATE when the model has none. */
+int32_t cg_chat_apply_template(const cg_model * model, const char * const * roles,
+                               const char * const * contents, int32_t n_messages,
+                               bool add_generation_prompt, char * buf, int32_t capacity);
+
+/* -------------------------------------------------------------- session */
+
+struct cg_session_params {
+    int32_t n_ctx;           /* context window in tokens, shared by all sequences (> 0) */
+    int32_t n_batch;         /* max tokens per llama_decode call during prefill */
+    int32_t n_threads;       /* threads for single-token decoding */
+    int32_t n_threads_batch; /* threads for prefill */
+    int32_t n_seq_max;       /* number of sequences that can be decoded in one batch */
+    int32_t flash_attn;      /* -1 auto, 0 off, 1 on (changes numerics slightly) */
+};
+
+struct cg_session_params cg_session_default_params(void);
+
+/* Create a session (one llama context with its KV cache) over a model.
+ * The model must outlive the session. */
+int32_t cg_session_init(cg_model * model, struct cg_session_params params, cg_session ** out);
+void    cg_session_free(cg_session * session);
+
+int32_t cg_session_n_ctx(const cg_session * session);
+int32_t cg_session_n_seq_max(const cg_session * session);
+
+/* Append tokens to sequence seq_id and evaluate them (in n_batch chunks).
+ * Afterwards logits row 0 holds the scores after the last token. */
+int32_t cg_session_prefill(cg_session * session, int32_t seq_id, const cg_token * tokens, int32_t n_tokens);
+
+/* Append tokens[i] to sequence seq_ids[i] for i < n and evaluate them all in
+ * one llama_decode. Logits row i then holds the scores after entry i.
+ * A sequence may appear several times; its entries are appended in order. */
+int32_t cg_session_decode(cg_session * session, const int32_t * seq_ids, const cg_token * tokens, int32_t n);
+
+/* Scores (n_vocab floats) of row `row` of the last prefill/decode, or NULL.
+ * The pointer stays valid until the next call that evaluates tokens. */
+const float * cg_session_logits(cg_session * session, int32_t row);
+
+/* Number of tokens held in the KV cache for seq_id. */
+int32_t cg_session_seq_len(const cg_session * session, int32_t seq_id);
+/* Copy the tokens of seq_id; returns the count. */
+int32_t cg_session_seq_tokens(const cg_session * session, int32_t seq_id, cg_token * out, int32_t capacity);
+/* Keep the first n_keep tokens of seq_id and drop the rest (0 clears it). */
+int32_t cg_session_seq_truncate(cg_session * session, int32_t seq_id, int32_t n_keep);
+
+/* Write the KV state and tokens of seq_id to a file, tagged with the model's
+ * fingerprint. This is the private-context cache: prefill once, reuse often. */
+int32_t cg_session_state_save(cg_session * session, int32_t seq_id, const char * path);
+/* Replace seq_id with the state in a file written by cg_session_state_save.
+ * Fails with CG_ERR_STATE if the file is corrupt, truncated or from another model. */
+int32_t cg_session_state_load(cg_session * session, int32_t seq_id, const char * path);
+
+/* Ask the session's running prefill/generation to stop as soon as possible.
+ * Safe to call from any thread. The flag clears when the next generation starts. */
+void cg_session_cancel(cg_session * session);
+
+/* -------------------------------------------------------------- sampler */
+
+typedef struct cg_token_data {
+    cg_token id;
+    float    logit;
+    float    p;
+} cg_token_data;
+
+typedef struct cg_token_data_array {
+    cg_token_data * data;
+    size_t          size;
+    int64_t         selected; /* index into data chosen by a selecting sampler, -1 if none */
+    bool            sorted;   /* data is sorted by logit, descending */
+} cg_token_data_array;
+
+/* A sampler is one small object: apply transforms or selects from the
+ * candidates, accept observes the token finally chosen, reset starts over.
+ * A chain is itself a sampler. Custom samplers plug in through cg_sampler_i. */
+typedef struct cg_sampler_i {
+    void (*apply) (void * ctx, cg_token_data_array * candidates); /* required */
+    void (*accept)(void * ctx, cg_token token);                   /* optional */
+    void (*reset) (void * ctx);                                   /* optional */
+    void (*free)  (void * ctx);                                   /* optional */
+} cg_sampler_i;
+
+cg_sampler * cg_sampler_init_custom(const cg_sampler_i * iface, void * ctx);
+
+/* Built-in samplers. Each returns NULL (and sets cg_last_error) for invalid
+ * arguments. */
+cg_sampler * cg_sampler_init_greedy(void);
+cg_sampler * cg_sampler_init_dist(uint32_t seed);      /* sample from softmax(logits) */
+cg_sampler * cg_sampler_init_temp(float temperature);  /* temperature > 0 */
+cg_sampler * cg_sampler_init_top_k(int32_t k);         /* k > 0 */
+cg_sampler * cg_sampler_init_top_p(float p);           /* 0 < p <= 1 */
+cg_sampler * cg_sampler_init_min_p(float p);           /* 0 <= p <= 1 */
+cg_sampler * cg_sampler_init_penalties(int32_t last_n, float repeat_penalty); /* repeat_penalty > 0 */
+
+cg_sampler * cg_sampler_chain_init(void);
+/* Append `link` to `chain`; the chain takes ownership of it. */
+int32_t      cg_sampler_chain_add(cg_sampler * chain, cg_sampler * link);
+
+void cg_sampler_apply (cg_sampler * sampler, cg_token_data_array * candidates);
+void cg_sampler_accept(cg_sampler * sampler, cg_token token);
+void cg_sampler_reset (cg_sampler * sampler);
+void cg_sampler_free  (cg_sampler * sampler);
+
+/* Build candidates from logits row `row` of the session, apply the sampler,
+ * accept the chosen token and return it (-1 on error). */
+cg_token cg_sampler_sample(cg_sampler * sampler, cg_session * session, int32_t row);
+
+#define CG_SEED_RANDOM 0xFFFFFFFFu
+
+struct cg_sampling_params {
+    float    temperature;    /* <= 0 means greedy; must not be NaN */
+    int32_t  top_k;          /* 0 disables */
+    float    top_p;          /* in (0, 1]; 1 disables */
+    float    min_p;          /* in [0, 1]; 0 disables */
+    float    repeat_penalty; /* > 0; 1 disables */
+    int32_t  repeat_last_n;  /* tokens considered by the penalty */
+    uint32_t seed;           /* CG_SEED_RANDOM picks one */
+};
+
+struct cg_sampling_params cg_sampling_default_params(void);
+
+/* Validate params and build the standard chain:
+ * penalties -> top_k -> top_p -> min_p -> temperature -> dist (or greedy). */
+int32_t cg_sampler_init_from_params(const struct cg_sampling_params * params, cg_sampler ** out);
+
+/* ----------------------------------------------------------- generation */
+
+enum cg_finish_reason {
+    CG_FINISH_NONE         = 0, /* still running */
+    CG_FINISH_EOS          = 1, /* the model produced an end-of-generation token */
+    CG_FINISH_STOP         = 2, /* a stop string appeared (it is not part of the text) */
+    CG_FINISH_LENGTH       = 3, /* max_tokens reached */
+    CG_FINISH_CONTEXT_FULL = 4, /* the context window is full */
+    CG_FINISH_CANCELLED    = 5, /* cg_session_cancel or the callback asked to stop */
+};
+
+/* Called once per generated token with the text it completes (possibly empty:
+ * text is held back while it may be an incomplete UTF-8 character or the start
+ * of a stop string). Return false to stop generating. */
+typedef bool (*cg_token_callback)(cg_token token, const char * text, int32_t text_len, void * user_data);
+
+struct cg_generate_params {
+    int32_t              seq_id;     /* sequence to generate on */
+    int32_t              max_tokens; /* >= 0 */
+    const char * const * stop;       /* stop strings (may be NULL) */
+    int32_t              n_stop;
+    bool                 ignore_eos;
+    cg_token_callback    on_token;   /* cg_generate only; may be NULL */
+    void *               user_data;
+};
+
+struct cg_generate_params cg_generate_default_params(void);
+
+/* Timing statistics of one generation, in milliseconds. */
+struct cg_timings {
+    double  load_ms;        /* model load (once per model) */
+    double  prefill_ms;     /* evaluating the prompt tokens not already cached */
+    double  first_token_ms; /* start of generation to first token chosen */
+    double  decode_ms;      /* evaluating generated tokens */
+    double  sample_ms;      /* sampler chain */
+    int32_t n_prompt;       /* prompt tokens */
+    int32_t n_reused;       /* prompt tokens found in the KV cache */
+    int32_t n_generated;    /* tokens generated (excluding a final EOS) */
+    int32_t n_decoded;      /* generated tokens evaluated (decode_ms covers these) */
+};
+
+/* Begin a generation: reuse the longest cached prefix of the prompt on
+ * params->seq_id, evaluate the rest, and reset the sampler (then feed it the
+ * prompt for penalties). session and sampler must outlive the generation. */
+int32_t cg_generation_start(cg_session * session, const cg_token * prompt, int32_t n_prompt,
+                            cg_sampler * sampler, const struct cg_generate_params * params,
+                            cg_generation ** out);
+
+/* Produce one token. On CG_OK: *token is the token (-1 once finished),
+ * *text / *text_len the newly released text (valid until the next call).
+ * Check cg_generation_finish_reason after each call. */
+int32_t cg_generation_next(cg_generation * gen, cg_token * token, const char ** text, int32_t * text_len);
+
+enum cg_finish_reason cg_generation_finish_reason(const cg_generation * gen);
+/* All text released so far (not NUL-terminated). */
+const char *      cg_generation_text(const cg_generation * gen, int32_t * len);
+int32_t           cg_generation_tokens(const cg_generation * gen, cg_token * out, int32_t capacity);
+struct cg_timings cg_generation_timings(const cg_generation * gen);
+void              cg_generation_free(cg_generation * gen);
+
+/* Run a whole generation, calling params->on_token for each token.
+ * Writes the finish reason and timings if the pointers are not NULL. */
+int32_t cg_generate(cg_session * session, const cg_token * prompt, int32_t n_prompt,
+                    cg_sampler * sampler, const struct cg_generate_params * params,
+                    enum cg_finish_reason * finish_reason, struct cg_timings * timings);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* COGENESIS_H */

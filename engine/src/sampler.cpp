@@ -1,0 +1,320 @@
+// Samplers: small objects with apply / accept / reset; a chain is one too.
+#include "internal.h"
+
+#include <algorithm>
+#include <cmath>
+#include <deque>
+#include <random>
+
+struct cg_sampler {
+    cg_sampler_i iface;
+    void *       ctx;
+};
+
+namespace {
+
+struct Sampler {
+    virtual ~Sampler() = default;
+    virtual void apply(cg_token_data_array * cur) = 0;
+    virtual void accept(cg_token) {}
+    virtual void reset() {}
+};
+
+const cg_sampler_i kBuiltin = {
+    [](void * c, cg_token_data_array * a) { static_cast<Sampler *>(c)->apply(a); },
+    [](void * c, cg_token t) { static_cast<Sampler *>(c)->accept(t); },
+    [](void * c) { static_cast<Sampler *>(c)->reset(); },
+    [](void * c) { delete static_cast<Sampler *>(c); },
+};
+
+cg_sampler * wrap(Sampler * s) { return new cg_sampler{kBuiltin, s}; }
+
+cg_sampler * invalid(const std::string & message) {
+    cg::fail(CG_ERR_INVALID_ARGUMENT, message);
+    return nullptr;
+}
+
+void sort_desc(cg_token_data_array * cur) {
+    if (cur->sorted) return;
+    std::sort(cur->data, cur->data + cur->size, [](const cg_token_data & a, const cg_token_data & b) { return a.logit > b.logit; });
+    cur->sorted = true;
+}
+
+// Fill p with softmax(logit) and return nothing; works sorted or not.
+void softmax(cg_token_data_array * cur) {
+    float max_l = -INFINITY;
+    for (size_t i = 0; i < cur->size; ++i) max_l = std::max(max_l, cur->data[i].logit);
+    double sum = 0.0;
+    for (size_t i = 0; i < cur->size; ++i) {
+        cur->data[i].p = std::exp(cur->data[i].logit - max_l);
+        sum += cur->data[i].p;
+    }
+    for (size_t i = 0; i < cur->size; ++i) cur->data[i].p = (float) (cur->data[i].p / sum);
+}
+
+struct Greedy : Sampler {
+    void apply(cg_token_data_array * cur) override {
+        if (cur->size == 0) return;
+        if (cur->sorted) { cur->selected = 0; return; }
+        size_t best = 0;
+        for (size_t i = 1; i < cur->size; ++i) {
+            if (cur->data[i].logit > cur->data[best].logit) best = i;
+        }
+        cur->selected = (int64_t) best;
+    }
+};
+
+struct Dist : Sampler {
+    uint32_t     seed;
+    std::mt19937 rng;
+    explicit Dist(uint32_t s) : seed(s) { reset(); }
+    void reset() override { rng.seed(seed == CG_SEED_RANDOM ? std::random_device{}() : seed); }
+    void apply(cg_token_data_array * cur) override {
+        if (cur->size == 0) return;
+        softmax(cur);
+        const float u = std::uniform_real_distribution<float>(0.0f, 1.0f)(rng);
+        float acc = 0.0f;
+        cur->selected = (int64_t) cur->size - 1;
+        for (size_t i = 0; i < cur->size; ++i) {
+            acc += cur->data[i].p;
+            if (u < acc) { cur->selected = (int64_t) i; break; }
+        }
+    }
+};
+
+struct Temp : Sampler {
+    float t;
+    explicit Temp(float t_) : t(t_) {}
+    void apply(cg_token_data_array * cur) override {
+        for (size_t i = 0; i < cur->size; ++i) cur->data[i].logit /= t;
+    }
+};
+
+struct TopK : Sampler {
+    size_t k;
+    explicit TopK(int32_t k_) : k((size_t) k_) {}
+    void apply(cg_token_data_array * cur) override {
+        if (k >= cur->size) return;
+        if (!cur->sorted) {
+            std::partial_sort(cur->data, cur->data + k, cur->data + cur->size,
+                              [](const cg_token_data & a, const cg_token_data & b) { return a.logit > b.logit; });
+            cur->sorted = true;
+        }
+        cur->size = k;
+    }
+};
+
+struct TopP : Sampler {
+    float p;
+    explicit TopP(float p_) : p(p_) {}
+    void apply(cg_token_data_array * cur) override {
+        if (p >= 1.0f || cur->size <= 1) return;
+        sort_desc(cur);
+        softmax(cur);
+        float acc = 0.0f;
+        size_t keep = cur->size;
+        for (size_t i = 0; i < cur->size; ++i) {
+            acc += cur->data[i].p;
+            if (acc >= p) { keep = i + 1; break; }
+        }
+        cur->size = keep;
+    }
+};
+
+// Keep tokens whose probability is at least p times the best one's:
+// logit >= max_logit + log(p), no softmax needed.
+struct MinP : Sampler {
+    float p;
+    explicit MinP(float p_) : p(p_) {}
+    void apply(cg_token_data_array * cur) override {
+        if (p <= 0.0f || cur->size <= 1) return;
+        float max_l = -INFINITY;
+        for (size_t i = 0; i < cur->size; ++i) max_l = std::max(max_l, cur->data[i].logit);
+        const float threshold = max_l + std::log(p);
+        size_t n = 0;
+        for (size_t i = 0; i < cur->size; ++i) {
+            if (cur->data[i].logit >= threshold) cur->data[n++] = cur->data[i];
+        }
+        cur->size = n;  // order is preserved, so sorted stays valid
+    }
+};
+
+// Repetition penalty over the last `last_n` accepted tokens (llama.cpp's rule:
+// positive logits are divided, negative ones multiplied).
+struct Penalties : Sampler {
+    int32_t             last_n;
+    float               penalty;
+    std::deque<cg_token> window;
+    Penalties(int32_t n, float pen) : last_n(n), penalty(pen) {}
+    void accept(cg_token t) override {
+        if (last_n <= 0) return;
+        window.push_back(t);
+        if ((int32_t) window.size() > last_n) window.pop_front();
+    }
+    void reset() override { window.clear(); }
+    void apply(cg_token_data_array * cur) override {
+        if (window.empty()) return;
+        std::vector<cg_token> seen(window.begin(), window.end());
+        std::sort(seen.begin(), seen.end());
+        seen.erase(std::unique(seen.begin(), seen.end()), seen.end());
+        for (cg_token t : seen) {
+            cg_token_data * d = nullptr;
+            // Fast path: candidates still in vocabulary order.
+            if ((size_t) t < cur->size && cur->data[t].id == t) {
+                d = &cur->data[t];
+            } else {
+                for (size_t i = 0; i < cur->size; ++i) {
+                    if (cur->data[i].id == t) { d = &cur->data[i]; break; }
+                }
+            }
+            if (!d) continue;
+            d->logit = d->logit > 0 ? d->logit / penalty : d->logit * penalty;
+        }
+        cur->sorted = false;
+    }
+};
+
+struct Chain : Sampler {
+    std::vector<cg_sampler *> links;
+    ~Chain() override {
+        for (auto * l : links) cg_sampler_free(l);
+    }
+    void apply(cg_token_data_array * cur) override {
+        for (auto * l : links) l->iface.apply(l->ctx, cur);
+    }
+    void accept(cg_token t) override {
+        for (auto * l : links) cg_sampler_accept(l, t);
+    }
+    void reset() override {
+        for (auto * l : links) cg_sampler_reset(l);
+    }
+};
+
+}  // namespace
+
+extern "C" {
+
+cg_sampler * cg_sampler_init_custom(const cg_sampler_i * iface, void * ctx) {
+    if (!iface || !iface->apply) return invalid("a custom sampler needs an apply function");
+    return new cg_sampler{*iface, ctx};
+}
+
+cg_sampler * cg_sampler_init_greedy(void) { return wrap(new Greedy); }
+cg_sampler * cg_sampler_init_dist(uint32_t seed) { return wrap(new Dist(seed)); }
+
+cg_sampler * cg_sampler_init_temp(float t) {
+    if (!(t > 0.0f) || std::isinf(t)) return invalid("temperature must be a finite number > 0 for the temp sampler, got " + std::to_string(t));
+    return wrap(new Temp(t));
+}
+
+cg_sampler * cg_sampler_init_top_k(int32_t k) {
+    if (k <= 0) return invalid("top_k must be > 0, got " + std::to_string(k));
+    return wrap(new TopK(k));
+}
+
+cg_sampler * cg_sampler_init_top_p(float p) {
+    if (!(p > 0.0f && p <= 1.0f)) return invalid("top_p must be in (0, 1], got " + std::to_string(p));
+    return wrap(new TopP(p));
+}
+
+cg_sampler * cg_sampler_init_min_p(float p) {
+    if (!(p >= 0.0f && p <= 1.0f)) return invalid("min_p must be in [0, 1], got " + std::to_string(p));
+    return wrap(new MinP(p));
+}
+
+cg_sampler * cg_sampler_init_penalties(int32_t last_n, float repeat_penalty) {
+    if (!(repeat_penalty > 0.0f) || std::isinf(repeat_penalty)) {
+        return invalid("repeat_penalty must be a finite number > 0, got " + std::to_string(repeat_penalty));
+    }
+    if (last_n < 0) return invalid("repeat_last_n must be >= 0, got " + std::to_string(last_n));
+    return wrap(new Penalties(last_n, repeat_penalty));
+}
+
+cg_sampler * cg_sampler_chain_init(void) { return wrap(new Chain); }
+
+int32_t cg_sampler_chain_add(cg_sampler * chain, cg_sampler * link) {
+    Chain * c = chain && chain->iface.apply == kBuiltin.apply ? dynamic_cast<Chain *>(static_cast<Sampler *>(chain->ctx)) : nullptr;
+    if (!c || !link) return cg::fail(CG_ERR_INVALID_ARGUMENT, "cg_sampler_chain_add needs a chain and a non-NULL link");
+    c->links.push_back(link);
+    return CG_OK;
+}
+
+void cg_sampler_apply(cg_sampler * s, cg_token_data_array * cur) { s->iface.apply(s->ctx, cur); }
+void cg_sampler_accept(cg_sampler * s, cg_token t) { if (s->iface.accept) s->iface.accept(s->ctx, t); }
+void cg_sampler_reset(cg_sampler * s) { if (s->iface.reset) s->iface.reset(s->ctx); }
+
+void cg_sampler_free(cg_sampler * s) {
+    if (!s) return;
+    if (s->iface.free) s->iface.free(s->ctx);
+    delete s;
+}
+
+cg_token cg_sampler_sample(cg_sampler * s, cg_session * session, int32_t row) {
+    const float * logits = cg_session_logits(session, row);
+    if (!logits) return -1;
+    auto & cand = session->candidates;
+    const size_t n_vocab = cand.size();
+    for (size_t i = 0; i < n_vocab; ++i) cand[i] = {(cg_token) i, logits[i], 0.0f};
+    cg_token_data_array arr{cand.data(), n_vocab, -1, false};
+    s->iface.apply(s->ctx, &arr);
+    if (arr.selected < 0 || (size_t) arr.selected >= arr.size) {
+        cg::fail(CG_ERR_INVALID_ARGUMENT, "the sampler chain selected no token (end it with greedy or dist)");
+        return -1;
+    }
+    const cg_token_data & chosen = arr.data[arr.selected];
+    if (std::isnan(chosen.logit)) {
+        cg::fail(CG_ERR_DECODE, "the model produced NaN scores");
+        return -1;
+    }
+    cg_sampler_accept(s, chosen.id);
+    return chosen.id;
+}
+
+struct cg_sampling_params cg_sampling_default_params(void) {
+    cg_sampling_params p;
+    p.temperature = 0.8f;
+    p.top_k = 40;
+    p.top_p = 0.95f;
+    p.min_p = 0.05f;
+    p.repeat_penalty = 1.0f;
+    p.repeat_last_n = 64;
+    p.seed = CG_SEED_RANDOM;
+    return p;
+}
+
+int32_t cg_sampler_init_from_params(const struct cg_sampling_params * p, cg_sampler ** out) {
+    if (!p || !out) return cg::fail(CG_ERR_INVALID_ARGUMENT, "sampling params and out must not be NULL");
+    *out = nullptr;
+    if (std::isnan(p->temperature) || std::isinf(p->temperature)) {
+        return cg::fail(CG_ERR_INVALID_ARGUMENT, "temperature must be a finite number, got " + std::to_string(p->temperature));
+    }
+    if (p->top_k < 0) return cg::fail(CG_ERR_INVALID_ARGUMENT, "top_k must be >= 0 (0 disables), got " + std::to_string(p->top_k));
+    if (!(p->top_p > 0.0f && p->top_p <= 1.0f)) {
+        return cg::fail(CG_ERR_INVALID_ARGUMENT, "top_p must be in (0, 1], got " + std::to_string(p->top_p));
+    }
+    if (!(p->min_p >= 0.0f && p->min_p <= 1.0f)) {
+        return cg::fail(CG_ERR_INVALID_ARGUMENT, "min_p must be in [0, 1], got " + std::to_string(p->min_p));
+    }
+    if (!(p->repeat_penalty > 0.0f) || std::isinf(p->repeat_penalty)) {
+        return cg::fail(CG_ERR_INVALID_ARGUMENT, "repeat_penalty must be a finite number > 0, got " + std::to_string(p->repeat_penalty));
+    }
+    if (p->repeat_last_n < 0) return cg::fail(CG_ERR_INVALID_ARGUMENT, "repeat_last_n must be >= 0");
+
+    cg_sampler * chain = cg_sampler_chain_init();
+    if (p->repeat_penalty != 1.0f && p->repeat_last_n > 0) {
+        cg_sampler_chain_add(chain, cg_sampler_init_penalties(p->repeat_last_n, p->repeat_penalty));
+    }
+    if (p->temperature <= 0.0f) {
+        cg_sampler_chain_add(chain, cg_sampler_init_greedy());
+    } else {
+        if (p->top_k > 0) cg_sampler_chain_add(chain, cg_sampler_init_top_k(p->top_k));
+        if (p->top_p < 1.0f) cg_sampler_chain_add(chain, cg_sampler_init_top_p(p->top_p));
+        if (p->min_p > 0.0f) cg_sampler_chain_add(chain, cg_sampler_init_min_p(p->min_p));
+        cg_sampler_chain_add(chain, cg_sampler_init_temp(p->temperature));
+        cg_sampler_chain_add(chain, cg_sampler_init_dist(p->seed));
+    }
+    *out = chain;
+    return CG_OK;
+}
+
+}  // extern "C"
