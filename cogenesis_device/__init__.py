@@ -3,19 +3,19 @@
 A small local GGUF model sees the user's private context; a large remote model
 sees only the public instruction (CoGenesis, arXiv 2403.03129).
 """
-import llama_cpp as _llama_cpp
+from ._libllama import load_libllama
 
-# llama_cpp's ctypes layer has now loaded libllama.so.0; importing the
-# extension binds it to that same library (one libllama per process).
-_REQUIRED_LLAMA_CPP = "0.3.36"
-if _llama_cpp.__version__ != _REQUIRED_LLAMA_CPP:
-    raise ImportError(
-        f"cogenesis-device was built against llama-cpp-python=={_REQUIRED_LLAMA_CPP}, "
-        f"but {_llama_cpp.__version__} is installed"
-    )
+load_libllama()
 
 from . import errors  # noqa: E402
-from ._native import __engine_version__  # noqa: E402
+
+try:
+    from ._native import __engine_version__  # noqa: E402
+except ModuleNotFoundError as exc:  # pragma: no cover - depends on how it is run
+    raise ImportError(
+        "cogenesis_device._native is not built here. Install the package (pip install .) and import it from "
+        "outside the source tree, or run the tests with `pytest` (not `python -m pytest`) from the checkout."
+    ) from exc
 from .local import Completion, CompletionStream, GenerationStats, LocalModel  # noqa: E402
 from .registry import DEFAULT_MODEL, MODELS, resolve_model  # noqa: E402
 

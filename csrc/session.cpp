@@ -10,15 +10,17 @@ namespace {
 
 using SessionPtr = std::shared_ptr<SessionHandle>;
 
-SessionPtr create(std::shared_ptr<ModelHandle> model, int32_t n_ctx, int32_t n_batch, int32_t n_threads,
-                  int32_t n_threads_batch, int32_t n_seq_max, int32_t flash_attn) {
+SessionPtr create(std::shared_ptr<ModelHandle> model, int32_t n_ctx, int32_t n_batch, int32_t n_ubatch, int32_t n_threads,
+                  int32_t n_threads_batch, int32_t n_seq_max, int32_t flash_attn, int32_t n_outputs_max) {
     cg_session_params p = cg_session_default_params();
     p.n_ctx = n_ctx;
     p.n_batch = n_batch;
+    p.n_ubatch = n_ubatch;
     if (n_threads) p.n_threads = n_threads;
     p.n_threads_batch = n_threads_batch ? n_threads_batch : p.n_threads;
     p.n_seq_max = n_seq_max;
     p.flash_attn = flash_attn;
+    p.n_outputs_max = n_outputs_max;
     auto h = std::make_shared<SessionHandle>();
     h->model = std::move(model);
     int32_t rc;
@@ -48,10 +50,11 @@ void register_session(py::module_ & m) {
     py::class_<SessionHandle, SessionPtr>(m, "Session",
         "One llama context (KV cache) over a Model, holding up to n_seq_max token sequences that share the\n"
         "n_ctx window. Use a Session from one thread at a time; create one per thread.")
-        .def(py::init(&create), py::arg("model"), py::kw_only(), py::arg("n_ctx") = 2048, py::arg("n_batch") = 512,
+        .def(py::init(&create), py::arg("model"), py::kw_only(), py::arg("n_ctx") = 2048, py::arg("n_batch") = 512, py::arg("n_ubatch") = 256,
              py::arg("n_threads") = 0, py::arg("n_threads_batch") = 0, py::arg("n_seq_max") = 1,
-             py::arg("flash_attn") = 0,
-             "n_threads=0 uses every core; n_threads_batch=0 follows n_threads; flash_attn: -1 auto, 0 off, 1 on.")
+             py::arg("flash_attn") = 1, py::arg("n_outputs_max") = 32,
+             "n_threads=0 uses every core; n_threads_batch=0 follows n_threads; flash_attn: -1 auto, 0 off, 1 on;\n"
+             "n_outputs_max: most logits rows one decode() may return (each costs n_vocab floats of compute buffer).")
         .def_property_readonly("n_ctx", [](const SessionHandle & s) { return cg_session_n_ctx(s.ptr); })
         .def_property_readonly("n_seq_max", [](const SessionHandle & s) { return cg_session_n_seq_max(s.ptr); })
         .def("prefill", [](SessionHandle & s, const TokenArray & tokens, int32_t seq_id) {

@@ -108,10 +108,12 @@ int32_t cg_chat_apply_template(const cg_model * model, const char * const * role
 struct cg_session_params {
     int32_t n_ctx;           /* context window in tokens, shared by all sequences (> 0) */
     int32_t n_batch;         /* max tokens per llama_decode call during prefill */
+    int32_t n_ubatch;        /* tokens per compute step; sizes the compute buffer */
     int32_t n_threads;       /* threads for single-token decoding */
     int32_t n_threads_batch; /* threads for prefill */
     int32_t n_seq_max;       /* number of sequences that can be decoded in one batch */
-    int32_t flash_attn;      /* -1 auto, 0 off, 1 on (changes numerics slightly) */
+    int32_t flash_attn;      /* -1 auto, 0 off, 1 on (default: on; changes numerics slightly) */
+    int32_t n_outputs_max;   /* max logits rows per cg_session_decode; sizes the compute buffer */
 };
 
 struct cg_session_params cg_session_default_params(void);

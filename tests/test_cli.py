@@ -1,0 +1,48 @@
+"""The `cogenesis` console script: text to stdout, stats to stderr, clean errors."""
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+
+def run_cli(*args, stdin=None):
+    exe = shutil.which("cogenesis")
+    cmd = [exe] if exe else [sys.executable, "-m", "cogenesis_device.cli"]
+    return subprocess.run(cmd + list(args), input=stdin, capture_output=True, text=True, timeout=300)
+
+
+def test_generate_streams_text_and_reports_stats(model):
+    proc = run_cli("generate", "Name a fruit.", "-n", "12", "--temp", "0", "--seed", "1")
+    assert proc.returncode == 0, proc.stderr
+    expected = model.generate("Name a fruit.", chat=True, max_tokens=12, temperature=0)
+    assert proc.stdout == expected.text + "\n"
+    assert "finish=" in proc.stderr and "tok/s" in proc.stderr and "first token" in proc.stderr
+
+
+def test_generate_reads_the_prompt_from_stdin_and_raw_mode(model):
+    proc = run_cli("generate", "--raw", "-n", "8", "--temp", "0", stdin="The capital of France is")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == model.generate("The capital of France is", max_tokens=8, temperature=0).text + "\n"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--top-p", "2"], "top_p"),
+        (["--temp", "nan"], "temperature"),
+        (["-m", "/nonexistent/model.gguf"], "model file not found"),
+        (["--n-ctx", "0"], "n_ctx"),
+    ],
+)
+def test_bad_input_is_a_one_line_error(args, message):
+    proc = run_cli("generate", "Hi", "-n", "2", *args)
+    assert proc.returncode == 1
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_models_lists_the_registry():
+    proc = run_cli("models")
+    assert proc.returncode == 0
+    assert "smollm2-135m-instruct" in proc.stdout and "gemma3-270m" in proc.stdout

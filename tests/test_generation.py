@@ -1,0 +1,193 @@
+"""Generation through the native loop: parity, sampling, streaming, stops, threads."""
+import re
+import threading
+
+import llama_cpp
+import numpy as np
+import pytest
+
+import cogenesis_device as cg
+from cogenesis_device import _native
+
+from conftest import GREEDY
+
+PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Once upon a time, in a village",
+]
+
+
+def reference_greedy(llama_ref, tokens, n):
+    out = []
+    for t in llama_ref.generate(tokens, temp=0.0, repeat_penalty=1.0, reset=True):
+        if llama_cpp.llama_vocab_is_eog(llama_ref._model.vocab, t) or len(out) == n:
+            break
+        out.append(t)
+    return out
+
+
+@pytest.mark.parametrize("prompt", PROMPTS + ["<chat>"])
+def test_greedy_matches_llama_cpp_python(model, llama_ref, prompt):
+    if prompt == "<chat>":
+        prompt = model.apply_chat_template([{"role": "user", "content": "Write a short email to my landlord about a broken heater."}])
+    tokens = llama_ref.tokenize(prompt.encode(), special=True)
+    assert model.tokenize(prompt, parse_special=True) == tokens
+    ours = model.generate(tokens, max_tokens=64, **GREEDY)
+    assert ours.tokens == reference_greedy(llama_ref, tokens, 64)
+    assert ours.text == model.detokenize(ours.tokens)
+
+
+def test_one_libllama_in_process(model, llama_ref):
+    # Both libraries are in use (fixtures loaded a model through each).
+    assert llama_ref.n_vocab() == model.n_vocab
+    with open("/proc/self/maps") as f:
+        mapped = set(re.findall(r"\S*libllama\S*", f.read()))
+    assert len(mapped) == 1, mapped
+    assert mapped.pop().startswith(str(llama_cpp.__path__[0]))
+
+
+def test_same_seed_same_output_and_different_seeds_differ(model):
+    opts = dict(max_tokens=32, temperature=1.2, top_k=0, top_p=1.0, min_p=0.0, ignore_eos=True)
+    a = model.generate("My favourite food is", seed=7, **opts)
+    b = model.generate("My favourite food is", seed=7, **opts)
+    assert a.tokens == b.tokens
+    others = {tuple(model.generate("My favourite food is", seed=s, **opts).tokens) for s in (1, 2, 3)}
+    assert len(others | {tuple(a.tokens)}) == 4
+
+
+def test_sampling_with_default_chain_is_reproducible(model):
+    a = model.generate("Write a poem about rain.", chat=True, max_tokens=24, seed=11)
+    b = model.generate("Write a poem about rain.", chat=True, max_tokens=24, seed=11)
+    assert a.tokens == b.tokens and a.text == b.text
+
+
+def test_repeat_penalty_changes_greedy_output(model):
+    plain = model.generate("one one one one one", max_tokens=16, ignore_eos=True, **GREEDY)
+    penal = model.generate("one one one one one", max_tokens=16, ignore_eos=True, repeat_penalty=1.8, **GREEDY)
+    assert plain.tokens.count(plain.tokens[0]) > penal.tokens.count(plain.tokens[0])
+
+
+def test_stream_yields_the_same_text_as_generate(model):
+    full = model.generate("List three colours:", max_tokens=40, **GREEDY)
+    with model.stream("List three colours:", max_tokens=40, **GREEDY) as stream:
+        chunks = list(stream)
+    assert "".join(chunks) == full.text
+    assert stream.result.tokens == full.tokens
+    assert stream.result.finish_reason == full.finish_reason
+    assert len(chunks) > 5
+
+
+def test_stop_string_ends_generation_before_it(model):
+    full = model.generate("Count: one, two,", max_tokens=30, ignore_eos=True, **GREEDY)
+    stop = full.text[len(full.text) // 2 : len(full.text) // 2 + 4]
+    cut = model.generate("Count: one, two,", max_tokens=30, stop=[stop, "zzzz-never"], **GREEDY)
+    assert cut.finish_reason == "stop"
+    assert cut.text == full.text[: full.text.index(stop)]
+    with model.stream("Count: one, two,", max_tokens=30, stop=[stop], **GREEDY) as s:
+        assert "".join(s) == cut.text
+
+
+def test_finish_reasons(model):
+    assert model.generate("Hi", max_tokens=0).finish_reason == "length"
+    assert model.generate("Hi", max_tokens=0).text == ""
+    done = model.generate("What is 2+2?", chat=True, max_tokens=200, **GREEDY)
+    assert done.finish_reason == "eos" and 0 < len(done.tokens) < 200
+    small = cg.LocalModel(n_ctx=48, n_threads=2)
+    full = small.generate("The history of the city begins", max_tokens=100, ignore_eos=True, **GREEDY)
+    assert full.finish_reason == "context_full"
+    assert full.stats.n_prompt + full.stats.n_generated == 48 + 1  # the last token is sampled, not stored
+
+
+def test_prompt_prefix_is_reused(model):
+    prompt = "A long shared preamble about the weather in Lisbon. " * 5 + "Today"
+    first = model.generate(prompt, max_tokens=8, **GREEDY)
+    again = model.generate(prompt, max_tokens=8, **GREEDY)
+    assert again.tokens == first.tokens
+    assert again.stats.n_reused == again.stats.n_prompt - 1
+    assert again.stats.prefill_ms < first.stats.prefill_ms or first.stats.n_reused > 0
+
+
+def test_cancel_stops_a_stream(model):
+    with model.stream("Tell me a long story.", chat=True, max_tokens=300, ignore_eos=True, **GREEDY) as stream:
+        for i, _ in enumerate(stream):
+            if i == 4:
+                stream.cancel()
+        result = stream.result
+    assert result.finish_reason == "cancelled"
+    assert 5 <= result.stats.n_generated < 300
+    # The session is back in the pool and works.
+    assert model.generate("Hi", max_tokens=2).finish_reason in ("length", "eos")
+
+
+def test_gil_is_released_while_decoding(model):
+    done = threading.Event()
+    ticks = 0
+
+    def work():
+        model.generate("Write a story.", chat=True, max_tokens=64, ignore_eos=True, **GREEDY)
+        done.set()
+
+    t = threading.Thread(target=work)
+    t.start()
+    while not done.is_set():
+        ticks += 1
+    t.join()
+    # Holding the GIL through the native loop would starve this thread.
+    assert ticks > 10_000
+
+
+def test_threads_generate_at_once_with_their_own_sessions(model):
+    prompts = ["The sea is", "My cat likes", "In 1969, the", "Python is a"]
+    expected = [model.generate(p, max_tokens=24, **GREEDY).tokens for p in prompts]
+    results = [None] * len(prompts)
+    barrier = threading.Barrier(len(prompts))
+
+    def work(i):
+        barrier.wait()
+        results[i] = model.generate(prompts[i], max_tokens=24, **GREEDY).tokens
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == expected
+
+
+def test_a_session_serves_one_generation_at_a_time(model):
+    session = model.new_session()
+    greedy = _native.Sampler(temperature=0)
+    gen = _native.Generation(session, model.tokenize("Hello"), greedy, max_tokens=4)
+    with pytest.raises(RuntimeError, match="in use"):
+        _native.Generation(session, model.tokenize("Hello"), greedy, max_tokens=4)
+    gen.run()
+    _native.Generation(session, model.tokenize("Hello"), greedy, max_tokens=4).run()
+
+
+def test_two_sequences_in_one_batch_match_separate_decoding(model):
+    a, b = model.tokenize("The weather today is"), model.tokenize("My private diary says that I")
+    both = model.new_session(n_seq_max=2)
+    both.prefill(a[:-1], seq_id=0)
+    both.prefill(b[:-1], seq_id=1)
+    both.decode([0, 1], [a[-1], b[-1]])
+    batched = [both.logits(0), both.logits(1)]
+    for row, toks in enumerate((a, b)):
+        alone = model.new_session()
+        alone.prefill(toks)
+        ref = alone.logits()
+        assert np.argmax(batched[row]) == np.argmax(ref)
+        assert np.max(np.abs(batched[row] - ref)) < 0.05
+    assert both.seq_len(0) == len(a) and both.seq_len(1) == len(b)
+
+
+def test_truncate_rolls_back_the_kv_cache(model):
+    s = model.new_session()
+    toks = model.tokenize("Rolling back the cache")
+    s.prefill(toks)
+    first = s.logits()
+    s.decode([0, 0, 0], [100, 200, 300])
+    s.truncate(len(toks) - 1)
+    s.prefill(toks[-1:])
+    np.testing.assert_allclose(s.logits(), first, atol=1e-4)
+    assert s.seq_tokens().tolist() == toks
