@@ -42,6 +42,7 @@ def _generate(args) -> int:
             sys.stdout.flush()
         result = stream.result
     sys.stdout.write("\n")
+    sys.stdout.flush()
     print(f"[{model.name}] finish={result.finish_reason}; {result.stats.summary()}; "
           f"load {result.stats.load_ms:.0f} ms", file=sys.stderr)
     return 0
