@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -74,6 +75,10 @@ py::array_t<T> to_numpy(std::vector<T> && v) {
     return py::array_t<T>({(py::ssize_t) owned->size()}, {(py::ssize_t) sizeof(T)}, owned->data(), free_when_done);
 }
 
+// Validated sampling parameters (seed None = random), shared by Sampler and FusionSampler.
+cg_sampling_params sampling_params(float temperature, int32_t top_k, float top_p, float min_p, float repeat_penalty,
+                                   int32_t repeat_last_n, std::optional<int64_t> seed);
+
 inline std::string decode_utf8(const char * data, size_t n) {
     return py::reinterpret_steal<py::str>(PyUnicode_DecodeUTF8(data, (py::ssize_t) n, "replace"));
 }
@@ -83,5 +88,21 @@ void register_model(py::module_ & m);
 void register_session(py::module_ & m);
 void register_sampler(py::module_ & m);
 void register_generation(py::module_ & m);
+void register_fusion(py::module_ & m);
+void register_gate(py::module_ & m);
+void register_fusion_sampler(py::module_ & m);
+void register_vocab_bridge(py::module_ & m);
+
+struct GateHandle {
+    cg_gate * ptr = nullptr;
+    ~GateHandle() { cg_gate_free(ptr); }
+};
+
+// Float scores in from Python: zero-copy for C-contiguous float32 numpy arrays.
+using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
+
+int32_t parse_fusion_rule(const std::string & name);
+int32_t parse_sparse_fill(const std::string & name);
+py::dict fusion_info_dict(const cg_fusion_info & info);
 
 }  // namespace cgpy

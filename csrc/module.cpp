@@ -9,4 +9,8 @@ PYBIND11_MODULE(_native, m) {
     cgpy::register_session(m);
     cgpy::register_sampler(m);
     cgpy::register_generation(m);
+    cgpy::register_gate(m);
+    cgpy::register_fusion(m);
+    cgpy::register_fusion_sampler(m);
+    cgpy::register_vocab_bridge(m);
 }

@@ -7,10 +7,8 @@
 
 namespace cgpy {
 
-namespace {
-
-std::shared_ptr<SamplerHandle> create(float temperature, int32_t top_k, float top_p, float min_p, float repeat_penalty,
-                                      int32_t repeat_last_n, std::optional<int64_t> seed) {
+cg_sampling_params sampling_params(float temperature, int32_t top_k, float top_p, float min_p, float repeat_penalty,
+                                   int32_t repeat_last_n, std::optional<int64_t> seed) {
     cg_sampling_params p = cg_sampling_default_params();
     p.temperature = temperature;
     p.top_k = top_k;
@@ -24,6 +22,14 @@ std::shared_ptr<SamplerHandle> create(float temperature, int32_t top_k, float to
         }
         p.seed = (uint32_t) *seed;
     }
+    return p;
+}
+
+namespace {
+
+std::shared_ptr<SamplerHandle> create(float temperature, int32_t top_k, float top_p, float min_p, float repeat_penalty,
+                                      int32_t repeat_last_n, std::optional<int64_t> seed) {
+    const cg_sampling_params p = sampling_params(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed);
     auto h = std::make_shared<SamplerHandle>();
     check(cg_sampler_init_from_params(&p, &h->ptr));
     return h;

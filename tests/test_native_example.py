@@ -59,7 +59,8 @@ def test_c_program_reports_a_bad_model_file(example, tmp_path):
 
 
 @pytest.mark.asan
-def test_c_program_is_clean_under_address_sanitizer(model, tmp_path):
+def test_c_programs_are_clean_under_address_sanitizer(model, tmp_path):
+    """The generation example and the fusion/bridge fuzzer, built with -fsanitize=address."""
     if not (ROOT / "engine" / "CMakeLists.txt").exists():
         pytest.skip("engine sources are not available (installed package only)")
     exe = build_example(tmp_path / "asan-build", "-DCOGENESIS_ASAN=ON")
@@ -68,3 +69,10 @@ def test_c_program_is_clean_under_address_sanitizer(model, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ERROR: AddressSanitizer" not in proc.stderr
     assert proc.stdout == model.generate(PROMPT, max_tokens=24, temperature=0).text
+
+    fuzz = subprocess.run([str(exe.parent / "cogenesis_fusion_fuzz"), "2000", str(model.path)], capture_output=True,
+                          text=True, timeout=600, env=env)
+    assert fuzz.returncode == 0, fuzz.stderr[-3000:]
+    assert fuzz.stdout.startswith("ok ")
+    calls, errors = map(int, fuzz.stdout.split()[1:])
+    assert calls > 2000 and 0 < errors < calls

@@ -291,6 +291,127 @@ int32_t cg_generate(cg_session * session, const cg_token * prompt, int32_t n_pro
                     cg_sampler * sampler, const struct cg_generate_params * params,
                     enum cg_finish_reason * finish_reason, struct cg_timings * timings);
 
+/* --------------------------------------------------------------- fusion */
+
+/* How local and remote next-token scores are combined. Both sides are first
+ * turned into log-probabilities: the local side by log-softmax over its dense
+ * logits, the remote side from its sparse top-k logprobs (see cg_sparse_fill). */
+enum cg_fusion_rule {
+    CG_FUSION_WEIGHTED      = 0, /* w*local + (1-w)*remote; w = 0.5 is the paper's mean */
+    CG_FUSION_MAX           = 1, /* max(local, remote) */
+    CG_FUSION_CONTEXT_DELTA = 2, /* remote + alpha*(local - local_noctx) */
+    CG_FUSION_GATE          = 3, /* weighted, with w from a learned gate (cg_gate) */
+};
+
+/* What the remote side says about tokens outside its top-k. Never 0. */
+enum cg_sparse_fill {
+    CG_FILL_MASK = 0, /* -inf: only listed tokens can be chosen */
+    CG_FILL_TAIL = 1, /* an equal share of the remaining mass 1 - sum(p_topk) */
+};
+
+/* A remote next-token distribution known on k tokens. Handling, by design:
+ * k == 0 makes the step local-only; logprobs <= -9999 (OpenAI's sentinel) are
+ * dropped; duplicate ids are merged (probabilities added); ids outside the
+ * vocabulary, NaN or +inf logprobs, and logprobs > 0.001 are errors. */
+typedef struct cg_sparse_dist {
+    const int32_t * ids;
+    const float *   logprobs;
+    int32_t         k;
+} cg_sparse_dist;
+
+struct cg_fusion_params {
+    int32_t rule;   /* enum cg_fusion_rule */
+    int32_t fill;   /* enum cg_sparse_fill */
+    float   weight; /* w in [0, 1]: the local share (WEIGHTED) */
+    float   alpha;  /* a >= 0: strength of the private-context delta (CONTEXT_DELTA) */
+};
+
+struct cg_fusion_params cg_fusion_default_params(void);
+
+#define CG_GATE_N_FEATURES 8
+
+/* Vocabulary-independent features of one step, the learned gate's input:
+ * entropies, top-1 probabilities, overlap and divergence of the top-k lists. */
+struct cg_fusion_features {
+    float local_entropy;    /* nats, full local distribution */
+    float remote_entropy;   /* nats, remote top-k renormalized */
+    float local_top_p;      /* probability of the local top-1 */
+    float remote_top_p;     /* probability of the remote top-1 */
+    float overlap;          /* |local top-k & remote top-k| / k, k = remote k (at most 20) */
+    float divergence;       /* Jensen-Shannon (nats) on the union of both top-k lists, renormalized */
+    float local_p_of_remote_top; /* local probability of the remote's top-1 */
+    float remote_p_of_local_top; /* remote probability of the local's top-1 (fill value if unlisted) */
+};
+
+/* Attribution of one fused step: who wanted what, and the weight used. */
+struct cg_fusion_info {
+    float    weight;       /* local weight used: w (WEIGHTED), the gate's output (GATE), 1 on
+                              local-only steps, NaN for MAX and CONTEXT_DELTA (no weight) */
+    cg_token local_top;    /* argmax of the local scores */
+    cg_token remote_top;   /* remote top-1 (-1 on local-only steps) */
+    cg_token fused_top;    /* argmax of the fused scores */
+    cg_token chosen;       /* token the chain finally chose (-1 until accepted) */
+    bool     consulted;    /* a remote distribution took part */
+    struct cg_fusion_features features; /* filled for GATE, zero otherwise */
+};
+
+/* A small MLP w = sigmoid(w2 . tanh(W1 ((f - mean) / std) + b1) + b2) over the
+ * CG_GATE_N_FEATURES features. The text file holds, whitespace separated:
+ * "cogenesis-gate 1 <n_features> <n_hidden>", then mean[n_features],
+ * std[n_features], W1[n_hidden * n_features] (row-major), b1[n_hidden],
+ * w2[n_hidden], b2. */
+typedef struct cg_gate cg_gate;
+
+int32_t cg_gate_load(const char * path, cg_gate ** out);
+/* The same from arrays (copied). */
+int32_t cg_gate_init(int32_t n_hidden, const float * mean, const float * std_, const float * w1,
+                     const float * b1, const float * w2, float b2, cg_gate ** out);
+void    cg_gate_free(cg_gate * gate);
+/* The gate's output for given features. */
+float   cg_gate_weight(const cg_gate * gate, const struct cg_fusion_features * features);
+
+/* Fuse dense local logits (n_vocab floats) with a sparse remote distribution
+ * into out (n_vocab floats; may alias local). local_noctx is required for
+ * CONTEXT_DELTA only, gate for GATE only. info may be NULL. Local logits may
+ * be -inf (masked) but not NaN or +inf. */
+int32_t cg_fuse(const struct cg_fusion_params * params, const cg_gate * gate, const float * local,
+                const float * local_noctx, int32_t n_vocab, const cg_sparse_dist * remote, float * out,
+                struct cg_fusion_info * info);
+
+/* The fusion link of a sampler chain (put it first). Before each step give it
+ * the remote distribution with cg_fusion_sampler_set_remote; a step with none
+ * set is local-only. The distribution is consumed by that step. gate may be
+ * NULL unless params->rule is GATE; it must outlive the sampler. */
+cg_sampler * cg_sampler_init_fusion(const struct cg_fusion_params * params, const cg_gate * gate, int32_t n_vocab);
+/* Copies remote (and local_noctx, n_vocab floats, for CONTEXT_DELTA). */
+int32_t cg_fusion_sampler_set_remote(cg_sampler * fusion, const cg_sparse_dist * remote, const float * local_noctx);
+/* Attribution of the last fused step (chosen is set once the chain accepted a token). */
+int32_t cg_fusion_sampler_last_info(const cg_sampler * fusion, struct cg_fusion_info * out);
+
+/* The paper's P/K/T schedule: consult the remote on every step below p, then
+ * in each cycle of k + t steps skip k and consult t. step is 0-based. */
+bool cg_schedule_consult(int32_t p, int32_t k, int32_t t, int32_t step);
+
+/* ------------------------------------------------------ vocabulary bridge */
+
+/* Maps token strings of another tokenizer (a remote model's) onto this
+ * model's vocabulary by longest-prefix match over the local tokens' bytes. */
+typedef struct cg_vocab_bridge cg_vocab_bridge;
+
+int32_t cg_vocab_bridge_init(const cg_model * model, cg_vocab_bridge ** out);
+void    cg_vocab_bridge_free(cg_vocab_bridge * bridge);
+
+/* Local id whose bytes are the longest prefix of text[0:len], or -1 (for an
+ * empty string). Results are cached; safe to call from several threads. */
+cg_token cg_vocab_bridge_lookup(cg_vocab_bridge * bridge, const char * text, int32_t len);
+
+/* Map n remote (token bytes, logprob) pairs to a local sparse distribution:
+ * empty tokens, NaN logprobs and the -9999 sentinel are dropped, tokens that
+ * land on the same local id have their probabilities added. Writes up to n
+ * entries to out_ids / out_logprobs and returns their count. */
+int32_t cg_vocab_bridge_map(cg_vocab_bridge * bridge, const char * const * tokens, const int32_t * lens,
+                            const float * logprobs, int32_t n, cg_token * out_ids, float * out_logprobs);
+
 #ifdef __cplusplus
 }
 #endif

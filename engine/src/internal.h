@@ -54,4 +54,17 @@ struct cg_session {
 namespace cg {
 // Total tokens in the KV cache across sequences (they share one window).
 int32_t session_used(const cg_session * s);
+
+// Base of the built-in samplers: one small object with apply / accept / reset.
+struct Sampler {
+    virtual ~Sampler() = default;
+    virtual void apply(cg_token_data_array * cur) = 0;
+    virtual void accept(cg_token) {}
+    virtual void reset() {}
+};
+
+// Wrap a built-in sampler in a cg_sampler handle that owns it.
+cg_sampler * wrap_sampler(Sampler * s);
+// The built-in sampler behind a handle, or nullptr for a custom one.
+Sampler * builtin_sampler(const cg_sampler * s);
 }  // namespace cg

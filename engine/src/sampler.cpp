@@ -13,12 +13,7 @@ struct cg_sampler {
 
 namespace {
 
-struct Sampler {
-    virtual ~Sampler() = default;
-    virtual void apply(cg_token_data_array * cur) = 0;
-    virtual void accept(cg_token) {}
-    virtual void reset() {}
-};
+using cg::Sampler;
 
 const cg_sampler_i kBuiltin = {
     [](void * c, cg_token_data_array * a) { static_cast<Sampler *>(c)->apply(a); },
@@ -27,7 +22,6 @@ const cg_sampler_i kBuiltin = {
     [](void * c) { delete static_cast<Sampler *>(c); },
 };
 
-cg_sampler * wrap(Sampler * s) { return new cg_sampler{kBuiltin, s}; }
 
 cg_sampler * invalid(const std::string & message) {
     cg::fail(CG_ERR_INVALID_ARGUMENT, message);
@@ -192,6 +186,12 @@ struct Chain : Sampler {
 
 }  // namespace
 
+cg_sampler * cg::wrap_sampler(Sampler * s) { return new cg_sampler{kBuiltin, s}; }
+
+cg::Sampler * cg::builtin_sampler(const cg_sampler * s) {
+    return s && s->iface.apply == kBuiltin.apply ? static_cast<Sampler *>(s->ctx) : nullptr;
+}
+
 extern "C" {
 
 cg_sampler * cg_sampler_init_custom(const cg_sampler_i * iface, void * ctx) {
@@ -199,27 +199,27 @@ cg_sampler * cg_sampler_init_custom(const cg_sampler_i * iface, void * ctx) {
     return new cg_sampler{*iface, ctx};
 }
 
-cg_sampler * cg_sampler_init_greedy(void) { return wrap(new Greedy); }
-cg_sampler * cg_sampler_init_dist(uint32_t seed) { return wrap(new Dist(seed)); }
+cg_sampler * cg_sampler_init_greedy(void) { return cg::wrap_sampler(new Greedy); }
+cg_sampler * cg_sampler_init_dist(uint32_t seed) { return cg::wrap_sampler(new Dist(seed)); }
 
 cg_sampler * cg_sampler_init_temp(float t) {
     if (!(t > 0.0f) || std::isinf(t)) return invalid("temperature must be a finite number > 0 for the temp sampler, got " + std::to_string(t));
-    return wrap(new Temp(t));
+    return cg::wrap_sampler(new Temp(t));
 }
 
 cg_sampler * cg_sampler_init_top_k(int32_t k) {
     if (k <= 0) return invalid("top_k must be > 0, got " + std::to_string(k));
-    return wrap(new TopK(k));
+    return cg::wrap_sampler(new TopK(k));
 }
 
 cg_sampler * cg_sampler_init_top_p(float p) {
     if (!(p > 0.0f && p <= 1.0f)) return invalid("top_p must be in (0, 1], got " + std::to_string(p));
-    return wrap(new TopP(p));
+    return cg::wrap_sampler(new TopP(p));
 }
 
 cg_sampler * cg_sampler_init_min_p(float p) {
     if (!(p >= 0.0f && p <= 1.0f)) return invalid("min_p must be in [0, 1], got " + std::to_string(p));
-    return wrap(new MinP(p));
+    return cg::wrap_sampler(new MinP(p));
 }
 
 cg_sampler * cg_sampler_init_penalties(int32_t last_n, float repeat_penalty) {
@@ -227,13 +227,13 @@ cg_sampler * cg_sampler_init_penalties(int32_t last_n, float repeat_penalty) {
         return invalid("repeat_penalty must be a finite number > 0, got " + std::to_string(repeat_penalty));
     }
     if (last_n < 0) return invalid("repeat_last_n must be >= 0, got " + std::to_string(last_n));
-    return wrap(new Penalties(last_n, repeat_penalty));
+    return cg::wrap_sampler(new Penalties(last_n, repeat_penalty));
 }
 
-cg_sampler * cg_sampler_chain_init(void) { return wrap(new Chain); }
+cg_sampler * cg_sampler_chain_init(void) { return cg::wrap_sampler(new Chain); }
 
 int32_t cg_sampler_chain_add(cg_sampler * chain, cg_sampler * link) {
-    Chain * c = chain && chain->iface.apply == kBuiltin.apply ? dynamic_cast<Chain *>(static_cast<Sampler *>(chain->ctx)) : nullptr;
+    Chain * c = dynamic_cast<Chain *>(cg::builtin_sampler(chain));
     if (!c || !link) return cg::fail(CG_ERR_INVALID_ARGUMENT, "cg_sampler_chain_add needs a chain and a non-NULL link");
     c->links.push_back(link);
     return CG_OK;
@@ -256,9 +256,10 @@ cg_token cg_sampler_sample(cg_sampler * s, cg_session * session, int32_t row) {
     const size_t n_vocab = cand.size();
     for (size_t i = 0; i < n_vocab; ++i) cand[i] = {(cg_token) i, logits[i], 0.0f};
     cg_token_data_array arr{cand.data(), n_vocab, -1, false};
+    cg::clear_error();
     s->iface.apply(s->ctx, &arr);
     if (arr.selected < 0 || (size_t) arr.selected >= arr.size) {
-        cg::fail(CG_ERR_INVALID_ARGUMENT, "the sampler chain selected no token (end it with greedy or dist)");
+        if (!*cg_last_error()) cg::fail(CG_ERR_INVALID_ARGUMENT, "the sampler chain selected no token (end it with greedy or dist)");
         return -1;
     }
     const cg_token_data & chosen = arr.data[arr.selected];

@@ -1,0 +1,173 @@
+"""Logit fusion: native fusion on numpy arrays, a numpy reference, and a LogitsProcessor.
+
+Every rule works in log-probability space. The local side is log-softmax(local logits). The remote
+side is a sparse top-k of (ids, logprobs), and its unlisted tokens get the fill:
+  - mask: -inf;
+  - tail: log((1 - sum p_topk) / (V - k)).
+Never 0. The rules:
+  - weighted:      w * local + (1 - w) * remote          (w = 0.5 is the paper's mean)
+  - max:           max(local, remote)
+  - context_delta: remote + alpha * (local - local_noctx)  (the private context as the "tuning")
+  - gate:          weighted, with w from a learned gate over vocabulary-independent features
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from . import _native
+
+RULES = ("weighted", "max", "context_delta", "gate")
+FILLS = ("mask", "tail")
+FEATURE_NAMES = (
+    "local_entropy", "remote_entropy", "local_top_p", "remote_top_p",
+    "overlap", "divergence", "local_p_of_remote_top", "remote_p_of_local_top",
+)
+FEATURE_TOP_K = 20
+SENTINEL = -9999.0
+
+fuse = _native.fuse
+Gate = _native.Gate
+FusionSampler = _native.FusionSampler
+VocabBridge = _native.VocabBridge
+schedule_consult = _native.schedule_consult
+
+
+# -- numpy reference (float64); the native code must agree with it -----------
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = x.max()
+    return x - (m + np.log(np.exp(x - m).sum()))
+
+
+def _remote_dense(ids, logprobs, n_vocab: int, fill: str) -> tuple[np.ndarray, dict[int, float], float]:
+    merged: dict[int, float] = {}
+    for i, lp in zip(np.asarray(ids).tolist(), np.asarray(logprobs, dtype=np.float64).tolist()):
+        if lp <= SENTINEL:
+            continue
+        p = np.exp(min(lp, 0.0))
+        merged[i] = merged.get(i, 0.0) + p
+    listed = {i: np.log(min(p, 1.0)) for i, p in merged.items()}
+    fill_lp = -np.inf
+    rest = 1.0 - sum(np.exp(v) for v in listed.values())
+    if fill == "tail" and rest > 1e-7 and n_vocab > len(listed):
+        fill_lp = np.log(rest / (n_vocab - len(listed)))
+    dense = np.full(n_vocab, fill_lp)
+    for i, v in listed.items():
+        dense[i] = v
+    return dense, listed, fill_lp
+
+
+def features_reference(local, remote_ids, remote_logprobs, fill: str = "mask") -> np.ndarray:
+    """The gate's 8 input features, as the engine computes them."""
+    ll = _log_softmax(np.asarray(local))
+    p_local = np.exp(ll)
+    dense, listed, fill_lp = _remote_dense(remote_ids, remote_logprobs, len(ll), fill)
+    ranked = sorted(listed.items(), key=lambda kv: -kv[1])
+    q = np.exp(np.array([v for _, v in ranked]))
+    qn = q / q.sum()
+    m = min(FEATURE_TOP_K, len(ranked))
+    remote_top_ids = [i for i, _ in ranked[:m]]
+    local_top_ids = np.argsort(-ll, kind="stable")[:m].tolist()
+    union = remote_top_ids + [i for i in local_top_ids if i not in remote_top_ids]
+    pu = p_local[union] / p_local[union].sum()
+    qu = np.exp(dense[union])
+    qu = qu / qu.sum()
+    mid = 0.5 * (pu + qu)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        js = 0.5 * np.nansum(np.where(pu > 0, pu * np.log(pu / mid), 0.0)) + \
+             0.5 * np.nansum(np.where(qu > 0, qu * np.log(qu / mid), 0.0))
+    local_top = int(np.argmax(ll))
+    return np.array([
+        -(p_local[p_local > 0] * ll[p_local > 0]).sum(),
+        -(qn * np.log(qn)).sum(),
+        p_local[local_top],
+        q[0],
+        len(set(local_top_ids) & set(remote_top_ids)) / m,
+        js,
+        p_local[ranked[0][0]],
+        np.exp(dense[local_top]),
+    ])
+
+
+def gate_reference(features: np.ndarray, mean, std, w1, b1, w2, b2) -> float:
+    std = np.where(np.asarray(std) > 0, std, 1.0)
+    z = (np.asarray(features, dtype=np.float64) - mean) / std
+    return float(1.0 / (1.0 + np.exp(-(np.asarray(w2) @ np.tanh(np.asarray(w1) @ z + b1) + b2))))
+
+
+def fuse_reference(
+    local, remote_ids, remote_logprobs, *, rule: str = "weighted", fill: str = "mask", weight: float = 0.5,
+    alpha: float = 1.0, local_noctx=None, gate_arrays: dict | None = None,
+) -> np.ndarray:
+    """What fuse() computes, in float64 numpy: the specification the native code is tested against."""
+    ll = _log_softmax(np.asarray(local))
+    if len(remote_ids) == 0 or all(lp <= SENTINEL for lp in remote_logprobs):
+        return ll
+    rd, _, _ = _remote_dense(remote_ids, remote_logprobs, len(ll), fill)
+    if rule == "max":
+        return np.maximum(ll, rd)
+    if rule == "context_delta":
+        if alpha == 0:
+            return rd
+        ln = _log_softmax(np.asarray(local_noctx))
+        with np.errstate(invalid="ignore"):
+            out = rd + alpha * (ll - ln)
+        out[np.isneginf(ll) | np.isneginf(ln)] = -np.inf
+        return out
+    if rule == "gate":
+        weight = gate_reference(features_reference(local, remote_ids, remote_logprobs, fill), **gate_arrays)
+    if weight == 1.0:
+        return ll
+    if weight == 0.0:
+        return rd
+    return weight * ll + (1.0 - weight) * rd
+
+
+# -- transformers-style logits processor ---------------------------------------
+
+RemoteFn = Callable[[Sequence[int]], "tuple[Sequence[int], Sequence[float]]"]
+
+
+class FusionLogitsProcessor:
+    """Fuses a remote top-k into each row of scores, with the call shape of transformers' LogitsProcessor.
+
+    remote(input_ids_of_row) -> (ids, logprobs): the remote model's top-k for the next token, on
+    this model's vocabulary (use VocabBridge.map for another tokenizer). An empty top-k leaves the
+    row local-only. local_noctx(input_ids_of_row) -> scores is needed for context_delta. Works on
+    numpy arrays, and on CPU float32 torch tensors without copying their data. `infos` collects
+    each row's attribution.
+    """
+
+    def __init__(self, remote: RemoteFn, *, rule: str = "weighted", fill: str = "mask", weight: float = 0.5,
+                 alpha: float = 1.0, gate: Gate | None = None,
+                 local_noctx: Callable[[Sequence[int]], np.ndarray] | None = None):
+        if rule == "context_delta" and local_noctx is None:
+            raise ValueError("rule 'context_delta' needs local_noctx(prefix): this model's scores without the context")
+        self.remote, self.rule, self.fill, self.weight, self.alpha, self.gate = remote, rule, fill, weight, alpha, gate
+        self.local_noctx = local_noctx
+        self.infos: list[dict] = []
+
+    def __call__(self, input_ids, scores):
+        torch_tensor = type(scores).__module__.startswith("torch")
+        rows = scores.detach().cpu().numpy() if torch_tensor else np.asarray(scores)
+        ids = input_ids.detach().cpu().numpy() if torch_tensor else np.asarray(input_ids)
+        rows2d = rows.reshape(-1, rows.shape[-1])
+        out = np.empty(rows2d.shape, dtype=np.float32)
+        for r in range(rows2d.shape[0]):
+            prefix = ids.reshape(rows2d.shape[0], -1)[r].tolist()
+            rid, rlp = self.remote(prefix)
+            noctx = self.local_noctx(prefix) if self.local_noctx else None
+            _, info = fuse(rows2d[r], np.asarray(rid, dtype=np.int32), np.asarray(rlp, dtype=np.float32),
+                           rule=self.rule, fill=self.fill, weight=self.weight, alpha=self.alpha,
+                           local_noctx=noctx, gate=self.gate, out=out[r])
+            self.infos.append(info)
+        out = out.reshape(rows.shape)
+        if torch_tensor:
+            import torch
+
+            return torch.from_numpy(out).to(scores.device)
+        return out

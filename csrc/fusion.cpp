@@ -1,0 +1,96 @@
+// Binding of cg_fuse (numpy in, numpy out) and the P/K/T schedule.
+#include "handles.h"
+
+#include <pybind11/stl.h>
+
+namespace cgpy {
+
+int32_t parse_fusion_rule(const std::string & name) {
+    if (name == "weighted") return CG_FUSION_WEIGHTED;
+    if (name == "max") return CG_FUSION_MAX;
+    if (name == "context_delta") return CG_FUSION_CONTEXT_DELTA;
+    if (name == "gate") return CG_FUSION_GATE;
+    throw StatusError(CG_ERR_INVALID_ARGUMENT, "unknown fusion rule '" + name + "' (weighted, max, context_delta, gate)");
+}
+
+int32_t parse_sparse_fill(const std::string & name) {
+    if (name == "mask") return CG_FILL_MASK;
+    if (name == "tail") return CG_FILL_TAIL;
+    throw StatusError(CG_ERR_INVALID_ARGUMENT, "unknown sparse fill '" + name + "' (mask, tail)");
+}
+
+py::dict fusion_info_dict(const cg_fusion_info & info) {
+    py::dict d;
+    d["weight"] = info.weight;
+    d["local_top"] = info.local_top;
+    d["remote_top"] = info.remote_top;
+    d["fused_top"] = info.fused_top;
+    d["chosen"] = info.chosen;
+    d["consulted"] = info.consulted;
+    const auto & f = info.features;
+    py::dict feats;
+    feats["local_entropy"] = f.local_entropy;
+    feats["remote_entropy"] = f.remote_entropy;
+    feats["local_top_p"] = f.local_top_p;
+    feats["remote_top_p"] = f.remote_top_p;
+    feats["overlap"] = f.overlap;
+    feats["divergence"] = f.divergence;
+    feats["local_p_of_remote_top"] = f.local_p_of_remote_top;
+    feats["remote_p_of_local_top"] = f.remote_p_of_local_top;
+    d["features"] = feats;
+    return d;
+}
+
+namespace {
+
+py::tuple fuse(const FloatArray & local, const TokenArray & remote_ids, const FloatArray & remote_logprobs,
+               const std::string & rule, const std::string & fill, float weight, float alpha,
+               std::optional<FloatArray> local_noctx, std::shared_ptr<GateHandle> gate, std::optional<py::array> out) {
+    const py::ssize_t n = local.size();
+    if (local.ndim() != 1) throw py::value_error("local must be a 1-D array of n_vocab scores");
+    if (remote_ids.size() != remote_logprobs.size()) throw py::value_error("remote_ids and remote_logprobs differ in length");
+    if (local_noctx && local_noctx->size() != n) throw py::value_error("local_noctx must have the same length as local");
+    py::array_t<float> result;
+    if (out) {
+        // Written in place: the caller's float32 C-contiguous array of n floats.
+        auto arr = py::array_t<float, py::array::c_style>::ensure(*out);
+        if (!arr || arr.size() != n || !arr.writeable() || arr.ptr() != out->ptr()) {
+            throw py::value_error("out must be a writable C-contiguous float32 array of len(local)");
+        }
+        result = arr;
+    } else {
+        result = py::array_t<float>(n);
+    }
+    cg_fusion_params p = cg_fusion_default_params();
+    p.rule = parse_fusion_rule(rule);
+    p.fill = parse_sparse_fill(fill);
+    p.weight = weight;
+    p.alpha = alpha;
+    const cg_sparse_dist dist{remote_ids.data(), remote_logprobs.data(), (int32_t) remote_ids.size()};
+    const float * noctx = local_noctx ? local_noctx->data() : nullptr;
+    float * dst = result.mutable_data();
+    cg_fusion_info info{};
+    int32_t rc;
+    {
+        py::gil_scoped_release nogil;
+        rc = cg_fuse(&p, gate ? gate->ptr : nullptr, local.data(), noctx, (int32_t) n, &dist, dst, &info);
+    }
+    check(rc);
+    return py::make_tuple(result, fusion_info_dict(info));
+}
+
+}  // namespace
+
+void register_fusion(py::module_ & m) {
+    m.def("fuse", &fuse, py::arg("local"), py::arg("remote_ids"), py::arg("remote_logprobs"), py::kw_only(),
+          py::arg("rule") = "weighted", py::arg("fill") = "mask", py::arg("weight") = 0.5f, py::arg("alpha") = 1.0f,
+          py::arg("local_noctx") = py::none(), py::arg("gate") = nullptr, py::arg("out") = py::none(),
+          "Fuse dense local logits with a sparse remote top-k (ids, logprobs) into log-probabilities.\n"
+          "Returns (fused, info). float32 C-contiguous inputs are read in place and `out`, if given, is\n"
+          "written in place; all are used only during the call (GIL released).\n"
+          "rule: weighted | max | context_delta | gate; fill: mask (-inf) | tail (remaining mass shared).");
+    m.def("schedule_consult", &cg_schedule_consult, py::arg("p"), py::arg("k"), py::arg("t"), py::arg("step"),
+          "The paper's P/K/T schedule: consult on steps < p, then skip k and consult t in each cycle.");
+}
+
+}  // namespace cgpy

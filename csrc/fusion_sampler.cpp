@@ -1,0 +1,70 @@
+// Binding of a sampler chain whose first link fuses local and remote scores.
+#include "handles.h"
+
+#include <pybind11/stl.h>
+
+namespace cgpy {
+
+namespace {
+
+struct FusionSamplerHandle : SamplerHandle {
+    cg_sampler *                link = nullptr;  // owned by the chain in ptr
+    std::shared_ptr<GateHandle> gate;            // kept alive for the link
+    int32_t                     n_vocab = 0;
+};
+
+std::shared_ptr<FusionSamplerHandle> create(std::shared_ptr<ModelHandle> model, const std::string & rule,
+                                            const std::string & fill, float weight, float alpha,
+                                            std::shared_ptr<GateHandle> gate, float temperature, int32_t top_k,
+                                            float top_p, float min_p, float repeat_penalty, int32_t repeat_last_n,
+                                            std::optional<int64_t> seed) {
+    cg_fusion_params p = cg_fusion_default_params();
+    p.rule = parse_fusion_rule(rule);
+    p.fill = parse_sparse_fill(fill);
+    p.weight = weight;
+    p.alpha = alpha;
+    const cg_sampling_params sp = sampling_params(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed);
+    auto h = std::make_shared<FusionSamplerHandle>();
+    h->gate = std::move(gate);
+    h->n_vocab = cg_model_n_vocab(model->ptr);
+    cg_sampler * rest = nullptr;
+    check(cg_sampler_init_from_params(&sp, &rest));
+    h->link = cg_sampler_init_fusion(&p, h->gate ? h->gate->ptr : nullptr, h->n_vocab);
+    if (!h->link) {
+        cg_sampler_free(rest);
+        check(CG_ERR_INVALID_ARGUMENT);
+    }
+    h->ptr = cg_sampler_chain_init();
+    cg_sampler_chain_add(h->ptr, h->link);
+    cg_sampler_chain_add(h->ptr, rest);
+    return h;
+}
+
+void set_remote(FusionSamplerHandle & h, const TokenArray & ids, const FloatArray & logprobs,
+                std::optional<FloatArray> local_noctx) {
+    if (ids.size() != logprobs.size()) throw py::value_error("ids and logprobs differ in length");
+    if (local_noctx && local_noctx->size() != h.n_vocab) throw py::value_error("local_noctx must hold n_vocab scores");
+    const cg_sparse_dist dist{ids.data(), logprobs.data(), (int32_t) ids.size()};
+    check(cg_fusion_sampler_set_remote(h.link, &dist, local_noctx ? local_noctx->data() : nullptr));
+}
+
+}  // namespace
+
+void register_fusion_sampler(py::module_ & m) {
+    py::class_<FusionSamplerHandle, SamplerHandle, std::shared_ptr<FusionSamplerHandle>>(m, "FusionSampler",
+        "A Sampler whose chain starts with the fusion link: set_remote() before a step fuses that step;\n"
+        "a step without it is local-only. Then the usual chain (top-k, top-p, min-p, temperature, dist/greedy).")
+        .def(py::init(&create), py::arg("model"), py::kw_only(), py::arg("rule") = "weighted", py::arg("fill") = "mask",
+             py::arg("weight") = 0.5f, py::arg("alpha") = 1.0f, py::arg("gate") = nullptr,
+             py::arg("temperature") = 0.8f, py::arg("top_k") = 40, py::arg("top_p") = 0.95f, py::arg("min_p") = 0.05f,
+             py::arg("repeat_penalty") = 1.0f, py::arg("repeat_last_n") = 64, py::arg("seed") = py::none())
+        .def("set_remote", &set_remote, py::arg("ids"), py::arg("logprobs"), py::arg("local_noctx") = py::none(),
+             "The remote top-k for the next step (copied), and the local no-context scores for context_delta.")
+        .def("last_info", [](const FusionSamplerHandle & h) {
+                cg_fusion_info info{};
+                check(cg_fusion_sampler_last_info(h.link, &info));
+                return fusion_info_dict(info);
+            }, "Attribution of the last step: weight, local/remote/fused top tokens, chosen token, features.");
+}
+
+}  // namespace cgpy

@@ -1,0 +1,85 @@
+// Vocabulary bridge: another tokenizer's token strings -> this model's token ids.
+#include "internal.h"
+
+#include <algorithm>
+#include <cmath>
+#include <mutex>
+#include <unordered_map>
+
+struct cg_vocab_bridge {
+    std::unordered_map<std::string, cg_token> by_bytes;  // local token bytes -> lowest id with them
+    size_t                                    max_len = 0;
+    std::mutex                                mu;
+    std::unordered_map<std::string, cg_token> cache;     // remote token -> local id (or -1)
+};
+
+extern "C" {
+
+int32_t cg_vocab_bridge_init(const cg_model * model, cg_vocab_bridge ** out) {
+    if (!model || !out) return cg::fail(CG_ERR_INVALID_ARGUMENT, "cg_vocab_bridge_init: NULL argument");
+    auto * b = new cg_vocab_bridge;
+    const int32_t n = cg_model_n_vocab(model);
+    std::string piece;
+    for (cg_token id = 0; id < n; ++id) {
+        piece.resize(64);
+        int32_t len = cg_token_to_piece(model, id, false, &piece[0], (int32_t) piece.size());
+        if (len > (int32_t) piece.size()) {
+            piece.resize(len);
+            len = cg_token_to_piece(model, id, false, &piece[0], len);
+        }
+        if (len <= 0) continue;  // control tokens have no text
+        piece.resize(len);
+        b->by_bytes.emplace(piece, id);
+        b->max_len = std::max(b->max_len, piece.size());
+    }
+    *out = b;
+    return CG_OK;
+}
+
+void cg_vocab_bridge_free(cg_vocab_bridge * bridge) { delete bridge; }
+
+cg_token cg_vocab_bridge_lookup(cg_vocab_bridge * b, const char * text, int32_t len) {
+    if (!text || len <= 0) return -1;
+    std::string key(text, (size_t) len);
+    {
+        std::lock_guard<std::mutex> lock(b->mu);
+        auto hit = b->cache.find(key);
+        if (hit != b->cache.end()) return hit->second;
+    }
+    cg_token id = -1;
+    for (size_t n = std::min(key.size(), b->max_len); n > 0 && id < 0; --n) {
+        auto it = b->by_bytes.find(key.substr(0, n));
+        if (it != b->by_bytes.end()) id = it->second;
+    }
+    std::lock_guard<std::mutex> lock(b->mu);
+    b->cache.emplace(std::move(key), id);
+    return id;
+}
+
+int32_t cg_vocab_bridge_map(cg_vocab_bridge * b, const char * const * tokens, const int32_t * lens,
+                            const float * logprobs, int32_t n, cg_token * out_ids, float * out_logprobs) {
+    if (!b || n < 0 || (n > 0 && (!tokens || !lens || !logprobs || !out_ids || !out_logprobs))) {
+        cg::fail(CG_ERR_INVALID_ARGUMENT, "cg_vocab_bridge_map: NULL argument");
+        return -1;
+    }
+    std::vector<std::pair<cg_token, double>> merged;  // local id -> probability
+    for (int32_t i = 0; i < n; ++i) {
+        const float lp = logprobs[i];
+        if (std::isnan(lp) || lp <= -9999.0f || lens[i] <= 0) continue;
+        const cg_token id = cg_vocab_bridge_lookup(b, tokens[i], lens[i]);
+        if (id < 0) continue;
+        const double p = std::exp((double) std::min(lp, 0.0f));
+        if (p <= 0.0) continue;  // -inf: no mass to carry
+        auto it = std::find_if(merged.begin(), merged.end(), [id](const auto & m) { return m.first == id; });
+        if (it == merged.end()) merged.emplace_back(id, p);
+        else it->second += p;
+    }
+    std::sort(merged.begin(), merged.end(), [](const auto & a, const auto & c) { return a.second > c.second; });
+    for (size_t j = 0; j < merged.size(); ++j) {
+        out_ids[j] = merged[j].first;
+        out_logprobs[j] = (float) std::log(std::min(merged[j].second, 1.0));
+    }
+    return (int32_t) merged.size();
+}
+
+}  // extern "C"

@@ -1,0 +1,69 @@
+"""The vocabulary bridge: remote token strings -> local ids by longest-prefix match."""
+import math
+
+import numpy as np
+import pytest
+
+from cogenesis_device import _native
+from cogenesis_device.fusion import VocabBridge
+
+
+@pytest.fixture(scope="module")
+def bridge(model):
+    return VocabBridge(model.native)
+
+
+@pytest.fixture(scope="module")
+def pieces(model):
+    return {i: model.native.token_to_piece(i) for i in range(model.n_vocab)}
+
+
+def test_own_tokens_map_to_tokens_with_the_same_bytes(bridge, pieces):
+    ids = range(0, len(pieces), 7)
+    for i in ids:
+        if pieces[i]:
+            assert pieces[bridge.lookup(pieces[i])] == pieces[i]
+
+
+def test_longest_prefix_match(bridge, pieces):
+    by_bytes = {}
+    for i, p in pieces.items():
+        by_bytes.setdefault(p, i)
+    for text in [" Parisxyzzy", " internationalization!!", "Hello, world", "zzzzqqqq", " 2026-11-22"]:
+        data = text.encode()
+        got = bridge.lookup(text)
+        expected = next(by_bytes[data[:n]] for n in range(len(data), 0, -1) if data[:n] in by_bytes)
+        assert got == expected
+        assert data.startswith(pieces[got])
+
+
+def test_bytes_str_and_openai_byte_lists_agree(bridge):
+    assert bridge.lookup("Hi") == bridge.lookup(b"Hi") == bridge.lookup([72, 105])
+    assert bridge.lookup("") == -1 and bridge.lookup(b"") == -1
+
+
+def test_partial_utf8_maps_to_a_byte_prefix(bridge, pieces):
+    euro = "€".encode()  # 3 bytes; a server may send the first two alone
+    got = bridge.lookup(euro[:2])
+    assert got >= 0 and euro[:2].startswith(pieces[got])
+
+
+def test_map_merges_drops_and_sorts(bridge):
+    tokens = [" Paris", " Paris", "", "London", " Berlin", "Rome"]
+    logprobs = np.array([math.log(0.2), math.log(0.3), math.log(0.1), -9999.0, math.log(0.05), float("nan")],
+                        dtype=np.float32)
+    ids, lps = bridge.map(tokens, logprobs)
+    assert ids.tolist() == [bridge.lookup(" Paris"), bridge.lookup(" Berlin")]
+    np.testing.assert_allclose(np.exp(lps), [0.5, 0.05], rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_cross_tokenizer_mapping_from_gemma(model, bridge, gemma_path):
+    gemma = _native.Model(str(gemma_path), vocab_only=True)
+    text = " The committee approved the unprecedented reorganization yesterday."
+    gemma_tokens = gemma.tokenize(text, add_special=False)
+    remote_pieces = [gemma.token_to_piece(int(t)) for t in gemma_tokens]
+    ids, _ = bridge.map(remote_pieces, np.full(len(remote_pieces), -1.0, dtype=np.float32))
+    assert len(ids) > 0
+    local = {model.native.token_to_piece(int(i)) for i in ids}
+    assert all(any(p.startswith(l) for p in remote_pieces) for l in local)
