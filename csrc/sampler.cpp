@@ -44,7 +44,21 @@ void register_sampler(py::module_ & m) {
         .def(py::init(&create), py::kw_only(), py::arg("temperature") = 0.8f, py::arg("top_k") = 40,
              py::arg("top_p") = 0.95f, py::arg("min_p") = 0.05f, py::arg("repeat_penalty") = 1.0f,
              py::arg("repeat_last_n") = 64, py::arg("seed") = py::none(),
-             "seed=None draws a random seed at every reset; a fixed seed makes each generation reproducible.");
+             "seed=None draws a random seed at every reset; a fixed seed makes each generation reproducible.")
+        .def("sample", [](SamplerHandle & h, const FloatArray & logits) {
+                const float * d = logits.data();
+                const int32_t n = (int32_t) logits.size();
+                cg_token t;
+                {
+                    py::gil_scoped_release nogil;
+                    t = cg_sampler_sample_logits(h.ptr, d, n);
+                }
+                if (t < 0) throw StatusError(CG_ERR_INVALID_ARGUMENT, cg_last_error());
+                return t;
+            }, py::arg("logits"),
+             "Run the chain on one dense row of scores (read in place if float32 C-contiguous) and return the\n"
+             "token it chose (accepted into the chain's state, e.g. penalties).")
+        .def("reset", [](SamplerHandle & h) { cg_sampler_reset(h.ptr); }, "Reset the chain (re-seeds dist).");
 }
 
 }  // namespace cgpy

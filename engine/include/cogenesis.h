@@ -207,6 +207,9 @@ void cg_sampler_free  (cg_sampler * sampler);
  * accept the chosen token and return it (-1 on error). */
 cg_token cg_sampler_sample(cg_sampler * sampler, cg_session * session, int32_t row);
 
+/* The same over any dense row of n_vocab scores (e.g. computed by the app). */
+cg_token cg_sampler_sample_logits(cg_sampler * sampler, const float * logits, int32_t n_vocab);
+
 #define CG_SEED_RANDOM 0xFFFFFFFFu
 
 struct cg_sampling_params {

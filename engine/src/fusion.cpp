@@ -1,5 +1,6 @@
 // Logit fusion: dense local scores + a sparse remote distribution -> fused log-probabilities.
 #include "internal.h"
+#include "simd.h"
 
 #include <algorithm>
 #include <cfloat>
@@ -14,79 +15,34 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr float kSentinel = -9999.0f;  // OpenAI's "not really a logprob"
 constexpr int   kFeatureTopK = 20;
 
-// exp(x) for x <= 0 (we only exponentiate x - max). Cephes' polynomial, written
-// so that the compiler vectorizes the loops that call it; relative error ~1e-7.
-inline float exp_nonpos(float x) {
-    x = x < -87.0f ? -87.0f : x;  // also maps -inf to ~0
-    float fx = x * 1.44269504088896341f + 0.5f;
-    float n = (float) (int) fx;
-    n -= n > fx ? 1.0f : 0.0f;  // floor
-    const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-    float y = 1.9875691500e-4f;
-    y = y * r + 1.3981999507e-3f;
-    y = y * r + 8.3334519073e-3f;
-    y = y * r + 4.1665795894e-2f;
-    y = y * r + 1.6666665459e-1f;
-    y = y * r + 5.0000001201e-1f;
-    y = y * r * r + r + 1.0f;
-    const int32_t bits = ((int32_t) n + 127) << 23;
-    float scale;
-    std::memcpy(&scale, &bits, sizeof scale);
-    return y * scale;
-}
-
 struct LocalStats {
     float   lse = 0.0f;      // log-sum-exp of the logits
     int32_t top = -1;        // argmax
     float   entropy = 0.0f;  // nats
 };
 
-// One pass for max / argmax / validity, one for the sum of exponentials.
-int32_t local_stats(const float * x, int32_t n, const char * what, LocalStats & st) {
-    float mx = kNegInf;
-    int32_t top = -1;
-    bool bad = false;
+int32_t invalid_score(const float * x, int32_t n, const char * what) {
     for (int32_t i = 0; i < n; ++i) {
-        const float v = x[i];
-        bad |= !(v <= FLT_MAX) && v != kNegInf;  // NaN or +inf
-        if (v > mx) { mx = v; top = i; }
-    }
-    if (bad) {
-        for (int32_t i = 0; i < n; ++i) {
-            if (!(x[i] <= FLT_MAX) && x[i] != kNegInf) {
-                return cg::fail(CG_ERR_INVALID_ARGUMENT, std::string(what) + " score of token " + std::to_string(i) +
-                                                             " is " + (std::isnan(x[i]) ? "NaN" : "+inf"));
-            }
+        if (std::isnan(x[i]) || x[i] == INFINITY) {
+            return cg::fail(CG_ERR_INVALID_ARGUMENT, std::string(what) + " score of token " + std::to_string(i) + " is " +
+                                                         (std::isnan(x[i]) ? "NaN" : "+inf"));
         }
     }
-    if (top < 0) return cg::fail(CG_ERR_INVALID_ARGUMENT, std::string("all ") + what + " scores are -inf");
-    // Fixed lanes let the compiler vectorize exp_nonpos; double lanes keep the
-    // sum of up to 262,144 terms accurate to ~1e-7.
-    constexpr int32_t kLanes = 8;
-    double acc[kLanes] = {0}, acc_xe[kLanes] = {0};
-    int32_t i = 0;
-    for (; i + kLanes <= n; i += kLanes) {
-        for (int32_t j = 0; j < kLanes; ++j) {
-            const float d = x[i + j] - mx;
-            const float e = exp_nonpos(d);
-            acc[j] += e;
-            acc_xe[j] += x[i + j] == kNegInf ? 0.0f : e * d;
-        }
-    }
-    for (; i < n; ++i) {
-        const float d = x[i] - mx;
-        const float e = exp_nonpos(d);
-        acc[0] += e;
-        acc_xe[0] += x[i] == kNegInf ? 0.0f : e * d;
-    }
-    double sum = 0.0, sum_xe = 0.0;
-    for (int32_t j = 0; j < kLanes; ++j) {
-        sum += acc[j];
-        sum_xe += acc_xe[j];
-    }
+    return cg::fail(CG_ERR_INVALID_ARGUMENT, std::string("all ") + what + " scores are -inf");
+}
+
+// Max, log-sum-exp and (if asked) entropy, in vectorizable passes. NaN or
+// +inf anywhere makes the sum non-finite, which sends us to invalid_score.
+int32_t local_stats(const float * x, int32_t n, const char * what, bool want_entropy, LocalStats & st) {
+    const int32_t top = cg::argmax_first(x, n);
+    const float mx = top >= 0 ? x[top] : NAN;
+    if (!(mx > kNegInf && mx < INFINITY)) return invalid_score(x, n, what);
+    double sum_xe = 0.0;
+    const double sum = cg::sum_exp(x, n, mx, want_entropy ? &sum_xe : nullptr);
+    if (!std::isfinite(sum)) return invalid_score(x, n, what);
     st.lse = mx + (float) std::log(sum);
     st.top = top;
-    st.entropy = (float) (std::log(sum) - sum_xe / sum);
+    st.entropy = want_entropy ? (float) (std::log(sum) - sum_xe / sum) : 0.0f;
     return CG_OK;
 }
 
@@ -275,17 +231,14 @@ int32_t fuse_dense(const cg_fusion_params & p, float w, const float * x, float l
             }
         }
     }
-    int32_t top = 0;
-    for (int32_t i = 1; i < n; ++i) {
-        if (out[i] > out[top]) top = i;
-    }
-    return top;
+    return cg::argmax_first(out, n);
 }
 
 int32_t fuse(const cg_fusion_params * p, const cg_gate * gate, const float * local, const float * local_noctx,
              int32_t n_vocab, const Remote & r, float * out, cg_fusion_info * info) {
     LocalStats st, st_noctx;
-    if (int32_t rc = local_stats(local, n_vocab, "local", st)) return rc;
+    const bool gated = p->rule == CG_FUSION_GATE && !r.empty();
+    if (int32_t rc = local_stats(local, n_vocab, "local", gated, st)) return rc;
     cg_fusion_info inf{};
     inf.local_top = st.top;
     inf.chosen = -1;
@@ -298,7 +251,7 @@ int32_t fuse(const cg_fusion_params * p, const cg_gate * gate, const float * loc
         inf.consulted = true;
         inf.remote_top = r.items[0].second;
         if (p->rule == CG_FUSION_CONTEXT_DELTA) {
-            if (int32_t rc = local_stats(local_noctx, n_vocab, "local no-context", st_noctx)) return rc;
+            if (int32_t rc = local_stats(local_noctx, n_vocab, "local no-context", false, st_noctx)) return rc;
         }
         float w = p->weight;
         if (p->rule == CG_FUSION_GATE) {
@@ -328,10 +281,17 @@ struct FusionLink : cg::Sampler {
     }
 
     void apply(cg_token_data_array * cur) override {
-        std::fill(row.begin(), row.end(), kNegInf);
-        for (size_t i = 0; i < cur->size; ++i) {
-            const cg_token id = cur->data[i].id;
-            if (id >= 0 && id < n_vocab) row[id] = cur->data[i].logit;
+        cg_token_data * d = cur->data;
+        // As the first link it sees the whole vocabulary in order; otherwise
+        // tokens missing from the candidates count as -inf.
+        const bool in_order = (int32_t) cur->size == n_vocab && d[0].id == 0 && d[n_vocab - 1].id == n_vocab - 1;
+        if (in_order) {
+            for (int32_t i = 0; i < n_vocab; ++i) row[i] = d[i].logit;
+        } else {
+            std::fill(row.begin(), row.end(), kNegInf);
+            for (size_t i = 0; i < cur->size; ++i) {
+                if (d[i].id >= 0 && d[i].id < n_vocab) row[d[i].id] = d[i].logit;
+            }
         }
         static const Remote kNone;
         const int32_t rc = fuse(&params, gate, row.data(), noctx.empty() ? nullptr : noctx.data(), n_vocab,
@@ -341,11 +301,42 @@ struct FusionLink : cg::Sampler {
             cur->size = 0;
             return;
         }
-        for (size_t i = 0; i < cur->size; ++i) {
-            const cg_token id = cur->data[i].id;
-            if (id >= 0 && id < n_vocab) cur->data[i].logit = fused[id];
+        if (in_order) {
+            for (int32_t i = 0; i < n_vocab; ++i) d[i].logit = fused[i];
+        } else {
+            for (size_t i = 0; i < cur->size; ++i) {
+                if (d[i].id >= 0 && d[i].id < n_vocab) d[i].logit = fused[d[i].id];
+            }
         }
         cur->sorted = false;
+    }
+    // First in the chain: fuse straight from the dense row. Where unlisted
+    // tokens come out -inf (mask fill), only the listed ones become candidates.
+    bool apply_dense(const float * x, int32_t n, cg_token_data_array * cur) override {
+        if (n != n_vocab) return false;
+        static const Remote kNone;
+        const int32_t rc = fuse(&params, gate, x, noctx.empty() ? nullptr : noctx.data(), n_vocab,
+                                has_remote ? remote : kNone, fused.data(), &info);
+        has_remote = false;
+        cur->selected = -1;
+        cur->sorted = false;
+        if (rc != CG_OK) {
+            cur->size = 0;
+            return true;
+        }
+        const bool weighted = params.rule == CG_FUSION_WEIGHTED || params.rule == CG_FUSION_GATE;
+        const bool sparse = info.consulted && params.fill == CG_FILL_MASK && params.rule != CG_FUSION_MAX &&
+                            !(weighted && info.weight == 1.0f);
+        size_t m = 0;
+        if (sparse) {
+            for (const auto & it : remote.items) {
+                if (fused[it.second] > kNegInf) cur->data[m++] = {it.second, fused[it.second], 0.0f};
+            }
+        } else {
+            for (int32_t i = 0; i < n; ++i) cur->data[m++] = {i, fused[i], 0.0f};
+        }
+        cur->size = m;
+        return true;
     }
     void accept(cg_token t) override { info.chosen = t; }
     void reset() override {

@@ -61,6 +61,13 @@ struct Sampler {
     virtual void apply(cg_token_data_array * cur) = 0;
     virtual void accept(cg_token) {}
     virtual void reset() {}
+    // Fast path for a chain's first link: read the dense row x of n scores
+    // (token i scores x[i]) and fill cur, whose buffer holds n entries, without
+    // the caller building n candidates first. Return false to decline.
+    virtual bool apply_dense(const float * x, int32_t n, cg_token_data_array * cur) {
+        (void) x; (void) n; (void) cur;
+        return false;
+    }
 };
 
 // Wrap a built-in sampler in a cg_sampler handle that owns it.

@@ -1,5 +1,6 @@
 // Samplers: small objects with apply / accept / reset; a chain is one too.
 #include "internal.h"
+#include "simd.h"
 
 #include <algorithm>
 #include <cmath>
@@ -34,45 +35,76 @@ void sort_desc(cg_token_data_array * cur) {
     cur->sorted = true;
 }
 
-// Fill p with softmax(logit) and return nothing; works sorted or not.
+// Fill p with softmax(logit); works sorted or not.
 void softmax(cg_token_data_array * cur) {
     float max_l = -INFINITY;
     for (size_t i = 0; i < cur->size; ++i) max_l = std::max(max_l, cur->data[i].logit);
     double sum = 0.0;
     for (size_t i = 0; i < cur->size; ++i) {
-        cur->data[i].p = std::exp(cur->data[i].logit - max_l);
+        cur->data[i].p = cg::exp_nonpos(cur->data[i].logit - max_l);
         sum += cur->data[i].p;
     }
-    for (size_t i = 0; i < cur->size; ++i) cur->data[i].p = (float) (cur->data[i].p / sum);
+    const float inv = (float) (1.0 / sum);
+    for (size_t i = 0; i < cur->size; ++i) cur->data[i].p *= inv;
 }
 
 struct Greedy : Sampler {
+    bool apply_dense(const float * x, int32_t n, cg_token_data_array * cur) override {
+        const int32_t top = cg::argmax_first(x, n);
+        if (top < 0) return false;
+        cur->data[0] = {top, x[top], 1.0f};
+        cur->size = 1;
+        cur->selected = 0;
+        cur->sorted = true;
+        return true;
+    }
     void apply(cg_token_data_array * cur) override {
         if (cur->size == 0) return;
         if (cur->sorted) { cur->selected = 0; return; }
-        size_t best = 0;
-        for (size_t i = 1; i < cur->size; ++i) {
-            if (cur->data[i].logit > cur->data[best].logit) best = i;
-        }
-        cur->selected = (int64_t) best;
+        // A branch-free max pass (vectorizes), then the first index holding it.
+        float best = cur->data[0].logit;
+        for (size_t i = 1; i < cur->size; ++i) best = cur->data[i].logit > best ? cur->data[i].logit : best;
+        size_t at = 0;
+        while (at + 1 < cur->size && !(cur->data[at].logit == best)) ++at;
+        cur->selected = (int64_t) at;
     }
 };
 
 struct Dist : Sampler {
-    uint32_t     seed;
-    std::mt19937 rng;
+    uint32_t           seed;
+    std::mt19937       rng;
+    std::vector<float> e;  // exp(logit - max), dense
+
     explicit Dist(uint32_t s) : seed(s) { reset(); }
     void reset() override { rng.seed(seed == CG_SEED_RANDOM ? std::random_device{}() : seed); }
+    // Draw from softmax(logit): exponentials into a dense buffer with sums per
+    // block of 1024, then find the block holding the draw and scan only it.
     void apply(cg_token_data_array * cur) override {
-        if (cur->size == 0) return;
-        softmax(cur);
-        const float u = std::uniform_real_distribution<float>(0.0f, 1.0f)(rng);
-        float acc = 0.0f;
-        cur->selected = (int64_t) cur->size - 1;
-        for (size_t i = 0; i < cur->size; ++i) {
-            acc += cur->data[i].p;
-            if (u < acc) { cur->selected = (int64_t) i; break; }
+        const size_t n = cur->size;
+        if (n == 0) return;
+        constexpr size_t kBlock = 1024;
+        float mx = -INFINITY;
+        for (size_t i = 0; i < n; ++i) mx = std::max(mx, cur->data[i].logit);
+        e.resize(n);
+        for (size_t i = 0; i < n; ++i) e[i] = cg::exp_nonpos(cur->data[i].logit - mx);
+        std::vector<double> block((n + kBlock - 1) / kBlock);
+        double total = 0.0;
+        for (size_t b = 0; b < block.size(); ++b) {
+            const size_t end = std::min(n, (b + 1) * kBlock);
+            float acc = 0.0f;
+            for (size_t i = b * kBlock; i < end; ++i) acc += e[i];
+            block[b] = acc;
+            total += acc;
         }
+        double u = std::uniform_real_distribution<double>(0.0, 1.0)(rng) * total;
+        size_t b = 0;
+        while (b + 1 < block.size() && u >= block[b]) u -= block[b++];
+        size_t pick = std::min(n, (b + 1) * kBlock) - 1;
+        for (size_t i = b * kBlock; i < pick; ++i) {
+            if (u < e[i]) { pick = i; break; }
+            u -= e[i];
+        }
+        cur->selected = (int64_t) pick;
     }
 };
 
@@ -176,6 +208,12 @@ struct Chain : Sampler {
     void apply(cg_token_data_array * cur) override {
         for (auto * l : links) l->iface.apply(l->ctx, cur);
     }
+    bool apply_dense(const float * x, int32_t n, cg_token_data_array * cur) override {
+        Sampler * first = links.empty() ? nullptr : cg::builtin_sampler(links[0]);
+        if (!first || !first->apply_dense(x, n, cur)) return false;
+        for (size_t i = 1; i < links.size(); ++i) links[i]->iface.apply(links[i]->ctx, cur);
+        return true;
+    }
     void accept(cg_token t) override {
         for (auto * l : links) cg_sampler_accept(l, t);
     }
@@ -249,26 +287,47 @@ void cg_sampler_free(cg_sampler * s) {
     delete s;
 }
 
-cg_token cg_sampler_sample(cg_sampler * s, cg_session * session, int32_t row) {
-    const float * logits = cg_session_logits(session, row);
-    if (!logits) return -1;
-    auto & cand = session->candidates;
+namespace {
+
+cg_token sample_into(cg_sampler * s, const float * logits, std::vector<cg_token_data> & cand) {
     const size_t n_vocab = cand.size();
-    for (size_t i = 0; i < n_vocab; ++i) cand[i] = {(cg_token) i, logits[i], 0.0f};
     cg_token_data_array arr{cand.data(), n_vocab, -1, false};
     cg::clear_error();
-    s->iface.apply(s->ctx, &arr);
+    Sampler * builtin = cg::builtin_sampler(s);
+    if (!builtin || !builtin->apply_dense(logits, (int32_t) n_vocab, &arr)) {
+        arr = {cand.data(), n_vocab, -1, false};
+        for (size_t i = 0; i < n_vocab; ++i) cand[i] = {(cg_token) i, logits[i], 0.0f};
+        s->iface.apply(s->ctx, &arr);
+    }
     if (arr.selected < 0 || (size_t) arr.selected >= arr.size) {
         if (!*cg_last_error()) cg::fail(CG_ERR_INVALID_ARGUMENT, "the sampler chain selected no token (end it with greedy or dist)");
         return -1;
     }
     const cg_token_data & chosen = arr.data[arr.selected];
     if (std::isnan(chosen.logit)) {
-        cg::fail(CG_ERR_DECODE, "the model produced NaN scores");
+        cg::fail(CG_ERR_DECODE, "the scores are NaN");
         return -1;
     }
     cg_sampler_accept(s, chosen.id);
     return chosen.id;
+}
+
+}  // namespace
+
+cg_token cg_sampler_sample(cg_sampler * s, cg_session * session, int32_t row) {
+    const float * logits = cg_session_logits(session, row);
+    if (!logits) return -1;
+    return sample_into(s, logits, session->candidates);
+}
+
+cg_token cg_sampler_sample_logits(cg_sampler * s, const float * logits, int32_t n_vocab) {
+    if (!s || !logits || n_vocab <= 0) {
+        cg::fail(CG_ERR_INVALID_ARGUMENT, "cg_sampler_sample_logits needs a sampler and n_vocab > 0 scores");
+        return -1;
+    }
+    thread_local std::vector<cg_token_data> scratch;
+    scratch.resize((size_t) n_vocab);
+    return sample_into(s, logits, scratch);
 }
 
 struct cg_sampling_params cg_sampling_default_params(void) {
