@@ -231,7 +231,7 @@ def markdown(res: dict, args) -> str:
         "# Native decode loop (SmolLM2-135M-Instruct Q4_1)",
         "",
         f"`python benchmarks/bench_decode.py --repeats {args.repeats} --threads {args.threads}`, "
-        f"{res['machine']['date']}, {res['machine']['cpus']} CPUs. Greedy, {NEW_TOKENS} new tokens, mean ± sd over "
+        f"{res['machine']['date']}, {res['machine']['cpus']} CPUs. {NEW_TOKENS} new tokens, mean ± sd over "
         f"{args.repeats} interleaved repeats.",
         "",
         "| prompt tokens | sampling | ours (tok/s) | Llama.generate (tok/s) | bare ctypes loop (tok/s) | ours / Llama.generate | ours / bare loop |",

@@ -28,10 +28,18 @@ K = 20
 WEIGHT = 0.5
 
 
-def numpy_fuse_sample(local: np.ndarray, ids: np.ndarray, lps: np.ndarray, greedy: bool, rng) -> int:
-    """The weighted rule with tail fill, then greedy or softmax sampling, in vectorized numpy."""
+def numpy_fuse_sample(local: np.ndarray, ids: np.ndarray, lps: np.ndarray, fill: str, greedy: bool, rng) -> int:
+    """The weighted rule, then greedy or softmax sampling, in vectorized numpy. With mask fill only
+    the listed tokens can win, so (like the native link) it works on those k after the log-sum-exp."""
     m = local.max()
-    ll = local - (m + np.log(np.exp(local - m).sum()))
+    lse = m + np.log(np.exp(local - m).sum())
+    if fill == "mask":
+        fused = WEIGHT * (local[ids] - lse) + (1.0 - WEIGHT) * lps
+        if greedy:
+            return int(ids[fused.argmax()])
+        p = np.exp(fused - fused.max())
+        return int(ids[np.searchsorted(np.cumsum(p), rng.random() * p.sum())])
+    ll = local - lse
     rest = max(1.0 - float(np.exp(lps).sum()), 1e-30)
     remote = np.full(local.shape, np.log(rest / (local.size - ids.size)), dtype=np.float32)
     remote[ids] = lps
@@ -59,15 +67,16 @@ def bench_fuse(vocab_model: _native.Model, repeats: int, steps: int) -> dict:
     ids = np.argsort(-remote)[:K].astype(np.int32)
     lps = remote[ids].astype(np.float32)
     model_free = {}
-    for mode, sampling in (("greedy", dict(temperature=0)), ("sampled", dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0))):
-        sampler = F.FusionSampler(vocab_model, rule="weighted", fill="tail", weight=WEIGHT, seed=1, **sampling)
+    for fill, mode, sampling in [(f, m, s) for f in F.FILLS for m, s in (
+            ("greedy", dict(temperature=0)), ("sampled", dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0)))]:
+        sampler = F.FusionSampler(vocab_model, rule="weighted", fill=fill, weight=WEIGHT, seed=1, **sampling)
 
         def native():
             sampler.set_remote(ids, lps)
             sampler.sample(local)
 
         def numpy():
-            numpy_fuse_sample(local, ids, lps, mode == "greedy", rng)
+            numpy_fuse_sample(local, ids, lps, fill, mode == "greedy", rng)
 
         samples = {"native_us": [], "numpy_us": []}
         for _ in range(repeats):
@@ -75,8 +84,8 @@ def bench_fuse(vocab_model: _native.Model, repeats: int, steps: int) -> dict:
             samples["numpy_us"].append(time_per_call(numpy, max(steps // 4, 10)))
         stats = {k: summarize(v) for k, v in samples.items()}
         stats["speedup"] = stats["numpy_us"]["mean"] / stats["native_us"]["mean"]
-        model_free[mode] = stats
-        print(f"V={n_vocab} {mode}: native {fmt(stats['native_us'])} us, numpy {fmt(stats['numpy_us'])} us, "
+        model_free[f"{fill}/{mode}"] = stats
+        print(f"V={n_vocab} {fill} {mode}: native {fmt(stats['native_us'])} us, numpy {fmt(stats['numpy_us'])} us, "
               f"{stats['speedup']:.1f}x", file=sys.stderr)
     return model_free
 
@@ -113,11 +122,11 @@ def markdown(res: dict, args) -> str:
         "# Logit fusion per step",
         "",
         f"`python benchmarks/bench_fusion.py --repeats {args.repeats} --steps {args.steps}`, {res['machine']['date']}, "
-        f"{res['machine']['cpus']} CPUs. Weighted rule (w = 0.5), tail fill, remote top-k = {K}; mean ± sd over "
+        f"{res['machine']['cpus']} CPUs. Weighted rule (w = 0.5), remote top-k = {K}; mean ± sd over "
         f"{args.repeats} repeats. Native: FusionSampler.set_remote + sample (fusion link and sampler chain in C++). "
         "numpy: the same rule and sampling, vectorized float32.",
         "",
-        "| vocabulary | sampling | native (µs/step) | numpy (µs/step) | native speed-up | native / SmolLM2 decode step |",
+        "| vocabulary | fill / sampling | native (µs/step) | numpy (µs/step) | native speed-up | native / SmolLM2 decode step |",
         "|---|---|---|---|---|---|",
     ]
     for v, modes in res["fuse"].items():
