@@ -156,9 +156,10 @@ class FusionLogitsProcessor:
         rows = scores.detach().cpu().numpy() if torch_tensor else np.asarray(scores)
         ids = input_ids.detach().cpu().numpy() if torch_tensor else np.asarray(input_ids)
         rows2d = rows.reshape(-1, rows.shape[-1])
+        prefixes = ids.reshape(rows2d.shape[0], -1)
         out = np.empty(rows2d.shape, dtype=np.float32)
         for r in range(rows2d.shape[0]):
-            prefix = ids.reshape(rows2d.shape[0], -1)[r].tolist()
+            prefix = prefixes[r].tolist()
             rid, rlp = self.remote(prefix)
             noctx = self.local_noctx(prefix) if self.local_noctx else None
             _, info = fuse(rows2d[r], np.asarray(rid, dtype=np.int32), np.asarray(rlp, dtype=np.float32),

@@ -27,16 +27,18 @@ py::dict fusion_info_dict(const cg_fusion_info & info) {
     d["fused_top"] = info.fused_top;
     d["chosen"] = info.chosen;
     d["consulted"] = info.consulted;
-    const auto & f = info.features;
+    static const std::pair<const char *, float cg_fusion_features::*> kFeatures[] = {
+        {"local_entropy", &cg_fusion_features::local_entropy},
+        {"remote_entropy", &cg_fusion_features::remote_entropy},
+        {"local_top_p", &cg_fusion_features::local_top_p},
+        {"remote_top_p", &cg_fusion_features::remote_top_p},
+        {"overlap", &cg_fusion_features::overlap},
+        {"divergence", &cg_fusion_features::divergence},
+        {"local_p_of_remote_top", &cg_fusion_features::local_p_of_remote_top},
+        {"remote_p_of_local_top", &cg_fusion_features::remote_p_of_local_top},
+    };
     py::dict feats;
-    feats["local_entropy"] = f.local_entropy;
-    feats["remote_entropy"] = f.remote_entropy;
-    feats["local_top_p"] = f.local_top_p;
-    feats["remote_top_p"] = f.remote_top_p;
-    feats["overlap"] = f.overlap;
-    feats["divergence"] = f.divergence;
-    feats["local_p_of_remote_top"] = f.local_p_of_remote_top;
-    feats["remote_p_of_local_top"] = f.remote_p_of_local_top;
+    for (const auto & [name, member] : kFeatures) feats[name] = info.features.*member;
     d["features"] = feats;
     return d;
 }

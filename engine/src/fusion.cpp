@@ -280,6 +280,15 @@ struct FusionLink : cg::Sampler {
         info.chosen = info.local_top = info.remote_top = info.fused_top = -1;
     }
 
+    // Fuse row x with the remote set for this step (if any), which it consumes.
+    int32_t fuse_step(const float * x) {
+        static const Remote kNone;
+        const int32_t rc = fuse(&params, gate, x, noctx.empty() ? nullptr : noctx.data(), n_vocab,
+                                has_remote ? remote : kNone, fused.data(), &info);
+        has_remote = false;
+        return rc;
+    }
+
     void apply(cg_token_data_array * cur) override {
         cg_token_data * d = cur->data;
         // As the first link it sees the whole vocabulary in order; otherwise
@@ -293,11 +302,7 @@ struct FusionLink : cg::Sampler {
                 if (d[i].id >= 0 && d[i].id < n_vocab) row[d[i].id] = d[i].logit;
             }
         }
-        static const Remote kNone;
-        const int32_t rc = fuse(&params, gate, row.data(), noctx.empty() ? nullptr : noctx.data(), n_vocab,
-                                has_remote ? remote : kNone, fused.data(), &info);
-        has_remote = false;
-        if (rc != CG_OK) {  // the message stays in cg_last_error
+        if (fuse_step(row.data()) != CG_OK) {  // the message stays in cg_last_error
             cur->size = 0;
             return;
         }
@@ -314,10 +319,7 @@ struct FusionLink : cg::Sampler {
     // tokens come out -inf (mask fill), only the listed ones become candidates.
     bool apply_dense(const float * x, int32_t n, cg_token_data_array * cur) override {
         if (n != n_vocab) return false;
-        static const Remote kNone;
-        const int32_t rc = fuse(&params, gate, x, noctx.empty() ? nullptr : noctx.data(), n_vocab,
-                                has_remote ? remote : kNone, fused.data(), &info);
-        has_remote = false;
+        const int32_t rc = fuse_step(x);
         cur->selected = -1;
         cur->sorted = false;
         if (rc != CG_OK) {

@@ -40,10 +40,9 @@ struct cg_session {
     cg_model *       model = nullptr;
     llama_context *  ctx = nullptr;
     llama_batch      batch{};
-    int32_t          batch_capacity = 0;  // tokens the llama_batch holds (n_batch)
     int32_t          n_outputs_max = 0;   // logits rows one decode may produce
     int32_t          n_ctx = 0;
-    int32_t          n_batch = 0;
+    int32_t          n_batch = 0;        // tokens the llama_batch holds
     int32_t          n_seq_max = 0;
     std::vector<std::vector<cg_token>> seqs;  // tokens held in the KV cache, per sequence
     std::vector<int32_t> output_rows;         // logits row -> batch index of the last evaluation

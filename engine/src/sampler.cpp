@@ -73,7 +73,8 @@ struct Greedy : Sampler {
 struct Dist : Sampler {
     uint32_t           seed;
     std::mt19937       rng;
-    std::vector<float> e;  // exp(logit - max), dense
+    std::vector<float>  e;      // exp(logit - max), dense
+    std::vector<double> block;  // sums of e per block of kBlock
 
     explicit Dist(uint32_t s) : seed(s) { reset(); }
     void reset() override { rng.seed(seed == CG_SEED_RANDOM ? std::random_device{}() : seed); }
@@ -87,7 +88,7 @@ struct Dist : Sampler {
         for (size_t i = 0; i < n; ++i) mx = std::max(mx, cur->data[i].logit);
         e.resize(n);
         for (size_t i = 0; i < n; ++i) e[i] = cg::exp_nonpos(cur->data[i].logit - mx);
-        std::vector<double> block((n + kBlock - 1) / kBlock);
+        block.resize((n + kBlock - 1) / kBlock);
         double total = 0.0;
         for (size_t b = 0; b < block.size(); ++b) {
             const size_t end = std::min(n, (b + 1) * kBlock);

@@ -135,9 +135,8 @@ int32_t cg_session_init(cg_model * model, struct cg_session_params p, cg_session
     s->n_batch = (int32_t) cp.n_batch;
     s->n_seq_max = p.n_seq_max;
     s->seqs.resize(p.n_seq_max);
-    s->batch_capacity = s->n_batch;
     s->n_outputs_max = p.n_outputs_max;
-    s->batch = llama_batch_init(s->batch_capacity, 0, 1);
+    s->batch = llama_batch_init(s->n_batch, 0, 1);
     s->candidates.resize(llama_vocab_n_tokens(model->vocab));
     *out = s;
     cg::clear_error();

@@ -97,8 +97,9 @@ inline double sum_exp(const float * x, int32_t n, float shift, double * xe = nul
         }
         for (; i < end; ++i) {
             const float d = std::max(x[i] - shift, -87.0f);
-            acc[0] += exp_nonpos(d);
-            acc_xe[0] += exp_nonpos(d) * d;
+            const float e = exp_nonpos(d);
+            acc[0] += e;
+            if (xe) acc_xe[0] += e * d;
         }
         for (int32_t j = 0; j < kLanes; ++j) {
             sum += acc[j];
