@@ -47,3 +47,20 @@ class CogenesisIOError(CogenesisError, OSError):
 
 class CancelledError(CogenesisError):
     """An operation was stopped by cancel()."""
+
+
+class PrivacyBlockedError(CogenesisError):
+    """The egress guard refused to send a request that contains private spans (policy 'block')."""
+
+
+class RemoteError(CogenesisError):
+    """The remote model could not be used: unreachable, timed out, or it answered with an error or garbage.
+
+    kind is one of 'config', 'connection', 'timeout', 'status', 'malformed', 'missing_logprobs',
+    'truncated', 'unsupported' or 'cancelled'; attempts counts the HTTP attempts made."""
+
+    def __init__(self, message: str, *, kind: str, attempts: int = 0, status: int | None = None):
+        super().__init__(message)
+        self.kind = kind
+        self.attempts = attempts
+        self.status = status

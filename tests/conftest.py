@@ -32,3 +32,39 @@ def gemma_path(tmp_path_factory):
 
 
 GREEDY = dict(temperature=0.0)
+
+
+@pytest.fixture(scope="session")
+def loopback_server():
+    """python -m llama_cpp.server on 127.0.0.1 with the bundled model: the real "remote"."""
+    from cogenesis_device.loopback import LoopbackServer
+
+    with LoopbackServer(n_ctx=2048, n_threads=THREADS) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def _proxy(loopback_server):
+    from cogenesis_device.loopback import FaultProxy
+
+    with FaultProxy(loopback_server.base_url) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def proxy(_proxy):
+    """The fault-injecting proxy in front of the loopback server, emptied for each test."""
+    _proxy.clear()
+    _proxy.rtt_ms = _proxy.jitter_ms = 0.0
+    yield _proxy
+    _proxy.clear()
+
+
+@pytest.fixture
+def remote(proxy, model):
+    """A RemoteModel through the proxy, with short backoff so fault tests stay fast."""
+    from cogenesis_device.remote import RemoteModel
+
+    with RemoteModel(proxy.base_url, template=model, timeout=10.0, max_retries=2, backoff=0.01,
+                     max_backoff=0.5) as r:
+        yield r

@@ -1,0 +1,301 @@
+"""Loopback stand-ins for the network: a real OpenAI-compatible server and a fault-injecting proxy.
+
+LoopbackServer runs `python -m llama_cpp.server` on 127.0.0.1 with a registry model. FaultProxy
+sits in front of it and adds round-trip delay, jitter and faults (dropped connections, 5xx/429,
+garbage bodies, truncated bodies and streams, answers without logprobs, stalls). The demo, the
+tests and the benchmarks use both; nothing here talks to anything but 127.0.0.1.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+
+from .registry import DEFAULT_MODEL, resolve_model
+
+FAULTS = ("drop", "status", "garbage", "truncate", "strip_logprobs", "stall")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LoopbackServer:
+    """llama-cpp-python's OpenAI-compatible server on 127.0.0.1, in a child process."""
+
+    def __init__(self, model: str = DEFAULT_MODEL, *, n_ctx: int = 2048, n_threads: int | None = None,
+                 startup_timeout: float = 120.0):
+        self.model_path = str(resolve_model(model))
+        self.n_ctx, self.n_threads = n_ctx, n_threads or min(2, os.cpu_count() or 1)
+        self.startup_timeout = startup_timeout
+        self.port = 0
+        self._process: subprocess.Popen | None = None
+        self._log = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> "LoopbackServer":
+        self.port = free_port()
+        self._log = tempfile.TemporaryFile()
+        command = [sys.executable, "-m", "llama_cpp.server", "--model", self.model_path, "--host", "127.0.0.1",
+                   "--port", str(self.port), "--n_ctx", str(self.n_ctx), "--n_threads", str(self.n_threads),
+                   "--n_threads_batch", str(self.n_threads), "--flash_attn", "true", "--verbose", "false"]
+        self._process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"the loopback server exited with status {self._process.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.base_url + "/models", timeout=2) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"the loopback server did not answer within {self.startup_timeout:g} s:\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 2000) -> str:
+        if self._log is None:
+            return ""
+        self._log.seek(0)
+        return self._log.read().decode("utf-8", errors="replace")[-n:]
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> "LoopbackServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+@dataclass
+class ProxyRecord:
+    """One request as the proxy received it."""
+
+    method: str
+    path: str
+    body: bytes
+    fault: str | None
+    status: int = 0
+    bytes_out: int = 0
+
+
+@dataclass
+class _Response:
+    status: int
+    reason: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> str:
+        return next((v for k, v in self.headers if k.lower() == name), "")
+
+
+class FaultProxy:
+    """An HTTP/1.1 proxy on 127.0.0.1 that delays and breaks requests on purpose.
+
+    rtt_ms, jitter_ms: added to every request, half before forwarding and half before answering.
+    inject(kind, count, ...): the next `count` requests get fault `kind`:
+      'drop' closes the connection without an answer; 'status' answers `status` (with Retry-After
+      `retry_after` when given); 'garbage' answers 200 with a body that is not JSON; 'truncate' cuts
+      the answer in half (a JSON body mid-way, an event stream cleanly between events);
+      'strip_logprobs' removes logprobs from the answer; 'stall' waits `seconds` first.
+    """
+
+    def __init__(self, upstream_base_url: str, *, rtt_ms: float = 0.0, jitter_ms: float = 0.0, seed: int = 0):
+        from urllib.parse import urlparse
+
+        parsed = urlparse(upstream_base_url)
+        self.upstream = (parsed.hostname or "127.0.0.1", parsed.port or 80)
+        self.path_prefix = parsed.path.rstrip("/")
+        self.rtt_ms, self.jitter_ms = rtt_ms, jitter_ms
+        self.records: list[ProxyRecord] = []
+        self.connections = 0  # TCP connections accepted: shows whether clients reuse them
+        self.port = 0
+        self._random = random.Random(seed)
+        self._faults: collections.deque[tuple[str, dict]] = collections.deque()
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{self.path_prefix}"
+
+    def inject(self, kind: str, count: int = 1, **params) -> None:
+        if kind not in FAULTS:
+            raise ValueError(f"unknown fault {kind!r}; one of {', '.join(FAULTS)}")
+        with self._lock:
+            self._faults.extend([(kind, params)] * count)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._faults.clear()
+            self.records.clear()
+            self.connections = 0
+
+    def start(self) -> "FaultProxy":
+        self._loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        async def serve():
+            self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+            self.port = self._server.sockets[0].getsockname()[1]
+            ready.set()
+
+        self._thread = threading.Thread(target=self._loop.run_forever, name="fault-proxy", daemon=True)
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(serve(), self._loop).result(timeout=10)
+        ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        if self._loop is None:
+            return
+
+        async def shutdown():
+            self._server.close()
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+        self._loop = None
+
+    def __enter__(self) -> "FaultProxy":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    async def _half_rtt(self) -> None:
+        delay = self.rtt_ms / 2 + (self._random.uniform(-self.jitter_ms, self.jitter_ms) / 2 if self.jitter_ms else 0)
+        if delay > 0:
+            await asyncio.sleep(delay / 1000.0)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, path, _ = lines[0].split(" ", 2)
+                headers = [tuple(part.strip() for part in line.split(":", 1)) for line in lines[1:] if ":" in line]
+                length = int(next((v for k, v in headers if k.lower() == "content-length"), "0"))
+                body = await reader.readexactly(length) if length else b""
+                with self._lock:
+                    kind, params = self._faults.popleft() if self._faults else (None, {})
+                    record = ProxyRecord(method, path, body, kind)
+                    self.records.append(record)
+                await self._half_rtt()
+                if kind == "drop":
+                    break
+                if kind == "stall":
+                    await asyncio.sleep(params.get("seconds", 5.0))
+                if kind == "status":
+                    extra = [("Retry-After", str(params["retry_after"]))] if "retry_after" in params else []
+                    error = json.dumps({"error": {"message": "injected fault", "type": "server_error"}}).encode()
+                    response = _Response(params.get("status", 503), "Injected", [("Content-Type", "application/json"),
+                                                                                   *extra], error)
+                elif kind == "garbage":
+                    response = _Response(200, "OK", [("Content-Type", "application/json")], b"<html>upstream hiccup")
+                else:
+                    response = await self._forward(method, path, headers, body)
+                    if kind == "strip_logprobs":
+                        response.body = _strip_logprobs(response.body)
+                await self._half_rtt()
+                record.status = response.status
+                if kind == "truncate" and not response.header("content-type").startswith("text/event-stream"):
+                    # Promise the whole body, send half, hang up.
+                    record.bytes_out = await _send(writer, response, cut=len(response.body) // 2)
+                    break
+                if kind == "truncate":
+                    events = response.body.split(b"\n\n")
+                    response.body = b"\n\n".join(events[: max(1, len(events) // 2)]) + b"\n\n"
+                record.bytes_out = await _send(writer, response)
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+            pass
+        except asyncio.CancelledError:
+            pass
+        finally:
+            writer.close()
+
+    async def _forward(self, method: str, path: str, headers: list, body: bytes) -> _Response:
+        reader, writer = await asyncio.open_connection(*self.upstream)
+        try:
+            skip = {"connection", "content-length", "host", "keep-alive"}
+            lines = [f"{method} {path} HTTP/1.1", f"Host: {self.upstream[0]}:{self.upstream[1]}", "Connection: close",
+                     f"Content-Length: {len(body)}"] + [f"{k}: {v}" for k, v in headers if k.lower() not in skip]
+            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+            await writer.drain()
+            raw = await reader.read()
+        finally:
+            writer.close()
+        head, _, payload = raw.partition(b"\r\n\r\n")
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        _, status, *reason = status_line.split(" ", 2)
+        upstream_headers = [tuple(part.strip() for part in line.split(":", 1)) for line in header_lines if ":" in line]
+        if any(k.lower() == "transfer-encoding" and "chunked" in v.lower() for k, v in upstream_headers):
+            payload = _dechunk(payload)
+        kept = [(k, v) for k, v in upstream_headers if k.lower() not in ("transfer-encoding", "content-length", "connection")]
+        return _Response(int(status), reason[0] if reason else "", kept, payload)
+
+
+async def _send(writer: asyncio.StreamWriter, response: _Response, cut: int | None = None) -> int:
+    body = response.body if cut is None else response.body[:cut]
+    lines = [f"HTTP/1.1 {response.status} {response.reason or 'Status'}", f"Content-Length: {len(response.body)}",
+             "Connection: keep-alive"] + [f"{k}: {v}" for k, v in response.headers]
+    data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+    writer.write(data)
+    await writer.drain()
+    return len(data)
+
+
+def _dechunk(payload: bytes) -> bytes:
+    out, pos = bytearray(), 0
+    while True:
+        end = payload.index(b"\r\n", pos)
+        size = int(payload[pos:end].split(b";")[0], 16)
+        if size == 0:
+            return bytes(out)
+        out += payload[end + 2:end + 2 + size]
+        pos = end + 2 + size + 2
+
+
+def _strip_logprobs(body: bytes) -> bytes:
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError:
+        return body
+    for choice in data.get("choices", []) if isinstance(data, dict) else []:
+        choice.pop("logprobs", None)
+    return json.dumps(data).encode()

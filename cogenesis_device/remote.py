@@ -1,0 +1,445 @@
+"""The remote large model, over any OpenAI-compatible endpoint.
+
+Every request goes through one HTTP transport, `_GuardedTransport`, which hands the body to the
+job's EgressGuard (privacy.py) before a byte leaves, and records what was sent and received.
+Requests run on one background asyncio loop: they can run concurrently, share pooled
+connections, and a Future's cancel() aborts the HTTP request in flight.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import json
+import math
+import os
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+from urllib.parse import urlparse
+
+import httpx2
+import openai
+
+from .errors import PrivacyBlockedError, RemoteError
+from .privacy import EgressGuard
+
+Messages = Sequence[dict]
+_current_guard: contextvars.ContextVar[EgressGuard | None] = contextvars.ContextVar("cogenesis_guard", default=None)
+_PROBE_PROMPT = "The capital of France is"
+_RETRY_STATUS = {408, 409, 429}
+
+
+@dataclass(frozen=True)
+class TokenScores:
+    """The remote's distribution at one position: its chosen token and the top alternatives.
+
+    Keys are token strings as the server returns them ('' for a partial UTF-8 byte token)."""
+
+    token: str
+    logprob: float
+    top: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Continuation:
+    """The remote's greedy or sampled continuation of a prompt, with scores at every position."""
+
+    text: str
+    steps: list[TokenScores]
+    finish_reason: str
+
+
+@dataclass(frozen=True)
+class ChatReply:
+    text: str
+    finish_reason: str
+
+
+@dataclass(frozen=True)
+class RemoteCapabilities:
+    """What the probe found at connect time."""
+
+    model: str
+    max_top_k: int  # largest `logprobs` the server accepted, up to the client's cap; 0 = none
+    token_ids: bool  # tokens come back as 'token_id:N' (vLLM return_tokens_as_token_ids)
+    positions_ok: bool  # logprobs at generated position i describe token i (checked against greedy choices)
+    echo: bool  # prompt logprobs through echo are usable
+    echo_shift: int  # 0: entry i predicts token i (OpenAI); 1: entry i predicts token i+1 (corrected)
+
+
+class _GuardedTransport(httpx2.AsyncBaseTransport):
+    """The choke point: every request body passes the current job's guard, then is recorded."""
+
+    def __init__(self, inner: httpx2.AsyncBaseTransport, default_guard: EgressGuard):
+        self._inner = inner
+        self._default_guard = default_guard
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        guard = _current_guard.get() or self._default_guard
+        body, record = guard.check_body(request.method, request.url.path, await request.aread())
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() != "content-length"]
+        headers.append(("content-length", str(len(body))))
+        outgoing = httpx2.Request(request.method, request.url, headers=headers, content=body,
+                                  extensions=request.extensions)
+        start = time.perf_counter()
+        try:
+            response = await self._inner.handle_async_request(outgoing)
+            content = await response.aread()  # a truncated body fails here, inside the attempt
+        finally:
+            record.duration_ms = (time.perf_counter() - start) * 1000.0
+        record.status = response.status_code
+        record.bytes_received = len(content)
+        return httpx2.Response(response.status_code, headers=response.headers, content=content,
+                               extensions=response.extensions, request=request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class _Retryable(Exception):
+    def __init__(self, message: str, kind: str, status: int | None = None, retry_after: float | None = None):
+        super().__init__(message)
+        self.kind, self.status, self.retry_after = kind, status, retry_after
+
+
+def _is_loopback(url: str) -> bool:
+    return (urlparse(url).hostname or "") in ("127.0.0.1", "localhost", "::1")
+
+
+class RemoteModel:
+    """A large model behind an OpenAI-compatible API. It never sees the private context.
+
+    base_url: falls back to $COGENESIS_REMOTE_BASE_URL, then $OPENAI_BASE_URL.
+    api_key: falls back to $OPENAI_API_KEY; a loopback server may go without one.
+    model: the model name; by default the only model the server lists.
+    timeout: seconds per attempt (connect, send, and the whole answer).
+    max_retries: extra attempts after a timeout, refused connection, 408/409/429/5xx, or a
+        malformed, logprob-less or truncated answer; then RemoteError.
+    backoff, max_backoff: exponential backoff in seconds between attempts (Retry-After is honoured
+        up to max_backoff).
+    template: how the remote prompt is formatted for next-token scores: an object with
+        apply_chat_template (a LocalModel of the same family), a callable(messages) -> str, or "raw"
+        (the instruction as plain text, for base models).
+    max_top_k: the largest number of alternatives per position to ask for.
+    audit_path: JSONL file recording requests made outside any job (the probe, for example).
+    """
+
+    def __init__(self, base_url: str | None = None, api_key: str | None = None, model: str | None = None, *,
+                 timeout: float = 30.0, max_retries: int = 2, backoff: float = 0.25, max_backoff: float = 10.0,
+                 template: Any = None, max_top_k: int = 20, max_connections: int = 16, audit_path: str | None = None):
+        base_url = base_url or os.environ.get("COGENESIS_REMOTE_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
+        if not base_url:
+            raise RemoteError("no remote base URL: pass base_url= or set COGENESIS_REMOTE_BASE_URL or OPENAI_BASE_URL",
+                              kind="config")
+        api_key = api_key or os.environ.get("OPENAI_API_KEY")
+        if not api_key:
+            if not _is_loopback(base_url):
+                raise RemoteError(f"no API key for {base_url}: pass api_key= or set OPENAI_API_KEY", kind="config")
+            api_key = "no-key-loopback"
+        if not (timeout > 0 and math.isfinite(timeout)):
+            raise RemoteError(f"timeout must be a positive number of seconds, got {timeout}", kind="config")
+        if max_retries < 0 or max_top_k < 1:
+            raise RemoteError(f"max_retries must be >= 0 and max_top_k >= 1, got {max_retries}, {max_top_k}",
+                              kind="config")
+        self.base_url = base_url.rstrip("/")
+        self.timeout, self.max_retries = float(timeout), int(max_retries)
+        self.backoff, self.max_backoff = float(backoff), float(max_backoff)
+        self.max_top_k = int(max_top_k)
+        self.template = template
+        self.guard = EgressGuard(audit_path=audit_path)
+        self._model = model
+        self._capabilities: RemoteCapabilities | None = None
+        self._probe_lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="cogenesis-remote", daemon=True)
+        self._thread.start()
+        limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        transport = _GuardedTransport(httpx2.AsyncHTTPTransport(limits=limits), self.guard)
+        http = httpx2.AsyncClient(transport=transport, timeout=self.timeout)
+        self._client = openai.AsyncOpenAI(base_url=self.base_url, api_key=api_key, timeout=self.timeout,
+                                          max_retries=0, http_client=http)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        asyncio.run_coroutine_threadsafe(self._client.close(), self._loop).result(timeout=5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._loop.close()
+
+    def __enter__(self) -> "RemoteModel":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):  # pragma: no cover - best effort at interpreter exit
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def _submit(self, coro, guard: EgressGuard | None) -> concurrent.futures.Future:
+        if self._loop.is_closed():
+            coro.close()
+            raise RemoteError("the RemoteModel is closed", kind="config")
+        context = contextvars.copy_context()
+        context.run(_current_guard.set, guard)
+        return asyncio.run_coroutine_threadsafe(self._in_context(coro, context), self._loop)
+
+    @staticmethod
+    async def _in_context(coro, context: contextvars.Context):
+        task = asyncio.get_running_loop().create_task(coro, context=context)
+        return await task
+
+    @staticmethod
+    def _wait(future: concurrent.futures.Future):
+        try:
+            return future.result()
+        except concurrent.futures.CancelledError:
+            raise RemoteError("the remote request was cancelled", kind="cancelled") from None
+        except BaseException:
+            future.cancel()
+            raise
+
+    # -- retries -----------------------------------------------------------------------------------
+
+    async def _attempts(self, what: str, attempt: Callable[[], Any]):
+        """Runs attempt() with bounded retries and backoff; raises RemoteError naming the last failure."""
+        for n in range(1, self.max_retries + 2):
+            try:
+                return await asyncio.wait_for(attempt(), self.timeout)
+            except PrivacyBlockedError:
+                raise
+            except (asyncio.TimeoutError, openai.APITimeoutError):
+                failure = _Retryable(f"no complete answer within {self.timeout:g} s", "timeout")
+            except openai.APIConnectionError as exc:
+                cause = exc.__cause__
+                while cause is not None and not isinstance(cause, PrivacyBlockedError):
+                    cause = cause.__cause__ or cause.__context__
+                if cause is not None:
+                    raise cause from None
+                failure = _Retryable(f"connection failed ({exc.__cause__ or exc})", "connection")
+            except openai.APIStatusError as exc:
+                status = exc.status_code
+                message = f"HTTP {status}: {_error_message(exc)}"
+                if status not in _RETRY_STATUS and status < 500:
+                    raise RemoteError(f"{what} at {self.base_url} failed: {message}", kind="status", attempts=n,
+                                      status=status) from None
+                failure = _Retryable(message, "status", status, _retry_after(exc.response.headers))
+            except _Retryable as exc:
+                failure = exc
+            if n > self.max_retries:
+                raise RemoteError(f"{what} at {self.base_url} failed after {n} attempt(s): {failure}",
+                                  kind=failure.kind, attempts=n, status=failure.status) from None
+            delay = min(self.max_backoff, self.backoff * 2 ** (n - 1)) * (0.5 + random.random() / 2)
+            if failure.retry_after is not None:
+                delay = min(self.max_backoff, max(delay, failure.retry_after))
+            await asyncio.sleep(delay)
+
+    # -- model and capabilities --------------------------------------------------------------------
+
+    @property
+    def model(self) -> str:
+        if self._model is None:
+            self._model = self._wait(self._submit(self._attempts("listing models", self._list_model), None))
+        return self._model
+
+    async def _list_model(self) -> str:
+        page = await self._client.models.list()
+        ids = [m.id for m in page.data]
+        if len(ids) != 1:
+            raise RemoteError(f"the server at {self.base_url} serves {len(ids)} models ({', '.join(ids[:5])}); "
+                              f"pass model=", kind="config")
+        return ids[0]
+
+    @property
+    def capabilities(self) -> RemoteCapabilities:
+        """Probes the server once (thread-safe) and remembers what it found."""
+        with self._probe_lock:
+            if self._capabilities is None:
+                self._capabilities = self._wait(self._submit(self._probe(self.model), None))
+            return self._capabilities
+
+    def connect(self) -> RemoteCapabilities:
+        """Lists the model and probes the server now rather than on first use."""
+        return self.capabilities
+
+    async def _probe(self, model: str) -> RemoteCapabilities:
+        gen, top_k = None, 0
+        for k in sorted({self.max_top_k, min(self.max_top_k, 20), min(self.max_top_k, 5), 1}, reverse=True):
+            try:
+                gen = await self._completion(model, _PROBE_PROMPT, n=2, top_k=k, temperature=0.0)
+                top_k = k
+                break
+            except RemoteError as exc:
+                if exc.kind not in ("status", "missing_logprobs"):
+                    raise
+        if gen is None:
+            return RemoteCapabilities(model, 0, False, False, False, 0)
+        token_ids = all(s.token.startswith("token_id:") for s in gen.steps)
+        # Greedy: the chosen token must be the best entry listed for its own position.
+        positions_ok = all(s.logprob >= max(s.top.values()) - 1e-3 for s in gen.steps if s.top)
+        echo, shift = await self._probe_echo(model, gen, top_k)
+        return RemoteCapabilities(model, top_k, token_ids, positions_ok, echo, shift)
+
+    async def _probe_echo(self, model: str, gen: Continuation, top_k: int) -> tuple[bool, int]:
+        first = gen.steps[0]
+        try:
+            raw = await self._attempts("echo probe", lambda: self._client.completions.with_raw_response.create(
+                model=model, prompt=_PROBE_PROMPT + first.token, max_tokens=1, temperature=0.0, logprobs=top_k,
+                echo=True))
+            entries = _json(raw)["choices"][0]["logprobs"]["top_logprobs"]
+        except (RemoteError, KeyError, IndexError, TypeError, _Retryable):
+            return False, 0
+        # entries end with [..., first token, new token]; find which entry holds first's distribution.
+        for shift, index in ((0, -2), (1, -3)):
+            if len(entries) >= -index and _same_scores(entries[index], first.top):
+                return True, shift
+        return False, 0
+
+    # -- requests ----------------------------------------------------------------------------------
+
+    def prompt(self, messages: Messages) -> str:
+        """The text prompt for /v1/completions: the messages formatted with the remote's template."""
+        if self.template is None:
+            raise RemoteError("the remote model's chat template is unknown: pass template= (a LocalModel of the same "
+                              "family, a callable(messages) -> str, or 'raw')", kind="config")
+        if self.template == "raw":
+            return "\n\n".join(m["content"] for m in messages) + "\n\n"
+        if hasattr(self.template, "apply_chat_template"):
+            return self.template.apply_chat_template(messages, add_generation_prompt=True)
+        return self.template(messages)
+
+    def next_tokens(self, prompt: str, *, n: int = 1, top_k: int | None = None, temperature: float = 0.0,
+                    seed: int | None = None, guard: EgressGuard | None = None) -> Continuation:
+        """n tokens of the remote's continuation of prompt, with its top_k alternatives at each."""
+        return self._wait(self.submit_next_tokens(prompt, n=n, top_k=top_k, temperature=temperature, seed=seed,
+                                                  guard=guard))
+
+    def submit_next_tokens(self, prompt: str, *, n: int = 1, top_k: int | None = None, temperature: float = 0.0,
+                           seed: int | None = None, guard: EgressGuard | None = None) -> concurrent.futures.Future:
+        """next_tokens in the background: returns a Future; cancel() aborts the request."""
+        caps = self.capabilities
+        if caps.max_top_k == 0 or not caps.positions_ok:
+            problem = "returns no logprobs" if caps.max_top_k == 0 else "lists logprobs at the wrong positions"
+            raise RemoteError(f"the server at {self.base_url} {problem}; it cannot supply next-token scores",
+                              kind="unsupported")
+        if n < 1:
+            raise RemoteError(f"n must be at least 1, got {n}", kind="config")
+        k = min(top_k or caps.max_top_k, caps.max_top_k)
+        return self._submit(self._completion(caps.model, prompt, n=n, top_k=k, temperature=temperature, seed=seed),
+                            guard)
+
+    async def _completion(self, model: str, prompt: str, *, n: int, top_k: int, temperature: float,
+                          seed: int | None = None) -> Continuation:
+        async def attempt() -> Continuation:
+            raw = await self._client.completions.with_raw_response.create(
+                model=model, prompt=prompt, max_tokens=n, temperature=temperature, logprobs=top_k, **_seed(seed))
+            return _parse_completion(_json(raw), n)
+
+        return await self._attempts("completion", attempt)
+
+    def chat(self, messages: Messages, *, max_tokens: int = 256, temperature: float = 0.0, seed: int | None = None,
+             guard: EgressGuard | None = None) -> ChatReply:
+        """A chat completion (streamed on the wire, so a truncated stream is detected and retried)."""
+        return self._wait(self.submit_chat(messages, max_tokens=max_tokens, temperature=temperature, seed=seed,
+                                           guard=guard))
+
+    def submit_chat(self, messages: Messages, *, max_tokens: int = 256, temperature: float = 0.0,
+                    seed: int | None = None, guard: EgressGuard | None = None) -> concurrent.futures.Future:
+        async def attempt() -> ChatReply:
+            raw = await self._client.chat.completions.with_raw_response.create(
+                model=model, messages=list(messages), max_tokens=max_tokens, temperature=temperature, stream=True,
+                **_seed(seed))
+            return _parse_chat_stream(raw.http_response.text)
+
+        model = self.model
+        return self._submit(self._attempts("chat completion", attempt), guard)
+
+
+# -- parsing: every shape check raises _Retryable('malformed' | 'missing_logprobs' | 'truncated') --------
+
+
+def _json(raw) -> Any:
+    try:
+        return json.loads(raw.http_response.text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _Retryable(f"the answer is not JSON ({exc})", "malformed") from None
+
+
+def _parse_completion(body: Any, n: int) -> Continuation:
+    try:
+        choice = body["choices"][0]
+        text, finish = choice.get("text", ""), choice.get("finish_reason") or "length"
+    except (KeyError, IndexError, TypeError, AttributeError):
+        raise _Retryable("the answer has no choices[0]", "malformed") from None
+    lp = choice.get("logprobs")
+    if not isinstance(lp, dict) or not isinstance(lp.get("tokens"), list) or not isinstance(lp.get("top_logprobs"), list):
+        raise _Retryable("the answer carries no logprobs", "missing_logprobs")
+    tokens, token_lps, tops = lp["tokens"], lp.get("token_logprobs") or [], lp["top_logprobs"]
+    if not tokens or len(tops) != len(tokens) or len(token_lps) != len(tokens) or len(tokens) > n:
+        raise _Retryable(f"the logprobs list {len(tokens)} tokens, {len(tops)} distributions for max_tokens={n}",
+                         "missing_logprobs")
+    steps = []
+    for token, token_lp, top in zip(tokens, token_lps, tops):
+        if not isinstance(top, dict) or not isinstance(token, str):
+            raise _Retryable("a logprobs entry is not a token -> logprob mapping", "malformed")
+        try:
+            scores = {str(k): float(v) for k, v in top.items()}
+            chosen = float(token_lp)
+        except (TypeError, ValueError):
+            raise _Retryable("a logprob is not a number", "malformed") from None
+        steps.append(TokenScores(token, chosen, scores))
+    return Continuation(text, steps, finish)
+
+
+def _parse_chat_stream(body: str) -> ChatReply:
+    parts, finish, done = [], None, False
+    for line in body.splitlines():
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            done = True
+            break
+        try:
+            choice = json.loads(data)["choices"][0]
+        except (json.JSONDecodeError, KeyError, IndexError, TypeError):
+            raise _Retryable("a stream event is not a chat completion chunk", "malformed") from None
+        parts.append((choice.get("delta") or {}).get("content") or "")
+        finish = choice.get("finish_reason") or finish
+    if not done or finish is None:
+        raise _Retryable("the stream ended before its last event", "truncated")
+    return ChatReply("".join(parts), finish)
+
+
+def _same_scores(entry: Any, top: dict[str, float]) -> bool:
+    if not isinstance(entry, dict) or not entry:
+        return False
+    best = max(entry, key=entry.get)
+    return best == max(top, key=top.get) and abs(float(entry[best]) - top[best]) < 0.05
+
+
+def _seed(seed: int | None) -> dict:
+    return {} if seed is None else {"seed": int(seed)}
+
+
+def _retry_after(headers) -> float | None:
+    value = headers.get("retry-after")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _error_message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        body = body.get("message") or body.get("error") or body
+    return str(body)[:300]

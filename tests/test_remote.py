@@ -1,0 +1,170 @@
+"""RemoteModel against a real llama_cpp.server on 127.0.0.1, through the fault-injecting proxy."""
+import concurrent.futures
+import json
+import time
+
+import numpy as np
+import pytest
+
+from cogenesis_device.errors import PrivacyBlockedError, RemoteError
+from cogenesis_device.loopback import free_port
+from cogenesis_device.privacy import EgressGuard
+from cogenesis_device.remote import RemoteModel
+
+HAIKU = [{"role": "user", "content": "Write a haiku about rain."}]
+
+
+def test_probe_finds_what_the_server_supports(remote):
+    caps = remote.connect()
+    assert caps.model.endswith(".gguf")
+    assert caps.max_top_k == 20  # llama_cpp.server has no upper bound; 20 is the client's cap
+    assert caps.positions_ok and not caps.token_ids
+    assert caps.echo and caps.echo_shift == 0
+
+
+def test_next_token_scores_match_the_same_model_run_locally(remote, model):
+    prompt = remote.prompt(HAIKU)
+    continuation = remote.next_tokens(prompt, n=4)
+    assert len(continuation.steps) == 4 and continuation.text == "".join(s.token for s in continuation.steps)
+    logits = model.new_session()
+    logits.prefill(model.tokenize(prompt, parse_special=True))
+    row = logits.logits(0).astype(np.float64)
+    local = row - np.log(np.exp(row - row.max()).sum()) - row.max()
+    first = continuation.steps[0]
+    best = int(np.argmax(local))
+    assert first.token == model.native.token_to_piece(best).decode()
+    assert len(first.top) == 20
+    for token, logprob in first.top.items():
+        assert abs(local[model.native.tokenize(token, add_special=False, parse_special=False)[0]] - logprob) < 0.05
+
+
+def test_chat_completion(remote):
+    reply = remote.chat([{"role": "user", "content": "Say hello."}], max_tokens=8)
+    assert reply.text and reply.finish_reason in ("length", "stop")
+
+
+@pytest.mark.parametrize("fault, params", [
+    ("drop", {}),
+    ("status", {"status": 503}),
+    ("status", {"status": 429, "retry_after": 0.2}),
+    ("garbage", {}),
+    ("truncate", {}),
+    ("strip_logprobs", {}),
+])
+def test_a_transient_fault_is_retried_and_the_answer_is_right(remote, proxy, fault, params):
+    prompt = remote.prompt(HAIKU)
+    expected = remote.next_tokens(prompt, n=3).text
+    proxy.clear()
+    proxy.inject(fault, **params)
+    start = time.monotonic()
+    assert remote.next_tokens(prompt, n=3).text == expected
+    assert [r.fault for r in proxy.records] == [fault, None]
+    if "retry_after" in params:  # Retry-After is honoured, not the 10 ms backoff
+        assert time.monotonic() - start >= 0.2
+
+
+@pytest.mark.parametrize("fault, params, kind", [
+    ("drop", {}, "connection"),
+    ("status", {"status": 500}, "status"),
+    ("garbage", {}, "malformed"),
+    ("truncate", {}, "connection"),
+    ("strip_logprobs", {}, "missing_logprobs"),
+])
+def test_a_persistent_fault_ends_in_a_remote_error_after_bounded_retries(remote, proxy, fault, params, kind):
+    remote.connect()
+    proxy.clear()
+    proxy.inject(fault, count=3, **params)
+    with pytest.raises(RemoteError) as err:
+        remote.next_tokens(remote.prompt(HAIKU), n=2)
+    assert err.value.kind == kind and err.value.attempts == 3
+    assert len(proxy.records) == 3 and str(remote.base_url) in str(err.value)
+
+
+def test_a_truncated_chat_stream_is_detected(remote, proxy):
+    remote.connect()
+    proxy.inject("truncate", count=3)
+    with pytest.raises(RemoteError, match="stream ended") as err:
+        remote.chat([{"role": "user", "content": "Say hello."}], max_tokens=8)
+    assert err.value.kind == "truncated"
+
+
+def test_a_client_error_is_not_retried(remote, proxy):
+    remote.connect()
+    proxy.clear()
+    proxy.inject("status", count=3, status=400)
+    with pytest.raises(RemoteError, match="HTTP 400") as err:
+        remote.next_tokens(remote.prompt(HAIKU))
+    assert err.value.attempts == 1 and len(proxy.records) == 1
+
+
+def test_a_slow_server_times_out(proxy, model):
+    with RemoteModel(proxy.base_url, template=model, timeout=0.5, max_retries=1, backoff=0.01) as slow:
+        slow.connect()
+        proxy.inject("stall", count=2, seconds=3.0)
+        start = time.monotonic()
+        with pytest.raises(RemoteError, match="within 0.5 s") as err:
+            slow.next_tokens(slow.prompt(HAIKU))
+        assert err.value.kind == "timeout" and err.value.attempts == 2
+        assert time.monotonic() - start < 2.5
+
+
+def test_connection_refused_is_named():
+    with RemoteModel(f"http://127.0.0.1:{free_port()}/v1", max_retries=1, backoff=0.01) as nowhere:
+        with pytest.raises(RemoteError, match="connection failed") as err:
+            nowhere.connect()
+        assert err.value.kind == "connection" and err.value.attempts == 2
+
+
+def test_concurrent_requests_share_pooled_connections(remote, proxy):
+    remote.connect()
+    prompt = remote.prompt(HAIKU)
+    proxy.clear()
+    for _ in range(2):
+        futures = [remote.submit_next_tokens(prompt, n=2) for _ in range(4)]
+        texts = {f.result(timeout=60).text for f in futures}
+        assert len(texts) == 1
+    assert len(proxy.records) == 8
+    assert proxy.connections <= 4  # the second round reuses the first round's connections
+
+
+def test_cancel_aborts_the_request_in_flight(remote, proxy):
+    remote.connect()
+    proxy.inject("stall", seconds=5.0)
+    future = remote.submit_next_tokens(remote.prompt(HAIKU), n=2)
+    time.sleep(0.3)
+    assert future.cancel()
+    with pytest.raises(concurrent.futures.CancelledError):
+        future.result(timeout=1)
+    assert remote.next_tokens(remote.prompt(HAIKU), n=1).steps  # the model is still usable
+
+
+def test_every_request_is_recorded_by_the_guard_it_ran_under(remote, proxy):
+    guard = EgressGuard("My neighbour Zorvex Quillandor waters the plants.", public="Write a haiku about rain.")
+    remote.next_tokens(remote.prompt(HAIKU) + "For Zorvex:", n=2, guard=guard)
+    [record] = guard.records
+    assert record.endpoint == "/v1/completions" and record.status == 200 and record.bytes_received > 0
+    assert "Zorvex" not in record.body and "[NAME]" in record.body
+    assert proxy.records[-1].body.decode() == record.body  # what arrived is what was recorded
+    with pytest.raises(PrivacyBlockedError):
+        remote.next_tokens("Zorvex Quillandor", guard=EgressGuard(guard._contexts, policy="block"))
+
+
+def test_configuration_errors_name_the_argument_and_the_variables(monkeypatch):
+    for name in ("COGENESIS_REMOTE_BASE_URL", "OPENAI_BASE_URL", "OPENAI_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(RemoteError, match="base_url=.*COGENESIS_REMOTE_BASE_URL or OPENAI_BASE_URL"):
+        RemoteModel()
+    with pytest.raises(RemoteError, match="api_key=.*OPENAI_API_KEY"):
+        RemoteModel("https://api.example.com/v1")
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    with RemoteModel() as from_env:
+        assert from_env.base_url == "http://127.0.0.1:9/v1"
+    monkeypatch.setenv("COGENESIS_REMOTE_BASE_URL", "http://127.0.0.1:8/v1")
+    with RemoteModel() as preferred:
+        assert preferred.base_url == "http://127.0.0.1:8/v1"
+
+
+def test_next_tokens_needs_a_known_template(proxy):
+    with RemoteModel(proxy.base_url) as untemplated:
+        with pytest.raises(RemoteError, match="template="):
+            untemplated.prompt(HAIKU)
