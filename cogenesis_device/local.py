@@ -193,7 +193,8 @@ class LocalModel:
             self._idle.append(session)
 
     @contextmanager
-    def _pooled_session(self):
+    def pooled_session(self):
+        """Borrow an idle session from the pool for the duration of a `with` block."""
         session = self._acquire()
         try:
             yield session
@@ -207,7 +208,7 @@ class LocalModel:
         match are restored from the file instead of being evaluated. Returns the token count.
         """
         tokens = self._prompt_tokens(prefix, chat=chat, add_generation_prompt=False)
-        with self._pooled_session() as session:
+        with self.pooled_session() as session:
             session.truncate(0)
             session.prefill(tokens)
             session.save_state(os.fspath(path))

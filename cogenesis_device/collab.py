@@ -1,0 +1,465 @@
+"""Collaborative generation: the local model holds the private context, the remote only the instruction.
+
+- sketch: the remote outlines the public instruction; the local model writes from context + outline.
+- logits: the local model's scores (with context) are fused with the remote's (without) at each
+  step. One remote call serves several tokens (remote lookahead): the remote continues its own
+  greedy text for `lookahead` tokens and lists its top-k at each; the local side fuses position
+  by position and accepts while the fused choice equals the remote's token, because until then
+  the remote's scores were computed on exactly the accepted prefix. At the first difference the
+  fused token is kept, the local KV cache is rolled back, and the next call starts from there.
+  The local model decodes its pending token while the request is in flight.
+
+Every request goes through the job's EgressGuard (privacy.py), which redacts or blocks private
+spans in the generated prefix sent to the remote.
+"""
+from __future__ import annotations
+
+import codecs
+import html
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from . import _native
+from .errors import InvalidParameterError, RemoteError
+from .local import LocalModel
+from .privacy import AuditRecord, EgressGuard
+from .remote import RemoteModel
+
+MODES = ("sketch", "logits")
+SYSTEM_PROMPT = ("You write on behalf of the user described below. Use their details, experiences and writing "
+                 "style wherever they fit the task.\n\nAbout the user:\n{context}")
+OUTLINE_PROMPT = ("Plan a piece of writing for the task below. Answer with an outline only: 8 to 15 numbered "
+                  "points, each 3 to 5 words.\n\nTask: {instruction}")
+FOLLOW_OUTLINE = "{instruction}\n\nFollow this outline:\n{outline}"
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """How local and remote scores are combined (see fusion.py). schedule=(P, K, T): consult the
+    remote on every step below P, then on T of every K + T steps; None consults on every step."""
+
+    rule: str = "weighted"
+    fill: str = "mask"
+    weight: float = 0.5
+    alpha: float = 1.0
+    gate: object = None
+    schedule: tuple[int, int, int] | None = None
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """Attribution of one generated token."""
+
+    token: int
+    text: str
+    source: str  # 'fused' (remote scores were used) or 'local'
+    weight: float  # the local side's weight at this step (1.0 when local only)
+    local_p: float  # probability of the token under the local model (with context)
+    remote_p: float | None  # ... under the remote's top-k, None when unlisted or not consulted
+
+    @property
+    def remote_share(self) -> float:
+        """How much of the fused choice came from the remote, in [0, 1]."""
+        if self.remote_p is None:
+            return 0.0
+        remote = (1.0 - self.weight) * self.remote_p
+        total = self.weight * self.local_p + remote
+        return remote / total if total > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class CoStats:
+    first_token_ms: float
+    total_ms: float
+    n_tokens: int
+    round_trips: int  # HTTP requests that left the process (retries included)
+    bytes_sent: int
+    bytes_received: int
+    network_wait_ms: float  # time the loop spent blocked on the remote
+    remote_tokens_accepted: int  # tokens where the fused choice matched the remote's own token
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.n_tokens / self.total_ms * 1000.0 if self.total_ms > 0 else 0.0
+
+    @property
+    def round_trips_per_token(self) -> float:
+        return self.round_trips / self.n_tokens if self.n_tokens else 0.0
+
+    def summary(self) -> str:
+        return (f"{self.n_tokens} tok in {self.total_ms:.0f} ms ({self.tokens_per_s:.1f} tok/s), first token "
+                f"{self.first_token_ms:.0f} ms, {self.round_trips} round trips ({self.round_trips_per_token:.2f}/tok), "
+                f"{self.bytes_sent} B sent, {self.bytes_received} B received, network wait {self.network_wait_ms:.0f} ms")
+
+
+@dataclass
+class CoResult:
+    text: str
+    mode: str
+    tokens: list[int]
+    attribution: list[TokenInfo]
+    audit: list[AuditRecord]
+    stats: CoStats
+    finish_reason: str
+    fallback: bool = False  # the remote failed and generation went on local-only
+    fallback_reason: str | None = None
+    outline: str | None = None  # sketch mode
+
+    def audit_summary(self) -> dict:
+        return {
+            "requests": len(self.audit),
+            "redacted_spans": sum(len(r.findings) for r in self.audit if r.action == "redacted"),
+            "leaked_spans": sum(len(r.findings) for r in self.audit if r.action == "leaked"),
+            "bytes_sent": sum(r.bytes_sent for r in self.audit),
+        }
+
+    def to_html(self, path: str | None = None) -> str:
+        """The text with each token shaded from blue (local) to orange (remote), like the paper's
+        Figure 6; hover a token for its numbers. Written to `path` when given."""
+        spans = []
+        for info in self.attribution:
+            share = info.remote_share
+            colour = f"rgba({int(70 + 185 * share)},{int(130 + 35 * share)},{int(230 - 200 * share)},0.35)"
+            remote = "-" if info.remote_p is None else f"{info.remote_p:.3f}"
+            title = f"{info.source}; w={info.weight:.2f}; p_local={info.local_p:.3f}; p_remote={remote}"
+            text = html.escape(info.text).replace("\n", "<br>")
+            spans.append(f'<span style="background:{colour}" title="{html.escape(title)}">{text}</span>')
+        fallback = f"<p><b>Fallback to local only:</b> {html.escape(self.fallback_reason)}</p>" if self.fallback else ""
+        page = (
+            "<!doctype html><meta charset='utf-8'><title>cogenesis-device</title>"
+            "<style>body{font:16px/1.6 sans-serif;max-width:46em;margin:2em auto}span{border-radius:3px}"
+            ".key span{padding:0 .4em}</style>"
+            f"<h3>{html.escape(self.mode)} mode</h3>"
+            "<p class='key'><span style='background:rgba(70,130,230,.35)'>local</span> "
+            "<span style='background:rgba(255,165,30,.35)'>remote</span></p>"
+            f"{fallback}<p>{''.join(spans)}</p><p><small>{html.escape(self.stats.summary())}</small></p>"
+        )
+        if path is not None:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(page)
+        return page
+
+
+class _TextAssembler:
+    """Token bytes -> text, holding back an unfinished UTF-8 character."""
+
+    def __init__(self, model: _native.Model):
+        self._model = model
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.text = ""
+
+    def add(self, token: int) -> str:
+        piece = self._decoder.decode(self._model.token_to_piece(token))
+        self.text += piece
+        return piece
+
+    @property
+    def complete(self) -> bool:
+        return not self._decoder.getstate()[0]
+
+
+class CoGenerator:
+    """Personalized writing with a local model (sees the context) and a remote one (does not).
+
+    local: a LocalModel. remote: a RemoteModel, or None for local-only generation.
+    mode: 'logits' or 'sketch'. fusion: a FusionConfig (or its fields as a dict).
+    privacy: 'redact' (default), 'block' or 'audit', or a dict of EgressGuard arguments
+        (policy, min_span, entities, audit_path).
+    lookahead: tokens asked of the remote per call in logits mode (1 = the paper's per-token protocol).
+    overlap: decode locally while a request is in flight.
+    batch_verify: score the remote's lookahead tokens in one batched decode (True), or one at a time
+        as they are accepted (False). llama.cpp's logits depend slightly on the batch shape, so only
+        False reproduces the per-token protocol bit for bit; on a compute-bound CPU it costs no more.
+    remote_tokenizer: a model with the remote's tokenizer (by default `remote.template` when it is
+        a LocalModel), used to keep lookahead exact; None means cross-tokenizer mode.
+    """
+
+    def __init__(self, local: LocalModel, remote: RemoteModel | None = None, *, mode: str = "logits",
+                 fusion: FusionConfig | dict | None = None, privacy: str | dict = "redact", lookahead: int = 8,
+                 overlap: bool = True, batch_verify: bool = True, top_k: int | None = None,
+                 remote_tokenizer: object = "auto"):
+        if mode not in MODES:
+            raise InvalidParameterError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if not 1 <= lookahead <= 31:
+            raise InvalidParameterError(f"lookahead must be between 1 and 31 tokens, got {lookahead}")
+        self.local, self.remote, self.mode = local, remote, mode
+        self.fusion = fusion if isinstance(fusion, FusionConfig) else FusionConfig(**(fusion or {}))
+        self.privacy = {"policy": privacy} if isinstance(privacy, str) else dict(privacy)
+        self.lookahead, self.overlap, self.batch_verify, self.top_k = lookahead, overlap, batch_verify, top_k
+        if remote_tokenizer == "auto":
+            template = getattr(remote, "template", None)
+            remote_tokenizer = template if hasattr(template, "tokenize") else None
+        self.remote_tokenizer = remote_tokenizer
+        self._bridge = _native.VocabBridge(local.native)
+
+    def generate(self, instruction: str, context: str = "", **options) -> CoResult:
+        """Write a response to `instruction` for the user described by `context`. See stream()."""
+        stream = self.stream(instruction, context, **options)
+        for _ in stream:
+            pass
+        return stream.result
+
+    def stream(self, instruction: str, context: str = "", *, max_tokens: int = 256, temperature: float = 0.0,
+               top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, seed: int | None = None) -> "CoStream":
+        """Like generate(), yielding text as it is written; the CoResult is in `.result` at the end.
+
+        Only `instruction` is sent to the remote (with the generated text in logits mode, redacted)."""
+        if max_tokens < 1:
+            raise InvalidParameterError(f"max_tokens must be at least 1, got {max_tokens}")
+        guard = EgressGuard(context, public=[instruction, OUTLINE_PROMPT], **self.privacy)
+        sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
+        return CoStream(self, instruction, context, guard, max_tokens, sampling)
+
+
+class CoStream:
+    """Iterates over the text of one collaborative generation."""
+
+    def __init__(self, gen: CoGenerator, instruction: str, context: str, guard: EgressGuard, max_tokens: int,
+                 sampling: dict):
+        self._gen, self._guard = gen, guard
+        self._start = time.perf_counter()
+        self._first_token_ms = 0.0
+        self._network_ms = 0.0
+        self._accepted = 0
+        self.result: CoResult | None = None
+        self._fallback: str | None = None
+        self._outline: str | None = None
+        self._attribution: list[TokenInfo] = []
+        self._text = _TextAssembler(gen.local.native)
+        self._finish = "length"
+        steps = self._sketch if gen.mode == "sketch" else self._logits
+        self._pieces = steps(instruction, context, max_tokens, sampling)
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        try:
+            piece = next(self._pieces)
+        except StopIteration:
+            self._finalize()
+            raise
+        if not self._first_token_ms:
+            self._first_token_ms = (time.perf_counter() - self._start) * 1000.0
+        return piece
+
+    # -- shared pieces -----------------------------------------------------------------------------
+
+    def _remote_failed(self, exc: RemoteError) -> None:
+        self._fallback = f"{exc} (kind: {exc.kind}); continued with the local model only"
+
+    def _wait(self, future):
+        start = time.perf_counter()
+        try:
+            return future.result()
+        finally:
+            self._network_ms += (time.perf_counter() - start) * 1000.0
+
+    def _local_messages(self, context: str, user: str) -> str:
+        messages = ([{"role": "system", "content": SYSTEM_PROMPT.format(context=context)}] if context else [])
+        return self._gen.local.apply_chat_template(messages + [{"role": "user", "content": user}])
+
+    def _emit(self, token: int, local_row: np.ndarray | None, remote_lp: dict | None,
+              weight: float) -> str:
+        piece = self._text.add(token)
+        local_p = float(_softmax_at(local_row, token)) if local_row is not None else float("nan")
+        remote_p = float(np.exp(remote_lp[token])) if remote_lp and token in remote_lp else None
+        self._attribution.append(TokenInfo(token, piece, "fused" if remote_lp is not None else "local",
+                                           weight, local_p, remote_p))
+        return piece
+
+    def _finalize(self) -> None:
+        records = list(self._guard.records)
+        tokens = [a.token for a in self._attribution]
+        stats = CoStats(
+            first_token_ms=self._first_token_ms, total_ms=(time.perf_counter() - self._start) * 1000.0,
+            n_tokens=len(tokens), round_trips=sum(r.action != "blocked" for r in records),
+            bytes_sent=sum(r.bytes_sent for r in records), bytes_received=sum(r.bytes_received for r in records),
+            network_wait_ms=self._network_ms, remote_tokens_accepted=self._accepted)
+        self.result = CoResult(self._text.text, self._gen.mode, tokens, self._attribution, records, stats,
+                               self._finish, self._fallback is not None, self._fallback, self._outline)
+
+    # -- sketch ------------------------------------------------------------------------------------
+
+    def _sketch(self, instruction: str, context: str, max_tokens: int, sampling: dict) -> Iterator[str]:
+        gen = self._gen
+        user = instruction
+        if gen.remote is not None:
+            try:
+                future = gen.remote.submit_chat([{"role": "user", "content": OUTLINE_PROMPT.format(
+                    instruction=instruction)}], max_tokens=160, guard=self._guard)
+                self._outline = self._wait(future).text.strip()
+                user = FOLLOW_OUTLINE.format(instruction=instruction, outline=self._outline)
+            except RemoteError as exc:
+                self._remote_failed(exc)
+        prompt = gen.local.tokenize(self._local_messages(context, user), parse_special=True)
+        with gen.local.pooled_session() as session:
+            sampler = _native.Sampler(**sampling)
+            generation = _native.Generation(session, np.asarray(prompt, dtype=np.int32), sampler,
+                                            max_tokens=max_tokens, stop=[], ignore_eos=False)
+            try:
+                while not generation.finished:
+                    token, _ = generation.step()
+                    if token >= 0:
+                        yield self._emit(token, None, None, 1.0)
+                self._finish = generation.finish_reason
+            finally:
+                generation.close()
+
+    # -- logits ------------------------------------------------------------------------------------
+
+    def _logits(self, instruction: str, context: str, max_tokens: int, sampling: dict) -> Iterator[str]:
+        gen, fusion = self._gen, self._gen.fusion
+        model = gen.local.native
+        remote_prompt = self._remote_prompt(instruction)
+        sampler = _native.FusionSampler(model, rule=fusion.rule, fill=fusion.fill, weight=fusion.weight,
+                                        alpha=fusion.alpha, gate=fusion.gate, **sampling)
+        prompt = gen.local.tokenize(self._local_messages(context, instruction), parse_special=True)
+        n_ctx = gen.local.n_ctx
+        with gen.local.pooled_session() as session:
+            _prefill_reusing(session, prompt[:-1])
+            pending, produced = prompt[-1], 0
+            while produced < max_tokens:
+                if session.seq_len() + 1 >= n_ctx:
+                    self._finish = "context_full"
+                    return
+                call = self._call(remote_prompt, produced, max_tokens)
+                if call is not None and not gen.overlap:
+                    self._await(call)
+                base = session.seq_len()
+                session.decode([0], [pending])
+                rows = [session.logits(0)]
+                steps = self._await(call) if call is not None else []
+                j = 0
+                while True:  # fuse position by position while the remote's own tokens are accepted
+                    scores = steps[j] if j < len(steps) and self._consults(produced) else None
+                    token, remote_lp, weight = self._sample(sampler, rows[j], scores)
+                    produced += 1
+                    yield self._emit(token, rows[j], remote_lp, weight)
+                    if model.is_eog(token):
+                        self._finish = "eos"
+                        return
+                    if produced >= max_tokens or not self._continues(call, steps, j, token):
+                        break
+                    if len(rows) == j + 1:
+                        room = n_ctx - session.seq_len() - 1
+                        batch = self._speculation(steps, j)[:room] if gen.batch_verify else [token][:room]
+                        if not batch:
+                            break
+                        session.decode([0] * len(batch), batch)
+                        rows.extend(session.logits(i) for i in range(len(batch)))
+                    j += 1
+                session.truncate(base + 1 + j)
+                pending = token
+
+    def _remote_prompt(self, instruction: str) -> str | None:
+        """The remote's prompt (public instruction only), after probing it; None if there is no usable remote."""
+        remote = self._gen.remote
+        if remote is None:
+            return None
+        try:
+            prompt = remote.prompt([{"role": "user", "content": instruction}])
+            remote.capabilities  # probe before the loop, so a failure falls back cleanly
+            return prompt
+        except RemoteError as exc:
+            self._remote_failed(exc)
+            return None
+
+    def _call(self, remote_prompt: str | None, produced: int, max_tokens: int) -> "_RemoteCall | None":
+        """Starts a lookahead request for the current prefix, when this step consults the remote."""
+        gen = self._gen
+        if remote_prompt is None or self._fallback is not None or not self._consults(produced) \
+                or not self._text.complete:  # never send half a UTF-8 character
+            return None
+        text = remote_prompt + self._text.text
+        sent = self._guard.redact(text)[0] if self._guard.policy == "redact" else text
+        future = gen.remote.submit_next_tokens(sent, n=min(gen.lookahead, max_tokens - produced), top_k=gen.top_k,
+                                               guard=self._guard)
+        return _RemoteCall(future, sent, gen.remote_tokenizer)
+
+    def _await(self, call: "_RemoteCall") -> list:
+        if call.steps is None:
+            try:
+                call.steps = self._wait(call.future).steps
+            except RemoteError as exc:
+                self._remote_failed(exc)
+                call.steps = []
+        return call.steps
+
+    def _sample(self, sampler, row: np.ndarray, scores) -> tuple[int, dict | None, float]:
+        """One fused (or local-only, when scores is None) sampling step."""
+        if scores is None:
+            return sampler.sample(row), None, 1.0
+        keys = list(scores.top)
+        ids, lps = self._gen._bridge.map(keys, np.array([scores.top[k] for k in keys], np.float32))
+        sampler.set_remote(ids, lps)
+        token = sampler.sample(row)
+        return token, dict(zip(ids.tolist(), lps.tolist())), sampler.last_info()["weight"]
+
+    def _continues(self, call, steps: list, j: int, token: int) -> bool:
+        """Whether position j + 1 can use this call's scores: the token at j is the remote's own, and
+        the remote's tokens so far are how it would tokenize their text (so a fresh call would see
+        exactly the same prefix)."""
+        if j >= len(steps) or token != self._aligned(steps[j].token):
+            return False
+        self._accepted += 1
+        return j + 1 < len(steps) and call.canonical(j + 1, self._aligned)
+
+    def _speculation(self, steps: list, j: int) -> list[int]:
+        """The remote's tokens j, j+1, ... that map exactly onto local tokens, to score in one batch."""
+        batch = []
+        for step in steps[j:-1]:
+            if (token := self._aligned(step.token)) < 0:
+                break
+            batch.append(token)
+        return batch
+
+    def _consults(self, step: int) -> bool:
+        schedule = self._gen.fusion.schedule
+        return schedule is None or _native.schedule_consult(*schedule, step)
+
+    def _aligned(self, remote_token: str) -> int:
+        """The local id whose bytes are exactly the remote token, or -1 (boundaries differ)."""
+        token_id = self._gen._bridge.lookup(remote_token)
+        if token_id < 0 or self._gen.local.native.token_to_piece(token_id) != remote_token.encode("utf-8"):
+            return -1
+        return token_id
+
+
+@dataclass
+class _RemoteCall:
+    """One lookahead request: its future, the exact text sent, and the remote's answer once awaited."""
+
+    future: object
+    text: str
+    tokenizer: object  # the remote's tokenizer when known (same family as the local model), else None
+    steps: list | None = None
+    _tokens: list | None = None
+
+    def canonical(self, m: int, aligned) -> bool:
+        if self.tokenizer is None:  # cross-tokenizer: only token boundaries are checked (by aligned)
+            return True
+        if self._tokens is None:
+            self._tokens = self.tokenizer.tokenize(self.text, parse_special=True)
+        own = [aligned(step.token) for step in self.steps[:m]]
+        text = self.text + "".join(step.token for step in self.steps[:m])
+        return self.tokenizer.tokenize(text, parse_special=True) == self._tokens + own
+
+
+def _prefill_reusing(session: _native.Session, tokens: list[int]) -> None:
+    """Prefill tokens, keeping the KV cache of a prefix the session already holds."""
+    held, tokens = session.seq_tokens(), np.asarray(tokens, dtype=np.int32)
+    n = min(len(held), len(tokens))
+    mismatch = np.flatnonzero(held[:n] != tokens[:n])
+    same = int(mismatch[0]) if mismatch.size else n
+    session.truncate(same)
+    if same < len(tokens):
+        session.prefill(tokens[same:])
+
+
+def _softmax_at(row: np.ndarray, token: int) -> float:
+    top = float(row.max())
+    return float(np.exp(row[token] - top) / np.exp(row - top).sum())
