@@ -146,10 +146,10 @@ class CoResult:
 class _TextAssembler:
     """Token bytes -> text, holding back an unfinished UTF-8 character."""
 
-    def __init__(self, model: _native.Model):
+    def __init__(self, model: _native.Model, text: str = ""):
         self._model = model
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self.text = ""
+        self.text = text
 
     def add(self, token: int) -> str:
         piece = self._decoder.decode(self._model.token_to_piece(token))
@@ -170,6 +170,7 @@ class CoGenerator:
         (policy, min_span, entities, audit_path).
     lookahead: tokens asked of the remote per call in logits mode (1 = the paper's per-token protocol).
     overlap: decode locally while a request is in flight.
+    outline_tokens: longest outline asked of the remote in sketch mode.
     batch_verify: score the remote's lookahead tokens in one batched decode (True), or one at a time
         as they are accepted (False). llama.cpp's logits depend slightly on the batch shape, so only
         False reproduces the per-token protocol bit for bit; on a compute-bound CPU it costs no more.
@@ -180,7 +181,7 @@ class CoGenerator:
     def __init__(self, local: LocalModel, remote: RemoteModel | None = None, *, mode: str = "logits",
                  fusion: FusionConfig | dict | None = None, privacy: str | dict = "redact", lookahead: int = 8,
                  overlap: bool = True, batch_verify: bool = True, top_k: int | None = None,
-                 remote_tokenizer: object = "auto"):
+                 remote_tokenizer: object = "auto", outline_tokens: int = 200):
         if mode not in MODES:
             raise InvalidParameterError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         if not 1 <= lookahead <= 31:
@@ -189,6 +190,7 @@ class CoGenerator:
         self.fusion = fusion if isinstance(fusion, FusionConfig) else FusionConfig(**(fusion or {}))
         self.privacy = {"policy": privacy} if isinstance(privacy, str) else dict(privacy)
         self.lookahead, self.overlap, self.batch_verify, self.top_k = lookahead, overlap, batch_verify, top_k
+        self.outline_tokens = outline_tokens
         if remote_tokenizer == "auto":
             template = getattr(remote, "template", None)
             remote_tokenizer = template if hasattr(template, "tokenize") else None
@@ -202,24 +204,28 @@ class CoGenerator:
             pass
         return stream.result
 
-    def stream(self, instruction: str, context: str = "", *, max_tokens: int = 256, temperature: float = 0.0,
-               top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, seed: int | None = None) -> "CoStream":
+    def stream(self, instruction: str, context: str = "", *, draft: str = "", max_tokens: int = 256,
+               temperature: float = 0.0, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
+               seed: int | None = None) -> "CoStream":
         """Like generate(), yielding text as it is written; the CoResult is in `.result` at the end.
+
+        draft: text the response must begin with (the user's own opening); private, like the context.
+        The result's text includes it; max_tokens counts only what is generated after it.
 
         Only `instruction` is sent to the remote (with the generated text in logits mode, redacted)."""
         if max_tokens < 1:
             raise InvalidParameterError(f"max_tokens must be at least 1, got {max_tokens}")
-        guard = EgressGuard(context, public=[instruction, OUTLINE_PROMPT], **self.privacy)
+        guard = EgressGuard([context, draft], public=[instruction, OUTLINE_PROMPT], **self.privacy)
         sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
-        return CoStream(self, instruction, context, guard, max_tokens, sampling)
+        return CoStream(self, instruction, context, draft, guard, max_tokens, sampling)
 
 
 class CoStream:
     """Iterates over the text of one collaborative generation."""
 
-    def __init__(self, gen: CoGenerator, instruction: str, context: str, guard: EgressGuard, max_tokens: int,
-                 sampling: dict):
-        self._gen, self._guard = gen, guard
+    def __init__(self, gen: CoGenerator, instruction: str, context: str, draft: str, guard: EgressGuard,
+                 max_tokens: int, sampling: dict):
+        self._gen, self._guard, self._draft = gen, guard, draft
         self._start = time.perf_counter()
         self._first_token_ms = 0.0
         self._network_ms = 0.0
@@ -228,7 +234,7 @@ class CoStream:
         self._fallback: str | None = None
         self._outline: str | None = None
         self._attribution: list[TokenInfo] = []
-        self._text = _TextAssembler(gen.local.native)
+        self._text = _TextAssembler(gen.local.native, draft)
         self._finish = "length"
         steps = self._sketch if gen.mode == "sketch" else self._logits
         self._pieces = steps(instruction, context, max_tokens, sampling)
@@ -258,9 +264,11 @@ class CoStream:
         finally:
             self._network_ms += (time.perf_counter() - start) * 1000.0
 
-    def _local_messages(self, context: str, user: str) -> str:
+    def _local_prompt(self, context: str, user: str) -> list[int]:
+        """The local model's prompt: the context as system message, the task, then the draft."""
         messages = ([{"role": "system", "content": SYSTEM_PROMPT.format(context=context)}] if context else [])
-        return self._gen.local.apply_chat_template(messages + [{"role": "user", "content": user}])
+        text = self._gen.local.apply_chat_template(messages + [{"role": "user", "content": user}]) + self._draft
+        return self._gen.local.tokenize(text, parse_special=True)
 
     def _emit(self, token: int, local_row: np.ndarray | None, remote_lp: dict | None,
               weight: float) -> str:
@@ -290,12 +298,12 @@ class CoStream:
         if gen.remote is not None:
             try:
                 future = gen.remote.submit_chat([{"role": "user", "content": OUTLINE_PROMPT.format(
-                    instruction=instruction)}], max_tokens=160, guard=self._guard)
+                    instruction=instruction)}], max_tokens=gen.outline_tokens, guard=self._guard)
                 self._outline = self._wait(future).text.strip()
                 user = FOLLOW_OUTLINE.format(instruction=instruction, outline=self._outline)
             except RemoteError as exc:
                 self._remote_failed(exc)
-        prompt = gen.local.tokenize(self._local_messages(context, user), parse_special=True)
+        prompt = self._local_prompt(context, user)
         with gen.local.pooled_session() as session:
             sampler = _native.Sampler(**sampling)
             generation = _native.Generation(session, np.asarray(prompt, dtype=np.int32), sampler,
@@ -317,7 +325,7 @@ class CoStream:
         remote_prompt = self._remote_prompt(instruction)
         sampler = _native.FusionSampler(model, rule=fusion.rule, fill=fusion.fill, weight=fusion.weight,
                                         alpha=fusion.alpha, gate=fusion.gate, **sampling)
-        prompt = gen.local.tokenize(self._local_messages(context, instruction), parse_special=True)
+        prompt = self._local_prompt(context, instruction)
         n_ctx = gen.local.n_ctx
         with gen.local.pooled_session() as session:
             _prefill_reusing(session, prompt[:-1])
@@ -375,10 +383,11 @@ class CoStream:
                 or not self._text.complete:  # never send half a UTF-8 character
             return None
         text = remote_prompt + self._text.text
-        sent = self._guard.redact(text)[0] if self._guard.policy == "redact" else text
-        future = gen.remote.submit_next_tokens(sent, n=min(gen.lookahead, max_tokens - produced), top_k=gen.top_k,
+        future = gen.remote.submit_next_tokens(text, n=min(gen.lookahead, max_tokens - produced), top_k=gen.top_k,
                                                guard=self._guard)
-        return _RemoteCall(future, sent, gen.remote_tokenizer)
+        # The guard redacts in the transport (and records it); the remote continues the redacted text.
+        seen = self._guard.redact(text)[0] if self._guard.policy == "redact" else text
+        return _RemoteCall(future, seen, gen.remote_tokenizer)
 
     def _await(self, call: "_RemoteCall") -> list:
         if call.steps is None:

@@ -120,7 +120,7 @@ class FaultProxy:
     """An HTTP/1.1 proxy on 127.0.0.1 that delays and breaks requests on purpose.
 
     rtt_ms, jitter_ms: added to every request, half before forwarding and half before answering.
-    inject(kind, count, ...): the next `count` requests get fault `kind`:
+    inject(kind, count, after, ...): `count` requests, after `after` untouched ones, get fault `kind`:
       'drop' closes the connection without an answer; 'status' answers `status` (with Retry-After
       `retry_after` when given); 'garbage' answers 200 with a body that is not JSON; 'truncate' cuts
       the answer in half (a JSON body mid-way, an event stream cleanly between events);
@@ -148,11 +148,12 @@ class FaultProxy:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}{self.path_prefix}"
 
-    def inject(self, kind: str, count: int = 1, **params) -> None:
+    def inject(self, kind: str, count: int = 1, *, after: int = 0, **params) -> None:
+        """Queue `count` faults of `kind`, after `after` requests that pass untouched."""
         if kind not in FAULTS:
             raise ValueError(f"unknown fault {kind!r}; one of {', '.join(FAULTS)}")
         with self._lock:
-            self._faults.extend([(kind, params)] * count)
+            self._faults.extend([(None, {})] * after + [(kind, params)] * count)
 
     def clear(self) -> None:
         with self._lock:

@@ -1,0 +1,155 @@
+"""Collaborative generation end to end: the bundled model locally, llama_cpp.server as the remote."""
+import json
+import os
+import secrets
+
+import pytest
+
+import cogenesis_device as cg
+from cogenesis_device.errors import InvalidParameterError, PrivacyBlockedError
+
+DEV = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "context-aware", "dev.json")
+CONTEXT = ("Name: Odalys Brennecke\nLocation: Tromsø, Norway\nOccupation: marine biologist\n"
+           "Private: training for the Lofoten ultramarathon; allergic to shellfish; sister Ingrid Solheim.")
+INSTRUCTION = "Write a short note inviting my colleagues to a team dinner"
+GREEDY = dict(max_tokens=32, temperature=0.0)
+
+
+def dev_samples(n):
+    if not os.path.exists(DEV):
+        pytest.skip(f"{DEV} is absent: the paper's dev data is not on this machine")
+    with open(DEV) as f:
+        data = json.load(f)
+    return [(s["conversations"][0]["value"].split(": ")[0], s["additional_profile"]) for s in data[:n]]
+
+
+def test_lookahead_writes_exactly_what_the_per_token_protocol_writes(model, remote, proxy):
+    remote.connect()  # the probe's requests are not part of a job
+    texts = {}
+    for name, options in (("per_token", dict(lookahead=1, overlap=False)),
+                          ("lookahead", dict(lookahead=8, batch_verify=False))):
+        proxy.clear()
+        result = cg.CoGenerator(model, remote, **options).generate(INSTRUCTION, CONTEXT, **GREEDY)
+        texts[name] = result.text
+        # Round trips and bytes are the HTTP traffic the proxy saw.
+        assert result.stats.round_trips == len(proxy.records) == len(result.audit)
+        assert result.stats.bytes_sent == sum(len(r.body) for r in proxy.records)
+        assert result.stats.n_tokens == 32 and not result.fallback
+        if name == "per_token":
+            assert result.stats.round_trips == 32
+        else:
+            assert result.stats.round_trips < 32 and result.stats.remote_tokens_accepted > 0
+    assert texts["lookahead"] == texts["per_token"]
+
+
+def test_batched_verification_agrees_with_the_per_token_protocol(model, remote):
+    per_token = cg.CoGenerator(model, remote, lookahead=1).generate(INSTRUCTION, CONTEXT, **GREEDY)
+    batched = cg.CoGenerator(model, remote, lookahead=8, batch_verify=True).generate(INSTRUCTION, CONTEXT, **GREEDY)
+    assert batched.text == per_token.text
+
+
+def test_weight_one_is_the_local_model_alone(model, remote):
+    alone = cg.CoGenerator(model, None).generate(INSTRUCTION, CONTEXT, **GREEDY)
+    fused = cg.CoGenerator(model, remote, fusion={"weight": 1.0}, batch_verify=False).generate(
+        INSTRUCTION, CONTEXT, **GREEDY)
+    assert fused.text == alone.text
+    assert all(a.source == "fused" and a.remote_share == 0.0 for a in fused.attribution[:1])
+    assert alone.stats.round_trips == 0 and all(a.source == "local" for a in alone.attribution)
+
+
+def test_weight_zero_follows_the_remote_alone(model, remote):
+    fused = cg.CoGenerator(model, remote, fusion={"weight": 0.0}, lookahead=1).generate(
+        INSTRUCTION, CONTEXT, max_tokens=12, temperature=0.0)
+    # The reference: ask the remote for its top token, one step at a time, on the same public prompt.
+    text = ""
+    for _ in range(12):
+        step = remote.next_tokens(remote.prompt([{"role": "user", "content": INSTRUCTION}]) + text).steps[0]
+        text += max(step.top, key=step.top.get)
+    assert fused.text == text
+    assert all(a.remote_share == 1.0 for a in fused.attribution)
+
+
+def test_remote_failure_mid_generation_falls_back_to_local(model, remote, proxy):
+    remote.connect()
+    proxy.clear()
+    proxy.inject("drop", count=50, after=2)
+    result = cg.CoGenerator(model, remote, lookahead=2).generate(INSTRUCTION, CONTEXT, **GREEDY)
+    assert result.fallback and "kind: connection" in result.fallback_reason
+    assert result.stats.n_tokens == 32 and result.finish_reason == "length"
+    sources = [a.source for a in result.attribution]
+    assert sources[0] == "fused" and sources[-1] == "local"
+    assert sources == sorted(sources)  # fused first, local only after the failure ('fused' < 'local')
+    assert len(proxy.records) == 2 + 3  # two answered calls, then one call with its 3 attempts
+
+
+def test_sketch_mode_sends_only_the_public_instruction(model, remote, proxy):
+    remote.connect()
+    proxy.clear()
+    result = cg.CoGenerator(model, remote, mode="sketch", outline_tokens=48).generate(
+        INSTRUCTION, CONTEXT, max_tokens=24, temperature=0.0)
+    assert result.outline and len(result.text) > 0 and not result.fallback
+    [request] = proxy.records
+    sent = json.loads(request.body)["messages"][0]["content"]
+    assert INSTRUCTION in sent and "Odalys" not in sent and result.stats.round_trips == 1
+
+
+def test_stream_yields_the_text_of_the_result(model, remote):
+    stream = cg.CoGenerator(model, remote).stream(INSTRUCTION, CONTEXT, max_tokens=16, temperature=0.0)
+    pieces = list(stream)
+    assert "".join(pieces) == stream.result.text and stream.result.stats.first_token_ms > 0
+
+
+def test_a_draft_is_private_redacted_or_blocked(model, remote, proxy):
+    canary = "Qv" + secrets.token_hex(6)
+    draft = f"Dear team, my locker code is {canary} and"
+    remote.connect()
+    proxy.clear()
+    result = cg.CoGenerator(model, remote, lookahead=4).generate(INSTRUCTION, CONTEXT, draft=draft, **GREEDY)
+    assert result.text.startswith(draft)
+    assert all(canary not in r.body.decode() for r in proxy.records) and result.audit_summary()["redacted_spans"] > 0
+    with pytest.raises(PrivacyBlockedError, match="policy is 'block'"):
+        cg.CoGenerator(model, remote, privacy="block").generate(INSTRUCTION, CONTEXT, draft=draft, **GREEDY)
+
+
+def test_no_canary_or_private_span_leaves_over_20_dev_samples(model, remote, proxy):
+    samples = dev_samples(20)
+    remote.connect()
+    redacted = 0
+    for i, (instruction, profile) in enumerate(samples):
+        canaries = ["Zq" + secrets.token_hex(5) for _ in range(3)]
+        context = (f"{profile}\nPassword hint: {canaries[0]}\nNeighbour: {canaries[1]} Vandermeer\n"
+                   f"Email: {canaries[2]}@example.org")
+        draft = f"{canaries[1]} Vandermeer, " if i % 2 else ""  # half the jobs start writing private text
+        proxy.clear()
+        for mode in ("logits", "sketch"):
+            generator = cg.CoGenerator(model, remote, mode=mode, lookahead=8, outline_tokens=24)
+            result = generator.generate(instruction, context, draft=draft, max_tokens=12, temperature=0.0)
+            redacted += result.audit_summary()["redacted_spans"]
+        public = instruction + "\n" + cg.collab.OUTLINE_PROMPT  # what the user and we chose to send
+        windows = {context[k:k + 12].lower() for k in range(len(context) - 11)} - {
+            public[k:k + 12].lower() for k in range(len(public) - 11)}
+        for request in proxy.records:
+            body = request.body.decode().lower()
+            assert not any(c.lower() in body for c in canaries)
+            leaked = [w for w in windows if w.strip() and w in json.dumps(json.loads(body), ensure_ascii=False)]
+            assert leaked == []
+    assert redacted > 0  # the guard had work to do, so the check above means something
+
+
+def test_to_html_colours_tokens_by_source(model, remote, tmp_path):
+    result = cg.CoGenerator(model, remote).generate(INSTRUCTION, CONTEXT, max_tokens=12, temperature=0.0)
+    page = result.to_html(str(tmp_path / "out.html"))
+    assert page == (tmp_path / "out.html").read_text()
+    assert page.count("<span style=\"background:rgba(") == len(result.attribution)
+    assert "p_local=" in page and "logits mode" in page
+
+
+def test_bad_arguments_are_named(model, remote):
+    with pytest.raises(InvalidParameterError, match="mode"):
+        cg.CoGenerator(model, remote, mode="telepathy")
+    with pytest.raises(InvalidParameterError, match="lookahead"):
+        cg.CoGenerator(model, remote, lookahead=0)
+    with pytest.raises(InvalidParameterError, match="max_tokens"):
+        cg.CoGenerator(model, remote).generate(INSTRUCTION, CONTEXT, max_tokens=0)
+    with pytest.raises(InvalidParameterError, match="policy"):
+        cg.CoGenerator(model, remote, privacy="whatever").generate(INSTRUCTION, CONTEXT, max_tokens=4)
