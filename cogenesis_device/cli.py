@@ -1,10 +1,18 @@
-"""Command line: `cogenesis generate "prompt"` streams text to stdout and stats to stderr."""
+"""Command line: text streams to stdout, stats and the privacy audit go to stderr.
+
+  cogenesis demo                      both modes on a bundled sample, with a loopback "remote"
+  cogenesis run "instruction" --context-file profile.txt [--mode logits|sketch] [--remote-url URL]
+  cogenesis generate "prompt"         the local model alone
+"""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from contextlib import ExitStack
+from importlib import resources
 
-from .errors import CogenesisError
+from .errors import CogenesisError, CogenesisIOError, InvalidParameterError
 from .registry import DEFAULT_MODEL, MODELS
 
 
@@ -48,6 +56,124 @@ def _generate(args) -> int:
     return 0
 
 
+def _add_collaboration(p) -> None:
+    """Options shared by `run` and `demo`."""
+    p.add_argument("-m", "--model", default=DEFAULT_MODEL, help=f"local model (default {DEFAULT_MODEL})")
+    p.add_argument("-n", "--max-tokens", type=int, default=96, help="tokens to generate (default 96)")
+    p.add_argument("--temp", type=float, default=0.0, help="temperature; 0 is greedy (default 0)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--privacy", default="redact", choices=["redact", "block", "audit"],
+                   help="what the egress guard does with private spans (default redact)")
+    p.add_argument("--min-span", type=int, default=12, help="shortest private verbatim span in characters (12)")
+    p.add_argument("--rule", default="weighted", choices=["weighted", "max", "context_delta"], help="fusion rule")
+    p.add_argument("--weight", type=float, default=0.5, help="local weight of the weighted rule (default 0.5)")
+    p.add_argument("--fill", default="mask", choices=["mask", "tail"], help="remote scores outside its top-k")
+    p.add_argument("--lookahead", type=int, default=8, help="remote tokens per round trip (1: per-token protocol)")
+    p.add_argument("--audit", default=None, help="append every request to this JSONL file")
+    p.add_argument("--html", default=None, help="write the token-attributed text to this HTML file")
+    p.add_argument("--n-ctx", type=int, default=2048)
+    p.add_argument("-t", "--threads", type=int, default=None)
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser("run", help="write with private context: local model + remote model")
+    p.add_argument("instruction_arg", nargs="?", metavar="instruction", help="the public instruction")
+    p.add_argument("--instruction", default=None, help="the public instruction (or positional)")
+    p.add_argument("--context-file", default=None, help="file with the private context (never sent)")
+    p.add_argument("--context", default="", help="private context as text")
+    p.add_argument("--draft", default="", help="text the response must start with (private)")
+    p.add_argument("--mode", default="logits", choices=["logits", "sketch"])
+    p.add_argument("--remote-url", default=None, help="OpenAI-compatible base URL (default: "
+                   "$COGENESIS_REMOTE_BASE_URL or $OPENAI_BASE_URL)")
+    p.add_argument("--remote-model", default=None, help="remote model name (default: the only one served)")
+    p.add_argument("--api-key", default=None, help="API key (default $OPENAI_API_KEY)")
+    p.add_argument("--template", default="local", choices=["local", "raw"],
+                   help="remote prompt format for logits mode: the local model's chat template (same family) or raw")
+    p.add_argument("--loopback", default=None, metavar="MODEL",
+                   help="start a loopback llama_cpp.server with this registry model as the remote")
+    _add_collaboration(p)
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="both modes on a bundled sample, with a loopback server as the remote")
+    _add_collaboration(p)
+
+
+def _collaborate(args, remote, local, instruction: str, context: str, mode: str, draft: str = "") -> None:
+    from .collab import CoGenerator
+
+    privacy = {"policy": args.privacy, "min_span": args.min_span, "audit_path": args.audit}
+    fusion = {"rule": args.rule, "weight": args.weight, "fill": args.fill}
+    generator = CoGenerator(local, remote, mode=mode, fusion=fusion, privacy=privacy, lookahead=args.lookahead)
+    stream = generator.stream(instruction, context, draft=draft, max_tokens=args.max_tokens, temperature=args.temp,
+                              seed=args.seed)
+    sys.stdout.write(draft)
+    for text in stream:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    result = stream.result
+    audit = result.audit_summary()
+    if result.outline:
+        print(f"[{mode}] outline from the remote:\n{result.outline}", file=sys.stderr)
+    print(f"[{mode}] finish={result.finish_reason}; {result.stats.summary()}", file=sys.stderr)
+    print(f"[{mode}] privacy ({args.privacy}): {audit['requests']} requests, {audit['bytes_sent']} B sent, "
+          f"{audit['redacted_spans']} private spans redacted, {audit['leaked_spans']} sent unredacted", file=sys.stderr)
+    if result.fallback:
+        print(f"[{mode}] fallback: {result.fallback_reason}", file=sys.stderr)
+    if args.html:
+        result.to_html(args.html)
+        print(f"[{mode}] token attribution written to {args.html}", file=sys.stderr)
+
+
+def _run(args) -> int:
+    from .local import LocalModel
+    from .loopback import LoopbackServer
+    from .remote import RemoteModel
+
+    instruction = args.instruction or args.instruction_arg
+    if not instruction:
+        raise InvalidParameterError("no instruction: pass it as the first argument or with --instruction")
+    context = args.context
+    if args.context_file:
+        try:
+            with open(args.context_file, encoding="utf-8") as f:
+                context = f.read()
+        except OSError as exc:
+            raise CogenesisIOError(f"cannot read the context file {args.context_file}: {exc.strerror}") from None
+    local = LocalModel(args.model, n_ctx=args.n_ctx, n_threads=args.threads)
+    with ExitStack() as stack:
+        url = args.remote_url
+        if args.loopback:
+            print(f"starting a loopback remote ({args.loopback}) ...", file=sys.stderr)
+            url = stack.enter_context(LoopbackServer(args.loopback, n_threads=args.threads)).base_url
+        template = local if args.template == "local" else "raw"
+        remote = stack.enter_context(RemoteModel(url, args.api_key, args.remote_model, template=template))
+        _collaborate(args, remote, local, instruction, context, args.mode, args.draft)
+    return 0
+
+
+def _demo(args) -> int:
+    from .local import LocalModel
+    from .loopback import LoopbackServer
+    from .remote import RemoteModel
+
+    sample = json.loads(resources.files("cogenesis_device").joinpath("data/demo.json").read_text(encoding="utf-8"))
+    print(f"starting a loopback OpenAI-compatible server as the remote ({DEFAULT_MODEL}) ...", file=sys.stderr)
+    local = LocalModel(args.model, n_ctx=args.n_ctx, n_threads=args.threads)
+    with LoopbackServer(DEFAULT_MODEL, n_threads=args.threads) as server, \
+            RemoteModel(server.base_url, template=local) as remote:
+        print(f"instruction (sent): {sample['instruction']}\nprivate context (kept on the device):\n"
+              f"{sample['context']}\n")
+        for mode in ("sketch", "logits"):
+            print(f"--- {mode} mode ---")
+            sys.stdout.flush()
+            _collaborate(args, remote, local, sample["instruction"], sample["context"], mode)
+            print()
+    return 0
+
+
 def _models(_args) -> int:
     for spec in MODELS.values():
         print(f"{spec.name:24} {spec.description} [pip: {spec.package}]")
@@ -55,13 +181,17 @@ def _models(_args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cogenesis", description=__doc__)
+    parser = argparse.ArgumentParser(prog="cogenesis", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_demo(sub)
+    _add_run(sub)
     _add_generate(sub)
     sub.add_parser("models", help="list the registry's models")
     args = parser.parse_args(argv)
     try:
-        return {"generate": _generate, "models": _models}[args.command](args)
+        commands = {"demo": _demo, "run": _run, "generate": _generate, "models": _models}
+        return commands[args.command](args)
     except CogenesisError as exc:
         print(f"cogenesis: error: {exc}", file=sys.stderr)
         return 1

@@ -172,15 +172,17 @@ class CoGenerator:
     overlap: decode locally while a request is in flight.
     outline_tokens: longest outline asked of the remote in sketch mode.
     batch_verify: score the remote's lookahead tokens in one batched decode (True), or one at a time
-        as they are accepted (False). llama.cpp's logits depend slightly on the batch shape, so only
-        False reproduces the per-token protocol bit for bit; on a compute-bound CPU it costs no more.
+        as they are accepted (False, the default). llama.cpp's logits depend slightly on the batch
+        shape, so only False reproduces the per-token protocol bit for bit; and on a compute-bound
+        CPU a batch costs nearly as much as its tokens one by one, while scoring one at a time stops
+        at the first rejection. True pays off on devices where a batch is cheap (GPUs).
     remote_tokenizer: a model with the remote's tokenizer (by default `remote.template` when it is
         a LocalModel), used to keep lookahead exact; None means cross-tokenizer mode.
     """
 
     def __init__(self, local: LocalModel, remote: RemoteModel | None = None, *, mode: str = "logits",
                  fusion: FusionConfig | dict | None = None, privacy: str | dict = "redact", lookahead: int = 8,
-                 overlap: bool = True, batch_verify: bool = True, top_k: int | None = None,
+                 overlap: bool = True, batch_verify: bool = False, top_k: int | None = None,
                  remote_tokenizer: object = "auto", outline_tokens: int = 200):
         if mode not in MODES:
             raise InvalidParameterError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")

@@ -1,4 +1,5 @@
 """The `cogenesis` console script: text to stdout, stats to stderr, clean errors."""
+import json
 import shutil
 import subprocess
 import sys
@@ -46,3 +47,34 @@ def test_models_lists_the_registry():
     proc = run_cli("models")
     assert proc.returncode == 0
     assert "smollm2-135m-instruct" in proc.stdout and "gemma3-270m" in proc.stdout
+
+
+def test_demo_runs_both_modes_on_a_loopback_remote():
+    proc = run_cli("demo", "-n", "12")
+    assert proc.returncode == 0, proc.stderr
+    assert "--- sketch mode ---" in proc.stdout and "--- logits mode ---" in proc.stdout
+    assert "[logits] privacy (redact):" in proc.stderr and "round trips" in proc.stderr
+    assert "fallback" not in proc.stderr
+
+
+def test_run_streams_the_text_and_writes_the_audit(tmp_path, loopback_server):
+    context = tmp_path / "profile.txt"
+    context.write_text("Name: Odalys Brennecke\nI run a small bakery in Tromsø and bake rye bread every dawn.")
+    audit = tmp_path / "audit.jsonl"
+    proc = run_cli("run", "Write a two-line shop announcement", "--context-file", str(context),
+                   "--remote-url", loopback_server.base_url, "-n", "16", "--audit", str(audit),
+                   "--draft", "Odalys here:")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("Odalys here:") and "[logits] finish=" in proc.stderr
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert records and all("Odalys" not in r["body"] for r in records)
+    assert any(r["action"] == "redacted" for r in records)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "Hi", "--context-file", "/nonexistent/profile.txt"], "cannot read the context file"),
+    (["run", "--context", "x"], "no instruction"),
+])
+def test_run_bad_input_is_a_one_line_error(args, message):
+    proc = run_cli(*args)
+    assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr
