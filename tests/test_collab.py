@@ -161,3 +161,19 @@ def test_bad_arguments_are_named(model, remote):
         cg.CoGenerator(model, remote).generate(INSTRUCTION, CONTEXT, max_tokens=0)
     with pytest.raises(InvalidParameterError, match="policy"):
         cg.CoGenerator(model, remote, privacy="whatever").generate(INSTRUCTION, CONTEXT, max_tokens=4)
+
+
+@pytest.mark.slow
+def test_cross_tokenizer_remote_fuses_through_the_bridge(model, gemma_path):
+    """Gemma 3 (262,144 tokens, base model) as the remote of SmolLM2 (49,152 tokens)."""
+    from cogenesis_device.loopback import LoopbackServer
+
+    with LoopbackServer(str(gemma_path), n_ctx=1024) as server, \
+            cg.RemoteModel(server.base_url, template="raw", max_top_k=10) as gemma:
+        generator = cg.CoGenerator(model, gemma, fusion={"weight": 0.2}, lookahead=4)
+        assert generator.remote_tokenizer is None  # no shared tokenizer: cross-tokenizer mode
+        result = generator.generate(INSTRUCTION, CONTEXT, max_tokens=12, temperature=0.0)
+    assert not result.fallback and result.stats.n_tokens == 12
+    fused = [a for a in result.attribution if a.remote_p is not None]
+    assert len(fused) >= 6  # most chosen tokens are listed by the remote, mapped onto local ids
+    assert result.stats.round_trips < 12  # runs continued across aligned token boundaries
