@@ -57,7 +57,7 @@ class TokenInfo:
     text: str
     source: str  # 'fused' (remote scores were used) or 'local'
     weight: float  # the local side's weight at this step (1.0 when local only)
-    local_p: float  # probability of the token under the local model (with context)
+    local_p: float  # probability of the token under the local model (with context); NaN in sketch mode
     remote_p: float | None  # ... under the remote's top-k, None when unlisted or not consulted
 
     @property
