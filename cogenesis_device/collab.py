@@ -25,7 +25,7 @@ import numpy as np
 from . import _native
 from .errors import InvalidParameterError, RemoteError
 from .local import LocalModel
-from .privacy import AuditRecord, EgressGuard
+from .privacy import AuditRecord, EgressGuard, summarize
 from .remote import RemoteModel
 
 MODES = ("sketch", "logits")
@@ -109,12 +109,8 @@ class CoResult:
     outline: str | None = None  # sketch mode
 
     def audit_summary(self) -> dict:
-        return {
-            "requests": len(self.audit),
-            "redacted_spans": sum(len(r.findings) for r in self.audit if r.action == "redacted"),
-            "leaked_spans": sum(len(r.findings) for r in self.audit if r.action == "leaked"),
-            "bytes_sent": sum(r.bytes_sent for r in self.audit),
-        }
+        """requests, bytes_sent, bytes_received, redacted_spans, blocked, leaked_spans."""
+        return summarize(self.audit)
 
     def to_html(self, path: str | None = None) -> str:
         """The text with each token shaded from blue (local) to orange (remote), like the paper's
@@ -283,12 +279,13 @@ class CoStream:
 
     def _finalize(self) -> None:
         records = list(self._guard.records)
+        audit = summarize(records)
         tokens = [a.token for a in self._attribution]
         stats = CoStats(
             first_token_ms=self._first_token_ms, total_ms=(time.perf_counter() - self._start) * 1000.0,
-            n_tokens=len(tokens), round_trips=sum(r.action != "blocked" for r in records),
-            bytes_sent=sum(r.bytes_sent for r in records), bytes_received=sum(r.bytes_received for r in records),
-            network_wait_ms=self._network_ms, remote_tokens_accepted=self._accepted)
+            n_tokens=len(tokens), round_trips=audit["requests"] - audit["blocked"], bytes_sent=audit["bytes_sent"],
+            bytes_received=audit["bytes_received"], network_wait_ms=self._network_ms,
+            remote_tokens_accepted=self._accepted)
         self.result = CoResult(self._text.text, self._gen.mode, tokens, self._attribution, records, stats,
                                self._finish, self._fallback is not None, self._fallback, self._outline)
 
@@ -356,7 +353,7 @@ class CoStream:
                         break
                     if len(rows) == j + 1:
                         room = n_ctx - session.seq_len() - 1
-                        batch = self._speculation(steps, j)[:room] if gen.batch_verify else [token][:room]
+                        batch = call.speculation(j)[:room] if gen.batch_verify else [token][:room]
                         if not batch:
                             break
                         session.decode([0] * len(batch), batch)
@@ -387,8 +384,11 @@ class CoStream:
         text = remote_prompt + self._text.text
         future = gen.remote.submit_next_tokens(text, n=min(gen.lookahead, max_tokens - produced), top_k=gen.top_k,
                                                guard=self._guard)
-        # The guard redacts in the transport (and records it); the remote continues the redacted text.
-        seen = self._guard.redact(text)[0] if self._guard.policy == "redact" else text
+        # The guard redacts in the transport (and records it); the remote continues the redacted text,
+        # which the canonical check needs only when the remote's tokenizer is known.
+        seen = None
+        if gen.remote_tokenizer is not None:
+            seen = self._guard.redact(text)[0] if self._guard.policy == "redact" else text
         return _RemoteCall(future, seen, gen.remote_tokenizer)
 
     def _await(self, call: "_RemoteCall") -> list:
@@ -398,6 +398,7 @@ class CoStream:
             except RemoteError as exc:
                 self._remote_failed(exc)
                 call.steps = []
+            call.ids = [self._aligned(step.token) for step in call.steps]
         return call.steps
 
     def _sample(self, sampler, row: np.ndarray, scores) -> tuple[int, dict | None, float]:
@@ -414,19 +415,10 @@ class CoStream:
         """Whether position j + 1 can use this call's scores: the token at j is the remote's own, and
         the remote's tokens so far are how it would tokenize their text (so a fresh call would see
         exactly the same prefix)."""
-        if j >= len(steps) or token != self._aligned(steps[j].token):
+        if j >= len(steps) or token != call.ids[j]:
             return False
         self._accepted += 1
-        return j + 1 < len(steps) and call.canonical(j + 1, self._aligned)
-
-    def _speculation(self, steps: list, j: int) -> list[int]:
-        """The remote's tokens j, j+1, ... that map exactly onto local tokens, to score in one batch."""
-        batch = []
-        for step in steps[j:-1]:
-            if (token := self._aligned(step.token)) < 0:
-                break
-            batch.append(token)
-        return batch
+        return j + 1 < len(steps) and call.canonical(j + 1)
 
     def _consults(self, step: int) -> bool:
         schedule = self._gen.fusion.schedule
@@ -442,22 +434,33 @@ class CoStream:
 
 @dataclass
 class _RemoteCall:
-    """One lookahead request: its future, the exact text sent, and the remote's answer once awaited."""
+    """One lookahead request: its future, the text the remote continues (after redaction), and once
+    awaited, the remote's steps and their local ids (-1 where token boundaries differ)."""
 
     future: object
-    text: str
+    text: str | None
     tokenizer: object  # the remote's tokenizer when known (same family as the local model), else None
     steps: list | None = None
+    ids: list[int] | None = None
     _tokens: list | None = None
 
-    def canonical(self, m: int, aligned) -> bool:
-        if self.tokenizer is None:  # cross-tokenizer: only token boundaries are checked (by aligned)
+    def canonical(self, m: int) -> bool:
+        """Whether the remote's first m tokens are how it would tokenize their text after the prompt."""
+        if self.tokenizer is None:  # cross-tokenizer: only token boundaries are checked (ids)
             return True
         if self._tokens is None:
             self._tokens = self.tokenizer.tokenize(self.text, parse_special=True)
-        own = [aligned(step.token) for step in self.steps[:m]]
         text = self.text + "".join(step.token for step in self.steps[:m])
-        return self.tokenizer.tokenize(text, parse_special=True) == self._tokens + own
+        return self.tokenizer.tokenize(text, parse_special=True) == self._tokens + self.ids[:m]
+
+    def speculation(self, j: int) -> list[int]:
+        """The remote's tokens j, j+1, ... that map exactly onto local tokens, to score in one batch."""
+        batch = []
+        for token in self.ids[j:-1]:
+            if token < 0:
+                break
+            batch.append(token)
+        return batch
 
 
 def _prefill_reusing(session: _native.Session, tokens: list[int]) -> None:

@@ -18,8 +18,8 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass
+from urllib.parse import urlparse
 
 from .registry import DEFAULT_MODEL, resolve_model
 
@@ -59,10 +59,9 @@ class LoopbackServer:
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 raise RuntimeError(f"the loopback server exited with status {self._process.returncode}:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(self.base_url + "/models", timeout=2) as response:
-                    if response.status == 200:
-                        return self
+            try:  # uvicorn listens only once the model is loaded; a bare connect sends no bytes
+                socket.create_connection(("127.0.0.1", self.port), timeout=2).close()
+                return self
             except OSError:
                 time.sleep(0.2)
         self.stop()
@@ -128,8 +127,6 @@ class FaultProxy:
     """
 
     def __init__(self, upstream_base_url: str, *, rtt_ms: float = 0.0, jitter_ms: float = 0.0, seed: int = 0):
-        from urllib.parse import urlparse
-
         parsed = urlparse(upstream_base_url)
         self.upstream = (parsed.hostname or "127.0.0.1", parsed.port or 80)
         self.path_prefix = parsed.path.rstrip("/")

@@ -149,18 +149,6 @@ class EgressGuard:
         )
         self._entity_kind = {_fold(e): kind for kind, e in self._entities}
 
-    def add_private(self, text: str) -> None:
-        """Adds text to the private context (for example a draft the response must continue)."""
-        with self._lock:
-            self._contexts.append(text)
-            self._rebuild([e for kind, e in self._entities if kind == "name"])
-
-    def add_public(self, text: str) -> None:
-        """Declares text the user chose to send; its spans stop counting as private."""
-        with self._lock:
-            self._public.append(text)
-            self._rebuild([e for kind, e in self._entities if kind == "name"])
-
     # -- finding and redacting ---------------------------------------------------------------------
 
     def find(self, text: str) -> list[Finding]:
@@ -265,14 +253,18 @@ class EgressGuard:
                     f.write(record.to_json() + "\n")
 
     def summary(self) -> dict:
-        """Counts over the recorded requests: requests, bytes, redactions, blocks, leaks."""
+        """Counts over the recorded requests (see summarize)."""
         with self._lock:
-            records = list(self.records)
-        return {
-            "requests": len(records),
-            "bytes_sent": sum(r.bytes_sent for r in records),
-            "bytes_received": sum(r.bytes_received for r in records),
-            "redacted_spans": sum(len(r.findings) for r in records if r.action == "redacted"),
-            "blocked": sum(r.action == "blocked" for r in records),
-            "leaked_spans": sum(len(r.findings) for r in records if r.action == "leaked"),
-        }
+            return summarize(self.records)
+
+
+def summarize(records: Sequence[AuditRecord]) -> dict:
+    """Counts over audit records: requests, bytes, redacted spans, blocked requests, leaked spans."""
+    return {
+        "requests": len(records),
+        "bytes_sent": sum(r.bytes_sent for r in records),
+        "bytes_received": sum(r.bytes_received for r in records),
+        "redacted_spans": sum(len(r.findings) for r in records if r.action == "redacted"),
+        "blocked": sum(r.action == "blocked" for r in records),
+        "leaked_spans": sum(len(r.findings) for r in records if r.action == "leaked"),
+    }

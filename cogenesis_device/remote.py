@@ -188,14 +188,10 @@ class RemoteModel:
         if self._loop.is_closed():
             coro.close()
             raise RemoteError("the RemoteModel is closed", kind="config")
+        # The task inherits the context current at submission, which carries the job's guard.
         context = contextvars.copy_context()
         context.run(_current_guard.set, guard)
-        return asyncio.run_coroutine_threadsafe(self._in_context(coro, context), self._loop)
-
-    @staticmethod
-    async def _in_context(coro, context: contextvars.Context):
-        task = asyncio.get_running_loop().create_task(coro, context=context)
-        return await task
+        return context.run(asyncio.run_coroutine_threadsafe, coro, self._loop)
 
     @staticmethod
     def _wait(future: concurrent.futures.Future):
