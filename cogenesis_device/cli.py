@@ -3,6 +3,7 @@
   cogenesis demo                      both modes on a bundled sample, with a loopback "remote"
   cogenesis run "instruction" --context-file profile.txt [--mode logits|sketch] [--remote-url URL]
   cogenesis generate "prompt"         the local model alone
+  cogenesis eval --data DIR --out DIR Table 1 on a dataset (see cli_eval.py for train-gate, data build)
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import sys
 from contextlib import ExitStack
 from importlib import resources
 
+from . import cli_eval
 from .errors import CogenesisError, CogenesisIOError, InvalidParameterError
 from .registry import DEFAULT_MODEL, MODELS
 
@@ -188,9 +190,13 @@ def main(argv: list[str] | None = None) -> int:
     _add_run(sub)
     _add_generate(sub)
     sub.add_parser("models", help="list the registry's models")
+    cli_eval.add_eval(sub)
+    cli_eval.add_train_gate(sub)
+    cli_eval.add_data(sub)
     args = parser.parse_args(argv)
     try:
-        commands = {"demo": _demo, "run": _run, "generate": _generate, "models": _models}
+        commands = {"demo": _demo, "run": _run, "generate": _generate, "models": _models, "eval": cli_eval.run_eval,
+                    "train-gate": cli_eval.run_train_gate, "data": cli_eval.run_data}
         return commands[args.command](args)
     except CogenesisError as exc:
         print(f"cogenesis: error: {exc}", file=sys.stderr)

@@ -213,7 +213,8 @@ class CoGenerator:
         Only `instruction` is sent to the remote (with the generated text in logits mode, redacted)."""
         if max_tokens < 1:
             raise InvalidParameterError(f"max_tokens must be at least 1, got {max_tokens}")
-        guard = EgressGuard([context, draft], public=[instruction, OUTLINE_PROMPT], **self.privacy)
+        guard = EgressGuard([context, draft], public=[instruction, OUTLINE_PROMPT.format(instruction=instruction)],
+                            **self.privacy)
         sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
         return CoStream(self, instruction, context, draft, guard, max_tokens, sampling)
 
@@ -262,12 +263,6 @@ class CoStream:
         finally:
             self._network_ms += (time.perf_counter() - start) * 1000.0
 
-    def _local_prompt(self, context: str, user: str) -> list[int]:
-        """The local model's prompt: the context as system message, the task, then the draft."""
-        messages = ([{"role": "system", "content": SYSTEM_PROMPT.format(context=context)}] if context else [])
-        text = self._gen.local.apply_chat_template(messages + [{"role": "user", "content": user}]) + self._draft
-        return self._gen.local.tokenize(text, parse_special=True)
-
     def _emit(self, token: int, local_row: np.ndarray | None, remote_lp: dict | None,
               weight: float) -> str:
         piece = self._text.add(token)
@@ -302,7 +297,7 @@ class CoStream:
                 user = FOLLOW_OUTLINE.format(instruction=instruction, outline=self._outline)
             except RemoteError as exc:
                 self._remote_failed(exc)
-        prompt = self._local_prompt(context, user)
+        prompt = local_prompt(self._gen.local, context, user, self._draft)
         with gen.local.pooled_session() as session:
             sampler = _native.Sampler(**sampling)
             generation = _native.Generation(session, np.asarray(prompt, dtype=np.int32), sampler,
@@ -324,10 +319,10 @@ class CoStream:
         remote_prompt = self._remote_prompt(instruction)
         sampler = _native.FusionSampler(model, rule=fusion.rule, fill=fusion.fill, weight=fusion.weight,
                                         alpha=fusion.alpha, gate=fusion.gate, **sampling)
-        prompt = self._local_prompt(context, instruction)
+        prompt = local_prompt(gen.local, context, instruction, self._draft)
         n_ctx = gen.local.n_ctx
         with gen.local.pooled_session() as session:
-            _prefill_reusing(session, prompt[:-1])
+            prefill_reusing(session, prompt[:-1])
             pending, produced = prompt[-1], 0
             while produced < max_tokens:
                 if session.seq_len() + 1 >= n_ctx:
@@ -463,7 +458,14 @@ class _RemoteCall:
         return batch
 
 
-def _prefill_reusing(session: _native.Session, tokens: list[int]) -> None:
+def local_prompt(local: LocalModel, context: str, user: str, draft: str = "") -> list[int]:
+    """The local model's prompt tokens: the context as system message, the task, then the draft."""
+    messages = ([{"role": "system", "content": SYSTEM_PROMPT.format(context=context)}] if context else [])
+    text = local.apply_chat_template(messages + [{"role": "user", "content": user}]) + draft
+    return local.tokenize(text, parse_special=True)
+
+
+def prefill_reusing(session: _native.Session, tokens: list[int]) -> None:
     """Prefill tokens, keeping the KV cache of a prefix the session already holds."""
     held, tokens = session.seq_tokens(), np.asarray(tokens, dtype=np.int32)
     n = min(len(held), len(tokens))

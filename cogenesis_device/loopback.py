@@ -53,7 +53,9 @@ class LoopbackServer:
         self._log = tempfile.TemporaryFile()
         command = [sys.executable, "-m", "llama_cpp.server", "--model", self.model_path, "--host", "127.0.0.1",
                    "--port", str(self.port), "--n_ctx", str(self.n_ctx), "--n_threads", str(self.n_threads),
-                   "--n_threads_batch", str(self.n_threads), "--flash_attn", "true", "--verbose", "false"]
+                   "--n_threads_batch", str(self.n_threads), "--flash_attn", "true", "--verbose", "false",
+                   # By default a new request aborts a streaming one; the server must queue them instead.
+                   "--interrupt_requests", "false"]
         self._process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:

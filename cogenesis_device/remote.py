@@ -342,17 +342,23 @@ class RemoteModel:
         return await self._attempts("completion", attempt)
 
     def chat(self, messages: Messages, *, max_tokens: int = 256, temperature: float = 0.0, seed: int | None = None,
-             guard: EgressGuard | None = None) -> ChatReply:
-        """A chat completion (streamed on the wire, so a truncated stream is detected and retried)."""
+             response_format: dict | None = None, guard: EgressGuard | None = None) -> ChatReply:
+        """A chat completion (streamed on the wire, so a truncated stream is detected and retried).
+
+        response_format is passed through as the server expects it, e.g. OpenAI and vLLM's
+        {"type": "json_schema", "json_schema": {"name": ..., "schema": ...}} or llama_cpp.server's
+        {"type": "json_object", "schema": ...}."""
         return self._wait(self.submit_chat(messages, max_tokens=max_tokens, temperature=temperature, seed=seed,
-                                           guard=guard))
+                                           response_format=response_format, guard=guard))
 
     def submit_chat(self, messages: Messages, *, max_tokens: int = 256, temperature: float = 0.0,
-                    seed: int | None = None, guard: EgressGuard | None = None) -> concurrent.futures.Future:
+                    seed: int | None = None, response_format: dict | None = None,
+                    guard: EgressGuard | None = None) -> concurrent.futures.Future:
         async def attempt() -> ChatReply:
+            extra = {"response_format": response_format} if response_format else {}
             raw = await self._client.chat.completions.with_raw_response.create(
                 model=model, messages=list(messages), max_tokens=max_tokens, temperature=temperature, stream=True,
-                **_seed(seed))
+                **_seed(seed), **extra)
             return _parse_chat_stream(raw.http_response.text)
 
         model = self.model

@@ -1,0 +1,145 @@
+"""Research commands: `cogenesis eval`, `cogenesis train-gate`, `cogenesis data build`."""
+from __future__ import annotations
+
+import sys
+from contextlib import ExitStack
+
+from .errors import InvalidParameterError
+from .registry import DEFAULT_MODEL
+
+
+def add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="the paper's Table 1 on a dataset: judge, ROUGE-L, similarity, bits/byte, leakage")
+    p.add_argument("--data", required=True, help="dataset file or directory (context-aware, abstracts or JSONL)")
+    p.add_argument("--out", required=True, help="output directory (an interrupted run resumes from it)")
+    p.add_argument("--modes", default="local,remote,sketch,logits:weighted:tail",
+                   help="comma-separated: local, remote, sketch, logits:<rule>[:fill][:w=..]; 'none' scores the gold "
+                        "answers only (default %(default)s)")
+    p.add_argument("--rules", default="weighted:mask,weighted:tail,max:tail,context_delta:tail",
+                   help="fusion rules scored on the gold answers, teacher-forced; '' for none (default %(default)s)")
+    p.add_argument("--privacy", default="redact", help="policy or comma-separated policies per remote mode (redact, audit)")
+    p.add_argument("--limit", type=int, default=None, help="first N samples only")
+    p.add_argument("-n", "--max-tokens", type=int, default=128, help="tokens generated per answer (default 128)")
+    p.add_argument("--lookahead", type=int, default=8)
+    p.add_argument("-m", "--model", default=DEFAULT_MODEL, help="local model")
+    p.add_argument("--n-ctx", type=int, default=4096, help="local context window (default 4096: the profiles are long)")
+    p.add_argument("--remote-url", default=None, help="OpenAI-compatible remote (default: a loopback server)")
+    p.add_argument("--remote-model", default=None, help="remote model name at --remote-url")
+    p.add_argument("--api-key", default=None)
+    p.add_argument("--loopback", default=DEFAULT_MODEL, metavar="MODEL",
+                   help="registry model the loopback remote serves when no --remote-url (default %(default)s)")
+    p.add_argument("--remote-gguf", default=None, metavar="MODEL",
+                   help="GGUF standing in for the remote in teacher-forced scoring and formatting its prompts "
+                        "(default: the --loopback model); 'none' skips gold bits/byte")
+    p.add_argument("--judge", default="none", help="'none', 'remote' (the remote endpoint) or an OpenAI-compatible URL")
+    p.add_argument("--judge-model", default=None)
+    p.add_argument("--gate", default=None, help="gate weights file for the 'gate' rule")
+    p.add_argument("--gate-records", action="store_true", help="also save per-position gate training records")
+    p.add_argument("--no-embeddings", action="store_true", help="skip the embedding metrics")
+    p.add_argument("-t", "--threads", type=int, default=None)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def run_eval(args) -> int:
+    from . import datasets
+    from .evaluate import EvalSettings, Evaluation
+    from .fusion import Gate
+    from .judge import Judge
+    from .local import LocalModel
+    from .loopback import LoopbackServer
+    from .remote import RemoteModel
+
+    samples = datasets.load(args.data, limit=args.limit)
+    split = lambda text: [x.strip() for x in text.split(",") if x.strip()]  # noqa: E731
+    settings = EvalSettings(modes=[] if args.modes == "none" else split(args.modes), rules=split(args.rules), policies=split(args.privacy),
+                            max_tokens=args.max_tokens, lookahead=args.lookahead,
+                            gold=args.remote_gguf != "none", gate_records=args.gate_records,
+                            embeddings=not args.no_embeddings)
+    gate = Gate(args.gate) if args.gate else None
+    local = LocalModel(args.model, n_ctx=args.n_ctx, n_threads=args.threads)
+    scorer_name = args.remote_gguf if args.remote_gguf not in (None, "none") else args.loopback
+    scorer = LocalModel(scorer_name, n_ctx=2048, n_threads=args.threads)
+    with ExitStack() as stack:
+        url = args.remote_url
+        if url is None:
+            print(f"starting a loopback remote ({args.loopback}) ...", file=sys.stderr)
+            url = stack.enter_context(LoopbackServer(args.loopback, n_threads=args.threads)).base_url
+        remote = stack.enter_context(RemoteModel(url, args.api_key, args.remote_model, template=scorer))
+        judge = None
+        if args.judge == "remote":
+            judge = Judge(remote)
+        elif args.judge != "none":
+            judge = Judge(stack.enter_context(RemoteModel(args.judge, args.api_key, args.judge_model)))
+        evaluation = Evaluation(args.out, local, remote, settings, scorer_remote=scorer if settings.gold else None,
+                                judge=judge, gate=gate, progress=not args.quiet)
+        evaluation.run(samples)
+    print((evaluation.out / "table.md").read_text(), end="")
+    print(f"written: {evaluation.out / 'results.json'}, {evaluation.out / 'table.md'}", file=sys.stderr)
+    return 0
+
+
+def add_train_gate(sub) -> None:
+    p = sub.add_parser("train-gate", help="train the fusion gate on `cogenesis eval --gate-records` output ([train] extra)")
+    p.add_argument("records", help="an eval output directory (its gate/ records)")
+    p.add_argument("--out", required=True, help="gate weights file to write (the engine's text format)")
+    p.add_argument("--held-out", type=float, default=0.33, help="share of samples held out (default 0.33)")
+    p.add_argument("--hidden", type=int, default=16, help="hidden units (default 16)")
+    p.add_argument("--steps", type=int, default=600, help="full-batch Adam steps (default 600)")
+    p.add_argument("--lr", type=float, default=0.02)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def run_train_gate(args) -> int:
+    from .gate_training import export, load_records, train, write_report
+
+    if not 0 < args.held_out < 1:
+        raise InvalidParameterError(f"--held-out must be between 0 and 1, got {args.held_out}")
+    arrays, report = train(load_records(args.records), held_out=args.held_out, hidden=args.hidden, steps=args.steps,
+                           lr=args.lr, seed=args.seed)
+    export(arrays, args.out)
+    write_report(report, args.out + ".json")
+    print(report.to_markdown(), end="")
+    print(f"written: {args.out} (load with --gate, or Gate(path)), {args.out}.json", file=sys.stderr)
+    return 0
+
+
+def add_data(sub) -> None:
+    p = sub.add_parser("data", help="dataset tools")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    b = data_sub.add_parser("build", help="synthesize a context-aware dataset (portraits -> profiles -> tasks -> texts)")
+    b.add_argument("--out", required=True, help="output directory (a rerun resumes; dataset.json is the result)")
+    b.add_argument("--portraits", type=int, default=4, help="group portraits (default 4)")
+    b.add_argument("--users", type=int, default=2, help="users per portrait (default 2)")
+    b.add_argument("--tasks", type=int, default=3, help="writing tasks per user, one sample each (default 3)")
+    b.add_argument("--attempts", type=int, default=3, help="tries per reply before it is rejected (default 3)")
+    b.add_argument("--temp", type=float, default=0.8)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--remote-url", default=None, help="OpenAI-compatible endpoint (default: a loopback server)")
+    b.add_argument("--remote-model", default=None)
+    b.add_argument("--api-key", default=None)
+    b.add_argument("--loopback", default=DEFAULT_MODEL, metavar="MODEL",
+                   help="registry model served on 127.0.0.1 when no --remote-url (default %(default)s)")
+    b.add_argument("--json-format", default=None, choices=["json_schema", "json_object", "none"],
+                   help="how structured replies are requested: json_schema (OpenAI, vLLM; default with --remote-url), "
+                        "json_object (llama_cpp.server; default for the loopback) or none")
+
+
+def run_data(args) -> int:
+    from .loopback import LoopbackServer
+    from .remote import RemoteModel
+    from .synth import DataBuilder
+
+    with ExitStack() as stack:
+        url = args.remote_url
+        if url is None:
+            print(f"starting a loopback model server ({args.loopback}) ...", file=sys.stderr)
+            url = stack.enter_context(LoopbackServer(args.loopback)).base_url
+        remote = stack.enter_context(RemoteModel(url, args.api_key, args.remote_model))
+        builder = DataBuilder(remote, args.out, portraits=args.portraits, users=args.users, tasks=args.tasks,
+                              attempts=args.attempts, temperature=args.temp, seed=args.seed,
+                              json_format=args.json_format or ("json_schema" if args.remote_url else "json_object"))
+        path = builder.build()
+    r = builder.report
+    print(f"{r.samples} samples -> {path if r.samples else '(none written)'}; {r.requests} requests; "
+          f"rejected replies {r.rejected}; duplicates dropped {r.duplicates}; totals {r.counts}", file=sys.stderr)
+    return 0 if r.samples else 1

@@ -1,0 +1,323 @@
+"""`cogenesis eval`: the paper's Table 1 on a dataset, with gold bits per byte and privacy leakage.
+
+Modes: local (local model with context, no remote), remote (remote alone, public instruction only),
+sketch, and logits:<rule> (e.g. logits:weighted:tail, see teacher.parse_rule). Everything a run
+computes is appended to JSONL files in the output directory, one line per (sample, mode), so an
+interrupted run resumes where it stopped; the table is rebuilt from those files at the end.
+
+Output directory:
+  gold.jsonl         teacher-forced nll per system (local, remote, each --rules entry)
+  gate/<tid>.npz     per-position gate training records (with --gate-records)
+  generations.jsonl  text, stats, metrics and leakage per sample and mode
+  judge.jsonl        judge scores per sample and mode
+  results.json, table.md
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .collab import OUTLINE_PROMPT, CoGenerator
+from .datasets import Sample
+from .errors import InvalidParameterError, RemoteError
+from .judge import CRITERIA, Judge
+from .local import LocalModel
+from .metrics import Embedder, facts_used, leakage, private_items, rouge_l, would_leak
+from .privacy import POLICIES, EgressGuard, summarize
+from .remote import RemoteModel
+from .teacher import GoldScorer, parse_rule
+
+
+def mode_label(mode: str, policy: str) -> str:
+    return mode if policy == "redact" or mode == "local" else f"{mode} [{policy}]"
+
+
+def validate_modes(modes: Sequence[str], gate: object = None) -> list[str]:
+    out = []
+    for mode in modes:
+        mode = mode.strip()
+        if mode.startswith("logits"):
+            parse_rule(mode.partition(":")[2] or "weighted", gate)
+        elif mode not in ("local", "remote", "sketch"):
+            raise InvalidParameterError(f"unknown mode {mode!r}: use local, remote, sketch or logits:<rule>")
+        out.append(mode)
+    return out
+
+
+class _Log:
+    """An append-only JSONL file of records keyed by (tid, mode); a torn last line is ignored."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.records: dict[tuple, dict] = {}
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                self.records[(rec["tid"], rec.get("mode"))] = rec
+        self._file = open(path, "a", encoding="utf-8")
+
+    def __contains__(self, key) -> bool:
+        return key in self.records
+
+    def add(self, record: dict) -> None:
+        self.records[(record["tid"], record.get("mode"))] = record
+        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+@dataclass
+class EvalSettings:
+    modes: Sequence[str] = ("local", "remote", "sketch", "logits:weighted:tail")
+    rules: Sequence[str] = ("weighted:mask", "weighted:tail", "max:tail", "context_delta:tail")
+    policies: Sequence[str] = ("redact",)
+    max_tokens: int = 128
+    lookahead: int = 8
+    gold: bool = True
+    gate_records: bool = False
+    embeddings: bool = True
+
+
+class Evaluation:
+    """Runs the modes over samples into out_dir. remote: the RemoteModel the modes talk to; scorer_remote: a
+    LocalModel standing in for it in teacher-forced scoring (None skips gold bits per byte); judge: a Judge."""
+
+    def __init__(self, out_dir: str | os.PathLike, local: LocalModel, remote: RemoteModel | None,
+                 settings: EvalSettings, *, scorer_remote: LocalModel | None = None, judge: Judge | None = None,
+                 gate: object = None, progress: bool = True):
+        self.out = Path(out_dir)
+        (self.out / "gate").mkdir(parents=True, exist_ok=True)
+        self.local, self.remote, self.settings, self.judge, self.gate = local, remote, settings, judge, gate
+        self.modes = validate_modes(settings.modes, gate)
+        for policy in settings.policies:
+            if policy not in POLICIES:
+                raise InvalidParameterError(f"privacy policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+        if remote is None and any(m != "local" for m in self.modes):
+            raise InvalidParameterError("modes other than 'local' need a remote")
+        self.rules = {r: parse_rule(r, gate) for r in settings.rules}
+        self.scorer = None
+        if settings.gold and scorer_remote is not None:
+            self.scorer = GoldScorer(local, scorer_remote, self.rules, gate_fill="tail" if settings.gate_records else None)
+        if not self.modes and self.scorer is None:
+            raise InvalidParameterError("nothing to do: no modes, and no gold scoring")
+        self.embedder = Embedder() if settings.embeddings else None
+        self.progress = progress
+        self.gold_log = _Log(self.out / "gold.jsonl")
+        self.gen_log = _Log(self.out / "generations.jsonl")
+        self.judge_log = _Log(self.out / "judge.jsonl")
+
+    # -- one sample ---------------------------------------------------------------------------------
+
+    def _jobs(self) -> list[tuple[str, str]]:
+        return [(m, p) for m in self.modes for p in (["redact"] if m == "local" else self.settings.policies)]
+
+    def _generate(self, sample: Sample, mode: str, policy: str, remote_reply: tuple[Future, EgressGuard] | None) -> dict:
+        s = self.settings
+        if mode == "remote":
+            future, guard = remote_reply
+            try:
+                text, fallback = future.result().text, None
+            except RemoteError as exc:
+                text, fallback = "", str(exc)
+            audit = guard.records
+            stats = {}
+        else:
+            kind = "sketch" if mode == "sketch" else "logits"
+            fusion = parse_rule(mode.partition(":")[2] or "weighted", self.gate) if mode.startswith("logits") else None
+            gen = CoGenerator(self.local, None if mode == "local" else self.remote, mode=kind, fusion=fusion,
+                              privacy=policy, lookahead=s.lookahead)
+            result = gen.generate(sample.instruction, sample.context, max_tokens=s.max_tokens, temperature=0.0)
+            text, fallback, audit = result.text, result.fallback_reason, result.audit
+            stats = {"tokens_per_s": result.stats.tokens_per_s, "round_trips_per_token": result.stats.round_trips_per_token,
+                     "first_token_ms": result.stats.first_token_ms, "n_tokens": result.stats.n_tokens}
+        items = private_items(sample.context, OUTLINE_PROMPT.format(instruction=sample.instruction))
+        record = {
+            "tid": sample.tid, "mode": mode_label(mode, policy), "text": text, "fallback": fallback, "stats": stats,
+            "audit": summarize(audit), "leak": leakage(items, audit), "found_before_redaction": would_leak(audit),
+            "rouge_l": rouge_l(text, sample.gold), "facts_used": facts_used(text, sample.facts()),
+        }
+        if self.embedder is not None:
+            record["cosine"] = self.embedder.cosine(text, sample.gold) if text else 0.0
+            record["history_similarity"] = self.embedder.max_cosine(text, sample.writings) if text else 0.0
+        return record
+
+    def _sample(self, sample: Sample) -> None:
+        jobs = [(m, p) for m, p in self._jobs() if (sample.tid, mode_label(m, p)) not in self.gen_log]
+        # The remote-alone answers are requested first and written while the local model works.
+        remote_replies: dict[str, tuple[Future, EgressGuard]] = {}
+        for mode, policy in jobs:
+            if mode == "remote":
+                guard = EgressGuard(sample.context, public=[sample.instruction], policy=policy)
+                future = self.remote.submit_chat([{"role": "user", "content": sample.instruction}],
+                                                 max_tokens=self.settings.max_tokens, guard=guard)
+                remote_replies[policy] = (future, guard)
+        if self.scorer is not None and (sample.tid, None) not in self.gold_log:
+            score, records = self.scorer.score(sample)
+            if records is not None:
+                records.save(self.out / "gate" / f"{_safe(sample.tid)}.npz")
+            self.gold_log.add({"tid": sample.tid, "n_bytes": score.n_bytes, "n_local_tokens": score.n_local_tokens,
+                               "n_remote_tokens": score.n_remote_tokens, "n_fused": score.n_fused_positions,
+                               "nll": score.nll})
+        for mode, policy in jobs:
+            self.gen_log.add(self._generate(sample, mode, policy, remote_replies.get(policy)))
+        if self.judge is not None:
+            pending = {}
+            for mode, policy in self._jobs():
+                label = mode_label(mode, policy)
+                rec = self.gen_log.records.get((sample.tid, label))
+                if rec is not None and (sample.tid, label) not in self.judge_log:
+                    pending[label] = self.judge.submit(sample, rec["text"])
+            for label, future in pending.items():
+                try:
+                    verdict = future.result()
+                except RemoteError as exc:
+                    print(f"judge failed on {sample.tid} / {label}: {exc}", file=sys.stderr)
+                    continue
+                self.judge_log.add({"tid": sample.tid, "mode": label, "scores": verdict.scores,
+                                    "replies": list(verdict.replies)})
+
+    # -- whole run ----------------------------------------------------------------------------------
+
+    def run(self, samples: Sequence[Sample]) -> dict:
+        """Evaluate every sample (skipping work already in out_dir), then write results.json and table.md."""
+        try:
+            bar = _progress(samples, self.progress)
+            for sample in bar:
+                self._sample(sample)
+        finally:
+            for log in (self.gold_log, self.gen_log, self.judge_log):
+                log.close()
+        results = aggregate(self.out, [s.tid for s in samples], [mode_label(m, p) for m, p in self._jobs()],
+                            list(self.rules))
+        (self.out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+        (self.out / "table.md").write_text(to_markdown(results))
+        return results
+
+
+def _safe(tid: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in tid)
+
+
+def _progress(samples, enabled: bool) -> Iterable:
+    try:
+        from tqdm import tqdm
+    except ImportError:  # progress is a nicety; the run is the same without it
+        return samples
+    return tqdm(samples, desc="samples", unit="sample", disable=not enabled, file=sys.stderr)
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float, int]:
+    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return float("nan"), float("nan"), 0
+    return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0, len(vals)
+
+
+def aggregate(out: Path, tids: list[str], modes: list[str], rules: list[str]) -> dict:
+    """Per-mode means (+- sd) of every metric, corpus bits per byte per system, leakage per mode."""
+    wanted = set(tids)
+
+    def read(name):
+        path = out / name
+        recs = {}
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    r = json.loads(line)
+                except ValueError:
+                    continue
+                if r["tid"] in wanted:
+                    recs[(r["tid"], r.get("mode"))] = r
+        return list(recs.values())
+
+    gens, judged, gold = read("generations.jsonl"), read("judge.jsonl"), read("gold.jsonl")
+    table = {}
+    for mode in modes:
+        rows = [g for g in gens if g["mode"] == mode]
+        if not rows:
+            continue
+        entry = {"samples": len(rows), "fallbacks": sum(bool(r["fallback"]) for r in rows)}
+        for metric in ("rouge_l", "cosine", "history_similarity", "facts_used"):
+            entry[metric] = _mean_sd([r.get(metric) for r in rows])
+        for metric in ("tokens_per_s", "round_trips_per_token"):
+            entry[metric] = _mean_sd([r["stats"].get(metric) for r in rows if r["stats"]])
+        entry["leak"] = {
+            "jobs_leaking": sum(r["leak"]["any"] for r in rows),
+            "entity_share": _ratio(sum(r["leak"]["entities_leaked"] for r in rows), sum(r["leak"]["entities"] for r in rows)),
+            "window_share": _ratio(sum(r["leak"]["windows_leaked"] for r in rows), sum(r["leak"]["windows"] for r in rows)),
+            "found_before_redaction": sum(r["found_before_redaction"] for r in rows),
+            "requests": sum(r["audit"]["requests"] for r in rows),
+            "bytes_sent": sum(r["audit"]["bytes_sent"] for r in rows),
+        }
+        scores = [j["scores"] for j in judged if j["mode"] == mode]
+        entry["judge"] = {c: _mean_sd([s.get(c) for s in scores]) for c in CRITERIA}
+        entry["judge"]["unparsed"] = sum(s.get(c) is None for s in scores for c in CRITERIA)
+        table[mode] = entry
+    bpb = {}
+    if gold:
+        n_bytes = sum(g["n_bytes"] for g in gold)
+        for system in ["local", "remote", *rules]:
+            nll = [g["nll"][system] for g in gold if system in g["nll"]]
+            if len(nll) == len(gold):
+                bpb[system] = {"bpb": sum(nll) / math.log(2) / n_bytes,
+                               "per_sample": _mean_sd([v / math.log(2) / g["n_bytes"] for v, g in zip(nll, gold)]),
+                               "samples_infinite": sum(math.isinf(v) for v in nll)}
+        bpb["_samples"] = len(gold)
+        bpb["_bytes"] = n_bytes
+        bpb["_fused_share"] = _ratio(sum(g["n_fused"] for g in gold), sum(g["n_local_tokens"] for g in gold))
+    return {"samples": len(tids), "modes": table, "gold_bpb": bpb}
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else 0.0
+
+
+def _fmt(ms: tuple[float, float, int], digits: int = 3) -> str:
+    mean, sd, n = ms
+    if n == 0:
+        return "-"
+    return f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+
+def to_markdown(results: dict) -> str:
+    lines = [f"# Evaluation ({results['samples']} samples)", ""]
+    modes = results["modes"]
+    if modes:
+        lines += ["## Generation (mean ± sd over samples)", "",
+                  "| mode | n | judge Ovl(w) | judge Per | judge Ovl(w/o) | ROUGE-L | cosine | history sim | facts used | tok/s | RT/tok | fallbacks |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for mode, e in modes.items():
+            j = e["judge"]
+            lines.append(f"| {mode} | {e['samples']} | {_fmt(j['overall_with_profile'], 2)} | {_fmt(j['personalization'], 2)} | "
+                         f"{_fmt(j['overall_without_profile'], 2)} | {_fmt(e['rouge_l'])} | {_fmt(e['cosine'])} | "
+                         f"{_fmt(e['history_similarity'])} | {_fmt(e['facts_used'])} | {_fmt(e['tokens_per_s'], 1)} | "
+                         f"{_fmt(e['round_trips_per_token'], 2)} | {e['fallbacks']} |")
+        lines += ["", "## Privacy: what reached the remote", "",
+                  "| mode | requests | bytes sent | private spans found before redaction | jobs with a leak after | "
+                  "entities leaked | context windows leaked |", "|---|---|---|---|---|---|---|"]
+        for mode, e in modes.items():
+            lk = e["leak"]
+            lines.append(f"| {mode} | {lk['requests']} | {lk['bytes_sent']} | {lk['found_before_redaction']} | "
+                         f"{lk['jobs_leaking']}/{e['samples']} | {100 * lk['entity_share']:.2f}% | {100 * lk['window_share']:.2f}% |")
+    bpb = results["gold_bpb"]
+    if bpb:
+        lines += ["", f"## Gold bits per byte, teacher-forced ({bpb['_samples']} samples, {bpb['_bytes']} bytes; "
+                      f"{100 * bpb['_fused_share']:.1f}% of local positions fused)", "",
+                  "| system | bits/byte (corpus) | per sample mean ± sd | samples with p(gold) = 0 |", "|---|---|---|---|"]
+        for system, v in bpb.items():
+            if not system.startswith("_"):
+                lines.append(f"| {system} | {v['bpb']:.4f} | {_fmt(v['per_sample'], 4)} | {v['samples_infinite']} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,58 @@
+"""`cogenesis data build`: validators by hand, and a resumable build through the loopback server."""
+import json
+
+from cogenesis_device import datasets
+from cogenesis_device.synth import (PROFILE_KEYS, SCHEMAS, DataBuilder, response_format, valid_portraits,
+                                    valid_profile, valid_tasks)
+
+
+def test_validators():
+    assert valid_portraits('Sure! {"groups": ["nurses, 30-50, night shifts", "x", "teachers, 25-60, two kids"]}') == [
+        "nurses, 30-50, night shifts", "teachers, 25-60, two kids"]
+    assert valid_portraits("no json") == [] and valid_portraits('{"groups": "one"}') == []
+    full = {k: f"{k} value" for k in PROFILE_KEYS}
+    assert valid_profile(json.dumps(full)) == {k: f"{k} value" for k in PROFILE_KEYS}
+    assert valid_profile(json.dumps({**full, "Privacy_info": "..."})) is None  # the template's placeholder
+    assert valid_profile(json.dumps({k: v for k, v in full.items() if k != "Name"})) is None
+    tasks = {"tasks": [{"title": "Club newsletter", "description": "A monthly update for the running club"},
+                       {"title": "Hi", "description": "too short a title"},
+                       {"title": "Thank-you note to the coach", "description": "short"}]}
+    assert valid_tasks(json.dumps(tasks)) == ["Club newsletter: A monthly update for the running club"]
+    assert response_format("tasks", "json_schema")["json_schema"]["schema"] == SCHEMAS["tasks"]
+    assert response_format("tasks", "json_object") == {"type": "json_object", "schema": SCHEMAS["tasks"]}
+    assert response_format("tasks", "none") is None
+
+
+def _build(remote, out):
+    builder = DataBuilder(remote, out, portraits=2, users=1, tasks=2, attempts=2, max_tokens=300,
+                          json_format="json_object")
+    return builder.build(), builder.report
+
+
+def test_build_is_validated_and_resumable(remote, proxy, tmp_path):
+    out = tmp_path / "data"
+    path, report = _build(remote, out)
+    assert report.requests == len(proxy.records) > 0
+    # every request carried the step's schema, so the server constrained the reply
+    first = json.loads(proxy.records[0].body)
+    assert first["response_format"]["type"] == "json_object"
+    steps = {name: [json.loads(line) for line in (out / f"{name}.jsonl").read_text().splitlines()]
+             for name in ("portraits", "profiles", "tasks") if (out / f"{name}.jsonl").exists()}
+    assert 1 <= len(steps["portraits"]) <= 2
+    for rec in steps.get("profiles", []):
+        assert set(rec["profile"]) == set(PROFILE_KEYS)
+    keys = [rec["key"] for recs in steps.values() for rec in recs]
+    assert len(keys) == len(set(keys))  # deduplicated
+    if report.samples:
+        samples = datasets.load(path)
+        assert len(samples) == report.samples and all(s.profile["Name"] for s in samples)
+    # A rerun asks only for what is still missing: accepted records are not requested again.
+    saved = {name: (out / f"{name}.jsonl").read_text() for name in steps}
+    proxy.clear()
+    _, again = _build(remote, out)
+    missing = sum(report.rejected.values())
+    assert again.requests <= missing * 2
+    for name, text in saved.items():
+        assert (out / f"{name}.jsonl").read_text().startswith(text)
+    if missing == 0:
+        assert again.requests == 0
