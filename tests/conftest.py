@@ -68,3 +68,12 @@ def remote(proxy, model):
     with RemoteModel(proxy.base_url, template=model, timeout=10.0, max_retries=2, backoff=0.01,
                      max_backoff=0.5) as r:
         yield r
+
+
+@pytest.fixture
+def patient_remote(proxy, model):
+    """A RemoteModel through the proxy that waits for a server queueing long requests on 2 cores."""
+    from cogenesis_device.remote import RemoteModel
+
+    with RemoteModel(proxy.base_url, template=model, timeout=120.0, max_retries=2, backoff=0.05) as r:
+        yield r

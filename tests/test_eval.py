@@ -32,13 +32,6 @@ def _dataset(tmp_path):
     return datasets.load(path), canaries
 
 
-@pytest.fixture
-def remote(proxy, model):
-    """Patient enough for a 2-core machine where the server queues judge, sketch and logits requests."""
-    with cg.RemoteModel(proxy.base_url, template=model, timeout=60.0, max_retries=2, backoff=0.05) as r:
-        yield r
-
-
 def _evaluation(out, model, remote, **settings):
     options = dict(modes=MODES, rules=["weighted:tail", "max:tail"], max_tokens=12, lookahead=4)
     options.update(settings)
@@ -46,7 +39,8 @@ def _evaluation(out, model, remote, **settings):
                       progress=False)
 
 
-def test_eval_writes_table_1_without_leaking_and_resumes(model, remote, proxy, tmp_path):
+def test_eval_writes_table_1_without_leaking_and_resumes(model, patient_remote, proxy, tmp_path):
+    remote = patient_remote
     samples, canaries = _dataset(tmp_path)
     out = tmp_path / "run"
     _evaluation(out, model, remote).run(samples[:1])  # an "interrupted" run: one sample done
@@ -81,7 +75,8 @@ def test_eval_writes_table_1_without_leaking_and_resumes(model, remote, proxy, t
     assert len((out / "generations.jsonl").read_text().splitlines()) == len(gens)
 
 
-def test_eval_audit_policy_reports_what_redaction_prevents(model, remote, tmp_path):
+def test_eval_audit_policy_reports_what_redaction_prevents(model, patient_remote, tmp_path):
+    remote = patient_remote
     samples, _ = _dataset(tmp_path)
     # a draft-free logits run whose private context the local model is likely to repeat
     evaluation = _evaluation(tmp_path / "audit", model, remote, modes=["logits:weighted:tail"], rules=[],
