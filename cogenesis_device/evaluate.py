@@ -28,6 +28,7 @@ import numpy as np
 from .collab import OUTLINE_PROMPT, CoGenerator
 from .datasets import Sample
 from .errors import InvalidParameterError, RemoteError
+from .jsonl import KeyedLog, read_jsonl
 from .judge import CRITERIA, Judge
 from .local import LocalModel
 from .metrics import Embedder, facts_used, leakage, private_items, rouge_l, would_leak
@@ -50,33 +51,6 @@ def validate_modes(modes: Sequence[str], gate: object = None) -> list[str]:
             raise InvalidParameterError(f"unknown mode {mode!r}: use local, remote, sketch or logits:<rule>")
         out.append(mode)
     return out
-
-
-class _Log:
-    """An append-only JSONL file of records keyed by (tid, mode); a torn last line is ignored."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.records: dict[tuple, dict] = {}
-        if path.exists():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue
-                self.records[(rec["tid"], rec.get("mode"))] = rec
-        self._file = open(path, "a", encoding="utf-8")
-
-    def __contains__(self, key) -> bool:
-        return key in self.records
-
-    def add(self, record: dict) -> None:
-        self.records[(record["tid"], record.get("mode"))] = record
-        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._file.flush()
-
-    def close(self) -> None:
-        self._file.close()
 
 
 @dataclass
@@ -115,9 +89,10 @@ class Evaluation:
             raise InvalidParameterError("nothing to do: no modes, and no gold scoring")
         self.embedder = Embedder() if settings.embeddings else None
         self.progress = progress
-        self.gold_log = _Log(self.out / "gold.jsonl")
-        self.gen_log = _Log(self.out / "generations.jsonl")
-        self.judge_log = _Log(self.out / "judge.jsonl")
+        by_sample_and_mode = lambda rec: (rec["tid"], rec.get("mode"))  # noqa: E731
+        self.gold_log = KeyedLog(self.out / "gold.jsonl", by_sample_and_mode)
+        self.gen_log = KeyedLog(self.out / "generations.jsonl", by_sample_and_mode)
+        self.judge_log = KeyedLog(self.out / "judge.jsonl", by_sample_and_mode)
 
     # -- one sample ---------------------------------------------------------------------------------
 
@@ -193,13 +168,8 @@ class Evaluation:
 
     def run(self, samples: Sequence[Sample]) -> dict:
         """Evaluate every sample (skipping work already in out_dir), then write results.json and table.md."""
-        try:
-            bar = _progress(samples, self.progress)
-            for sample in bar:
-                self._sample(sample)
-        finally:
-            for log in (self.gold_log, self.gen_log, self.judge_log):
-                log.close()
+        for sample in _progress(samples, self.progress):
+            self._sample(sample)
         results = aggregate(self.out, [s.tid for s in samples], [mode_label(m, p) for m, p in self._jobs()],
                             list(self.rules))
         (self.out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
@@ -231,17 +201,8 @@ def aggregate(out: Path, tids: list[str], modes: list[str], rules: list[str]) ->
     wanted = set(tids)
 
     def read(name):
-        path = out / name
-        recs = {}
-        if path.exists():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    r = json.loads(line)
-                except ValueError:
-                    continue
-                if r["tid"] in wanted:
-                    recs[(r["tid"], r.get("mode"))] = r
-        return list(recs.values())
+        latest = {(r["tid"], r.get("mode")): r for r in read_jsonl(out / name) if r.get("tid") in wanted}
+        return list(latest.values())
 
     gens, judged, gold = read("generations.jsonl"), read("judge.jsonl"), read("gold.jsonl")
     table = {}

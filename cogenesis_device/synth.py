@@ -23,6 +23,7 @@ from pathlib import Path
 
 from . import datasets
 from .errors import InvalidParameterError, RemoteError
+from .jsonl import KeyedLog
 from .privacy import EgressGuard
 from .remote import RemoteModel
 
@@ -114,26 +115,6 @@ class BuildReport:
     samples: int = 0
 
 
-class _Step:
-    """One step's JSONL file: records keyed by 'key', appended as they are accepted."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.records: dict[str, dict] = {}
-        if path.exists():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    rec = json.loads(line)
-                    self.records[rec["key"]] = rec
-                except (ValueError, KeyError):
-                    continue
-
-    def add(self, record: dict) -> None:
-        self.records[record["key"]] = record
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-
-
 class DataBuilder:
     """Builds a dataset into out_dir with a RemoteModel. portraits: groups; users: profiles per group;
     tasks: tasks per user (each becomes a sample, the others its history); attempts: tries per reply."""
@@ -178,8 +159,8 @@ class DataBuilder:
         return done
 
     def build(self) -> Path:
-        portraits, profiles = _Step(self.out / "portraits.jsonl"), _Step(self.out / "profiles.jsonl")
-        tasks, texts = _Step(self.out / "tasks.jsonl"), _Step(self.out / "texts.jsonl")
+        portraits, profiles, tasks, texts = (KeyedLog(self.out / f"{name}.jsonl", lambda rec: rec["key"])
+                                             for name in ("portraits", "profiles", "tasks", "texts"))
         if len(portraits.records) < self.n_portraits:
             got = self._collect("portraits", {"all": PORTRAITS.format(n=self.n_portraits)}, valid_portraits)
             for line in got.get("all", []):
@@ -203,13 +184,13 @@ class DataBuilder:
             texts.add({"key": key, "text": text})
         return self._write(users, tasks, texts)
 
-    def _add_unique(self, step: _Step, record: dict, limit: int | None = None) -> None:
+    def _add_unique(self, step: KeyedLog, record: dict, limit: int | None = None) -> None:
         if record["key"] in step.records or not record["key"]:
             self.report.duplicates += 1
         elif limit is None or len(step.records) < limit:
             step.add(record)
 
-    def _write(self, users: dict, tasks: _Step, texts: _Step) -> Path:
+    def _write(self, users: dict, tasks: KeyedLog, texts: KeyedLog) -> Path:
         by_user: dict[str, list[tuple[str, str]]] = {}
         for t in tasks.records.values():
             if t["key"] in texts.records:

@@ -1,0 +1,39 @@
+"""Append-only JSONL files: what resumable runs (eval, data build) keep their results in."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Hashable
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSONL file; a line that does not parse (a run killed mid-write) is skipped."""
+    records = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+    return records
+
+
+class KeyedLog:
+    """Records keyed by key(record), loaded from path and appended to it (flushed) as they are added."""
+
+    def __init__(self, path: Path, key: Callable[[dict], Hashable]):
+        self.path, self.key = path, key
+        self.records: dict = {}
+        for record in read_jsonl(path):
+            try:
+                self.records[key(record)] = record
+            except KeyError:
+                continue
+
+    def __contains__(self, key) -> bool:
+        return key in self.records
+
+    def add(self, record: dict) -> None:
+        self.records[self.key(record)] = record
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
