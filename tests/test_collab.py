@@ -133,7 +133,8 @@ def test_no_canary_or_private_span_leaves_over_20_dev_samples(model, remote, pro
             generator = cg.CoGenerator(model, remote, mode=mode, lookahead=8, outline_tokens=24)
             result = generator.generate(instruction, context, draft=draft, max_tokens=12, temperature=0.0)
             redacted += result.audit_summary()["redacted_spans"]
-        public = instruction + "\n" + cg.collab.OUTLINE_PROMPT  # what the user and we chose to send
+        # what the user and we chose to send: the instruction, also inside our outline request
+        public = instruction + "\n" + cg.collab.OUTLINE_PROMPT.format(instruction=instruction)
         windows = {context[k:k + 12].lower() for k in range(len(context) - 11)} - {
             public[k:k + 12].lower() for k in range(len(public) - 11)}
         for request in proxy.records:
