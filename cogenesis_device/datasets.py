@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InvalidParameterError
@@ -58,11 +58,6 @@ class Sample:
                 continue
             out += [part.strip() for part in value.split(";") if len(part.strip()) >= 3]
         return out
-
-    def to_json(self) -> dict:
-        d = asdict(self)
-        d["writings"] = list(self.writings)
-        return d
 
 
 def public_part(user_turn: str) -> str:

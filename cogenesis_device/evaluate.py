@@ -21,9 +21,10 @@ import sys
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from .collab import OUTLINE_PROMPT, CoGenerator
 from .datasets import Sample
@@ -31,7 +32,7 @@ from .errors import InvalidParameterError, RemoteError
 from .jsonl import KeyedLog, read_jsonl
 from .judge import CRITERIA, Judge
 from .local import LocalModel
-from .metrics import Embedder, facts_used, leakage, private_items, rouge_l, would_leak
+from .metrics import default_embedder, facts_used, leakage, private_items, rouge_l, would_leak
 from .privacy import POLICIES, EgressGuard, summarize
 from .remote import RemoteModel
 from .teacher import GoldScorer, parse_rule
@@ -87,7 +88,7 @@ class Evaluation:
             self.scorer = GoldScorer(local, scorer_remote, self.rules, gate_fill="tail" if settings.gate_records else None)
         if not self.modes and self.scorer is None:
             raise InvalidParameterError("nothing to do: no modes, and no gold scoring")
-        self.embedder = Embedder() if settings.embeddings else None
+        self.embedder = default_embedder() if settings.embeddings else None
         self.progress = progress
         by_sample_and_mode = lambda rec: (rec["tid"], rec.get("mode"))  # noqa: E731
         self.gold_log = KeyedLog(self.out / "gold.jsonl", by_sample_and_mode)
@@ -99,7 +100,8 @@ class Evaluation:
     def _jobs(self) -> list[tuple[str, str]]:
         return [(m, p) for m in self.modes for p in (["redact"] if m == "local" else self.settings.policies)]
 
-    def _generate(self, sample: Sample, mode: str, policy: str, remote_reply: tuple[Future, EgressGuard] | None) -> dict:
+    def _generate(self, sample: Sample, mode: str, policy: str, remote_reply: tuple[Future, EgressGuard] | None,
+                  private: dict[str, set[str]]) -> dict:
         s = self.settings
         if mode == "remote":
             future, guard = remote_reply
@@ -118,10 +120,9 @@ class Evaluation:
             text, fallback, audit = result.text, result.fallback_reason, result.audit
             stats = {"tokens_per_s": result.stats.tokens_per_s, "round_trips_per_token": result.stats.round_trips_per_token,
                      "first_token_ms": result.stats.first_token_ms, "n_tokens": result.stats.n_tokens}
-        items = private_items(sample.context, OUTLINE_PROMPT.format(instruction=sample.instruction))
         record = {
             "tid": sample.tid, "mode": mode_label(mode, policy), "text": text, "fallback": fallback, "stats": stats,
-            "audit": summarize(audit), "leak": leakage(items, audit), "found_before_redaction": would_leak(audit),
+            "audit": summarize(audit), "leak": leakage(private, audit), "found_before_redaction": would_leak(audit),
             "rouge_l": rouge_l(text, sample.gold), "facts_used": facts_used(text, sample.facts()),
         }
         if self.embedder is not None:
@@ -146,8 +147,9 @@ class Evaluation:
             self.gold_log.add({"tid": sample.tid, "n_bytes": score.n_bytes, "n_local_tokens": score.n_local_tokens,
                                "n_remote_tokens": score.n_remote_tokens, "n_fused": score.n_fused_positions,
                                "nll": score.nll})
+        private = private_items(sample.context, OUTLINE_PROMPT.format(instruction=sample.instruction))
         for mode, policy in jobs:
-            self.gen_log.add(self._generate(sample, mode, policy, remote_replies.get(policy)))
+            self.gen_log.add(self._generate(sample, mode, policy, remote_replies.get(policy), private))
         if self.judge is not None:
             pending = {}
             for mode, policy in self._jobs():
@@ -168,7 +170,7 @@ class Evaluation:
 
     def run(self, samples: Sequence[Sample]) -> dict:
         """Evaluate every sample (skipping work already in out_dir), then write results.json and table.md."""
-        for sample in _progress(samples, self.progress):
+        for sample in tqdm(samples, desc="samples", unit="sample", disable=not self.progress, file=sys.stderr):
             self._sample(sample)
         results = aggregate(self.out, [s.tid for s in samples], [mode_label(m, p) for m, p in self._jobs()],
                             list(self.rules))
@@ -179,14 +181,6 @@ class Evaluation:
 
 def _safe(tid: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in tid)
-
-
-def _progress(samples, enabled: bool) -> Iterable:
-    try:
-        from tqdm import tqdm
-    except ImportError:  # progress is a nicety; the run is the same without it
-        return samples
-    return tqdm(samples, desc="samples", unit="sample", disable=not enabled, file=sys.stderr)
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float, int]:

@@ -107,9 +107,9 @@ def train(records: dict[str, GateRecords], *, held_out: float = 0.33, hidden: in
     torch.manual_seed(seed)
     net = torch.nn.Sequential(torch.nn.Linear(8, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 1)).double()
     opt = torch.optim.Adam(net.parameters(), lr=lr)
-    rg_finite = torch.where(torch.isfinite(rg), rg, torch.full_like(rg, -1e4))
 
     def loss_of(w, lg, rg, lz):
+        rg = torch.where(torch.isfinite(rg), rg, torch.full_like(rg, -1e4))  # a masked gold token: 0 * -inf is NaN
         pos = w * (len(GATE_GRID) - 1)
         i0 = pos.floor().clamp(0, len(GATE_GRID) - 2).long()
         frac = pos - i0
@@ -119,13 +119,13 @@ def train(records: dict[str, GateRecords], *, held_out: float = 0.33, hidden: in
     for _ in range(steps):
         opt.zero_grad()
         w = torch.sigmoid(net((x - mean) / std)[:, 0])
-        loss = loss_of(w, lg, rg_finite, lz).mean()
+        loss = loss_of(w, lg, rg, lz).mean()
         loss.backward()
         opt.step()
     xt, lgt, rgt, lzt = (torch.tensor(a) for a in _stack(te))
     with torch.no_grad():
         wt = torch.sigmoid(net((xt - mean) / std)[:, 0])
-        gate_nll = float(loss_of(wt, lgt, torch.where(torch.isfinite(rgt), rgt, torch.full_like(rgt, -1e4)), lzt).sum())
+        gate_nll = float(loss_of(wt, lgt, rgt, lzt).sum())
     train_fixed, test_fixed = fixed_w_nll(tr), fixed_w_nll(te)
     best = int(np.argmin(train_fixed))
     arrays = {"mean": mean.numpy(), "std": std.numpy(), "w1": net[0].weight.detach().numpy(),

@@ -17,7 +17,7 @@ from . import _native
 from .collab import FusionConfig, local_prompt, prefill_reusing
 from .datasets import Sample
 from .errors import InvalidParameterError
-from .fusion import FEATURE_NAMES, FILLS, RULES, _log_softmax
+from .fusion import FEATURE_NAMES, FILLS, RULES, _log_softmax, _remote_dense
 from .local import LocalModel
 
 GATE_GRID = np.linspace(0.0, 1.0, 21)  # local weights at which each position's log-normalizer is stored
@@ -83,11 +83,6 @@ class GateRecords:
         with np.load(path) as z:
             return cls(z["features"], z["local_gold"], z["remote_gold"], z["log_z"], str(z["fill"]), int(z["n_bytes"]),
                        float(z["unfused_nll"]))
-
-
-def _logsumexp(x: np.ndarray) -> float:
-    m = x.max()
-    return float(m + math.log(np.exp(x - m).sum())) if np.isfinite(m) else float(m)
 
 
 def teacher_forced_rows(session: _native.Session, prompt: list[int], targets: list[int]):
@@ -188,7 +183,7 @@ class GoldScorer:
                 for label, cfg in self.rules.items():
                     fused, _ = _native.fuse(row, scores[0], scores[1], rule=cfg.rule, fill=cfg.fill, weight=cfg.weight,
                                             alpha=cfg.alpha, local_noctx=noctx, gate=cfg.gate)
-                    nll[label] += _logsumexp(fused) - float(fused[target])
+                    nll[label] -= _log_softmax(fused)[target]
                 if self.gate_fill:
                     gate_rows.append(self._gate_row(row, ll, scores, target))
         score = GoldScore(sample.tid, len(sample.gold.encode("utf-8")), len(gold_l), len(gold_r), fused_positions,
@@ -207,15 +202,7 @@ class GoldScorer:
         ids, lps = scores
         _, info = _native.fuse(row, ids, lps, rule="gate", fill=self.gate_fill, gate=self._zero_gate)
         features = [info["features"][name] for name in FEATURE_NAMES]
-        # The remote side in log space, as fuse() builds it: listed log-probs, the fill elsewhere.
-        p = np.exp(np.minimum(lps.astype(np.float64), 0.0))
-        merged: dict[int, float] = {}
-        for t, q in zip(ids.tolist(), p.tolist()):
-            merged[t] = merged.get(t, 0.0) + q
-        rest = 1.0 - sum(merged.values())
-        fill = math.log(rest / (len(ll) - len(merged))) if self.gate_fill == "tail" and rest > 1e-7 else -np.inf
-        rd = np.full(len(ll), fill)
-        rd[list(merged)] = np.log(np.minimum(list(merged.values()), 1.0))
+        rd, _, _ = _remote_dense(ids, lps, len(ll), self.gate_fill)  # the remote side as fuse() builds it
         with np.errstate(invalid="ignore"):
             mix = GATE_GRID[:, None] * ll[None, :] + (1.0 - GATE_GRID)[:, None] * rd[None, :]
         mix[-1] = ll  # w = 1 is exactly local (0 * -inf would be NaN)
