@@ -40,9 +40,8 @@ def prompts(n: int) -> list[tuple[str, str]]:
 def run_once(generator: cg.CoGenerator, instruction: str, context: str, tokens: int) -> dict:
     result = generator.generate(instruction, context, max_tokens=tokens, temperature=0.0)
     s = result.stats
-    generation_ms = s.total_ms - s.first_token_ms
     return {
-        "tokens_per_s": (s.n_tokens - 1) / generation_ms * 1000.0,
+        "tokens_per_s": s.decode_tokens_per_s,
         "round_trips_per_token": s.round_trips_per_token,
         "network_wait_share": s.network_wait_ms / s.total_ms,
         "text": result.text,

@@ -60,11 +60,12 @@ def run_eval(args) -> int:
     scorer_name = args.remote_gguf if args.remote_gguf not in (None, "none") else args.loopback
     scorer = LocalModel(scorer_name, n_ctx=2048, n_threads=args.threads)
     with ExitStack() as stack:
-        url = args.remote_url
-        if url is None:
-            print(f"starting a loopback remote ({args.loopback}) ...", file=sys.stderr)
-            url = stack.enter_context(LoopbackServer(args.loopback, n_threads=args.threads)).base_url
-        remote = stack.enter_context(RemoteModel(url, args.api_key, args.remote_model, template=scorer))
+        remote, url = None, args.remote_url
+        if any(m != "local" for m in settings.modes) or args.judge == "remote":
+            if url is None:
+                print(f"starting a loopback remote ({args.loopback}) ...", file=sys.stderr)
+                url = stack.enter_context(LoopbackServer(args.loopback, n_threads=args.threads)).base_url
+            remote = stack.enter_context(RemoteModel(url, args.api_key, args.remote_model, template=scorer))
         judge = None
         if args.judge == "remote":
             judge = Judge(remote)

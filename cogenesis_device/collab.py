@@ -86,6 +86,12 @@ class CoStats:
         return self.n_tokens / self.total_ms * 1000.0 if self.total_ms > 0 else 0.0
 
     @property
+    def decode_tokens_per_s(self) -> float:
+        """Tokens per second after the first one: the generation rate without the prompt prefill."""
+        generation_ms = self.total_ms - self.first_token_ms
+        return (self.n_tokens - 1) / generation_ms * 1000.0 if self.n_tokens > 1 and generation_ms > 0 else 0.0
+
+    @property
     def round_trips_per_token(self) -> float:
         return self.round_trips / self.n_tokens if self.n_tokens else 0.0
 

@@ -26,6 +26,15 @@ from .registry import DEFAULT_MODEL, resolve_model
 FAULTS = ("drop", "status", "garbage", "truncate", "strip_logprobs", "stall")
 
 
+# Runs llama_cpp.server, and exits when its stdin reaches EOF: the parent holds the write end, so
+# the server goes away however the parent ends (even SIGKILL), on Linux and macOS alike.
+_SERVE_WHILE_PARENT_LIVES = (
+    "import os, runpy, sys, threading\n"
+    "threading.Thread(target=lambda: (sys.stdin.buffer.read(), os._exit(0)), daemon=True).start()\n"
+    "runpy.run_module('llama_cpp.server', run_name='__main__', alter_sys=True)\n"
+)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -51,23 +60,27 @@ class LoopbackServer:
     def start(self) -> "LoopbackServer":
         self.port = free_port()
         self._log = tempfile.TemporaryFile()
-        command = [sys.executable, "-m", "llama_cpp.server", "--model", self.model_path, "--host", "127.0.0.1",
+        command = [sys.executable, "-c", _SERVE_WHILE_PARENT_LIVES, "--model", self.model_path, "--host", "127.0.0.1",
                    "--port", str(self.port), "--n_ctx", str(self.n_ctx), "--n_threads", str(self.n_threads),
                    "--n_threads_batch", str(self.n_threads), "--flash_attn", "true", "--verbose", "false",
                    # By default a new request aborts a streaming one; the server must queue them instead.
                    "--interrupt_requests", "false"]
-        self._process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self._process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.PIPE)
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise RuntimeError(f"the loopback server exited with status {self._process.returncode}:\n{self.log_tail()}")
+                self._fail(f"the loopback server exited with status {self._process.returncode}")
             try:  # uvicorn listens only once the model is loaded; a bare connect sends no bytes
                 socket.create_connection(("127.0.0.1", self.port), timeout=2).close()
                 return self
             except OSError:
                 time.sleep(0.2)
+        self._fail(f"the loopback server did not answer within {self.startup_timeout:g} s")
+
+    def _fail(self, problem: str) -> None:
+        tail = self.log_tail()  # read before stop() closes the log
         self.stop()
-        raise RuntimeError(f"the loopback server did not answer within {self.startup_timeout:g} s:\n{self.log_tail()}")
+        raise RuntimeError(f"{problem}:\n{tail}")
 
     def log_tail(self, n: int = 2000) -> str:
         if self._log is None:
@@ -76,8 +89,8 @@ class LoopbackServer:
         return self._log.read().decode("utf-8", errors="replace")[-n:]
 
     def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
+        if self._process is not None:
+            self._process.stdin.close()  # EOF: the child exits on its own
             try:
                 self._process.wait(timeout=10)
             except subprocess.TimeoutExpired:

@@ -120,8 +120,9 @@ def leakage(items: dict[str, set[str]], records: Sequence[AuditRecord]) -> dict[
 
     Returns entity and window counts found, their shares, and whether anything leaked at all."""
     sent = _fold(_sent_text(records))
-    entities = [e for e in items["entities"] if _fold(e) in sent]
-    windows = [w for w in items["windows"] if w in sent]
+    # Whole words only: an entity "Art" is not leaked by "start", nor a window by the tail of a longer word.
+    entities = [e for e in items["entities"] if re.search(rf"(?<!\w){re.escape(_fold(e))}(?!\w)", sent)]
+    windows = [w for w in items["windows"] if re.search(rf"(?<!\w){re.escape(w)}", sent)]
     n_e, n_w = len(items["entities"]), len(items["windows"])
     return {
         "entities_leaked": len(entities), "entities": n_e, "entity_share": len(entities) / n_e if n_e else 0.0,
@@ -140,7 +141,8 @@ def _fold(text: str) -> str:
 
 
 def _sent_text(records: Sequence[AuditRecord]) -> str:
-    """The strings inside the JSON bodies that left (escapes undone), so text is compared as written."""
+    """The strings inside the JSON bodies that left (escapes undone), so text is compared as written.
+    They are joined by NUL, which folding keeps, so no match spans two strings."""
     out: list[str] = []
 
     def visit(value) -> None:
@@ -160,4 +162,4 @@ def _sent_text(records: Sequence[AuditRecord]) -> str:
             visit(json.loads(record.body))
         except ValueError:
             out.append(record.body)
-    return "\n".join(out)
+    return "\0".join(out)

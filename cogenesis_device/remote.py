@@ -45,7 +45,8 @@ class TokenScores:
 
 @dataclass(frozen=True)
 class Continuation:
-    """The remote's greedy or sampled continuation of a prompt, with scores at every position."""
+    """The remote's greedy or sampled continuation of a prompt, with scores at every position
+    (no positions when its first choice is end-of-text)."""
 
     text: str
     steps: list[TokenScores]
@@ -276,7 +277,7 @@ class RemoteModel:
             except RemoteError as exc:
                 if exc.kind not in ("status", "missing_logprobs"):
                     raise
-        if gen is None:
+        if gen is None or not gen.steps:  # no logprobs, or (unlikely) nothing to judge them by
             return RemoteCapabilities(model, 0, False, False, False, 0)
         token_ids = all(s.token.startswith("token_id:") for s in gen.steps)
         # Greedy: the chosen token must be the best entry listed for its own position.
@@ -385,6 +386,10 @@ def _parse_completion(body: Any, n: int) -> Continuation:
     if not isinstance(lp, dict) or not isinstance(lp.get("tokens"), list) or not isinstance(lp.get("top_logprobs"), list):
         raise _Retryable("the answer carries no logprobs", "missing_logprobs")
     tokens, token_lps, tops = lp["tokens"], lp.get("token_logprobs") or [], lp["top_logprobs"]
+    if not tokens and not text and finish == "stop":
+        # The remote's first choice is end-of-text, which llama_cpp.server reports as no tokens at all:
+        # a valid answer that carries no scores for this position.
+        return Continuation("", [], finish)
     if not tokens or len(tops) != len(tokens) or len(token_lps) != len(tokens) or len(tokens) > n:
         raise _Retryable(f"the logprobs list {len(tokens)} tokens, {len(tops)} distributions for max_tokens={n}",
                          "missing_logprobs")

@@ -59,6 +59,17 @@ def test_leakage_counts_entities_and_windows_in_sent_bodies():
     assert would_leak([_record({}, "redacted", [{"kind": "name", "chars": 6}, {"kind": "verbatim", "chars": 20}])]) == 2
 
 
+def test_leakage_matches_whole_words_within_one_sent_string():
+    """The false alarms the first full dev run raised: an entity inside a longer word, a window starting
+    mid-word, and a window bridging the prompt and the next JSON string."""
+    items = {"entities": {"Art", "Inc"}, "windows": {"a marketing ", "lesson plan "}}
+    body = {"model": "m.gguf <|im_start|>", "prompt": "Start including social media marketing", "stop": ["x"],
+            "suffix": "it's a lesson plan"}
+    assert leakage(items, [_record(body)])["any"] is False
+    hit = leakage(items, [_record({"prompt": "Art, Inc. runs a marketing team; a lesson plan follows"})])
+    assert hit["entities_leaked"] == 2 and hit["windows_leaked"] == 2
+
+
 def test_public_text_is_not_private():
     items = private_items("Task: Compose a Monthly Newsletter for clients", public="Compose a Monthly Newsletter")
     assert not any(w in "compose a monthly newsletter" for w in items["windows"])

@@ -1,6 +1,11 @@
 """RemoteModel against a real llama_cpp.server on 127.0.0.1, through the fault-injecting proxy."""
 import concurrent.futures
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -36,6 +41,15 @@ def test_next_token_scores_match_the_same_model_run_locally(remote, model):
     assert len(first.top) == 20
     for token, logprob in first.top.items():
         assert abs(local[model.native.tokenize(token, add_special=False, parse_special=False)[0]] - logprob) < 0.05
+
+
+def test_an_immediate_end_of_text_is_an_answer_without_scores(remote, proxy):
+    """llama_cpp.server answers "no tokens, finish stop" when the first choice is end-of-text; that is the
+    remote's answer, not a fault to retry (before, it sent a logits run into local-only fallback)."""
+    prompt = remote.prompt([{"role": "user", "content": "What is 2+2? Answer with a number only."}]) + "4"
+    answer = remote.next_tokens(prompt, n=8, top_k=20)
+    assert answer.steps == [] and answer.text == "" and answer.finish_reason == "stop"
+    assert sum(b"2+2" in r.body for r in proxy.records) == 1  # answered once, not retried
 
 
 def test_chat_completion(remote):
@@ -168,3 +182,40 @@ def test_next_tokens_needs_a_known_template(proxy):
     with RemoteModel(proxy.base_url) as untemplated:
         with pytest.raises(RemoteError, match="template="):
             untemplated.prompt(HAIKU)
+
+
+def test_the_loopback_server_dies_with_its_parent_even_on_sigkill(tmp_path):
+    """A killed `cogenesis eval` must not leave a llama_cpp.server behind holding memory and a port."""
+    script = ("import sys, time\n"
+              "from cogenesis_device.loopback import LoopbackServer\n"
+              "server = LoopbackServer(n_ctx=256, n_threads=1).start()\n"
+              "print(server._process.pid, server.port, flush=True)\n"
+              "time.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        server_pid, port = map(int, parent.stdout.readline().split())
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()  # it is up and serving
+    finally:
+        parent.kill()
+        parent.wait(timeout=10)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(server_pid, 0)
+        except ProcessLookupError:
+            break
+        if _is_zombie(server_pid):
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(server_pid, signal.SIGKILL)
+        pytest.fail("the loopback server outlived its parent by 30 s")
+
+
+def _is_zombie(pid: int) -> bool:
+    """An exited child of init that has not been reaped yet counts as gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False
