@@ -57,11 +57,13 @@ def run_eval(args) -> int:
                             embeddings=not args.no_embeddings)
     gate = Gate(args.gate) if args.gate else None
     local = LocalModel(args.model, n_ctx=args.n_ctx, n_threads=args.threads)
+    needs_remote = any(m != "local" for m in settings.modes) or args.judge == "remote"
+    # The remote's GGUF scores the gold answers and formats the remote's prompts: load it only for those.
     scorer_name = args.remote_gguf if args.remote_gguf not in (None, "none") else args.loopback
-    scorer = LocalModel(scorer_name, n_ctx=2048, n_threads=args.threads)
+    scorer = LocalModel(scorer_name, n_ctx=2048, n_threads=args.threads) if settings.gold or needs_remote else None
     with ExitStack() as stack:
         remote, url = None, args.remote_url
-        if any(m != "local" for m in settings.modes) or args.judge == "remote":
+        if needs_remote:
             if url is None:
                 print(f"starting a loopback remote ({args.loopback}) ...", file=sys.stderr)
                 url = stack.enter_context(LoopbackServer(args.loopback, n_threads=args.threads)).base_url
