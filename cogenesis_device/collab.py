@@ -9,8 +9,11 @@
   fused token is kept, the local KV cache is rolled back, and the next call starts from there.
   The local model decodes its pending token while the request is in flight.
 
-Every request goes through the job's EgressGuard (privacy.py), which redacts or blocks private
-spans in the generated prefix sent to the remote.
+What the remote reads of the generated text is decided on the device (attribution.py): tokens the
+private context explains are withheld and sent as placeholders. Fused candidates are limited to
+tokens the local model finds plausible (FusionConfig.plausible), so the remote cannot dictate text.
+Every request then goes through the job's EgressGuard (privacy.py), which redacts or blocks what
+the private texts reveal.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from typing import Iterator
 import numpy as np
 
 from . import _native
+from .attribution import VIEW_SEQ, AttributionConfig, EgressView, log_softmax_at
 from .errors import InvalidParameterError, RemoteError
 from .local import LocalModel
 from .privacy import AuditRecord, EgressGuard, summarize
@@ -39,7 +43,10 @@ FOLLOW_OUTLINE = "{instruction}\n\nFollow this outline:\n{outline}"
 @dataclass(frozen=True)
 class FusionConfig:
     """How local and remote scores are combined (see fusion.py). schedule=(P, K, T): consult the
-    remote on every step below P, then on T of every K + T steps; None consults on every step."""
+    remote on every step below P, then on T of every K + T steps; None consults on every step.
+    plausible: the remote chooses only among tokens whose local probability (with the private
+    context) is at least this share of the local top-1's; 0 is the paper's fusion, where a remote
+    listing a single token dictates the text."""
 
     rule: str = "weighted"
     fill: str = "mask"
@@ -47,6 +54,7 @@ class FusionConfig:
     alpha: float = 1.0
     gate: object = None
     schedule: tuple[int, int, int] | None = None
+    plausible: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,8 @@ class TokenInfo:
     weight: float  # the local side's weight at this step (1.0 when local only)
     local_p: float  # probability of the token under the local model (with context); NaN in sketch mode
     remote_p: float | None  # ... under the remote's top-k, None when unlisted or not consulted
+    withheld: bool = False  # sent to the remote as a placeholder: the private context explains it
+    context_nats: float = float("nan")  # log p(t | context) - log p(t | what the remote reads); NaN if not scored
 
     @property
     def remote_share(self) -> float:
@@ -80,6 +90,8 @@ class CoStats:
     bytes_received: int
     network_wait_ms: float  # time the loop spent blocked on the remote
     remote_tokens_accepted: int  # tokens where the fused choice matched the remote's own token
+    withheld_tokens: int = 0  # generated tokens the remote received as placeholders (last request)
+    context_bits: float = 0.0  # context information in the generated text the remote received
 
     @property
     def tokens_per_s(self) -> float:
@@ -98,7 +110,8 @@ class CoStats:
     def summary(self) -> str:
         return (f"{self.n_tokens} tok in {self.total_ms:.0f} ms ({self.tokens_per_s:.1f} tok/s), first token "
                 f"{self.first_token_ms:.0f} ms, {self.round_trips} round trips ({self.round_trips_per_token:.2f}/tok), "
-                f"{self.bytes_sent} B sent, {self.bytes_received} B received, network wait {self.network_wait_ms:.0f} ms")
+                f"{self.bytes_sent} B sent, {self.bytes_received} B received, network wait {self.network_wait_ms:.0f} ms, "
+                f"{self.withheld_tokens} tokens withheld, {self.context_bits:.1f} bits of context sent")
 
 
 @dataclass
@@ -113,6 +126,7 @@ class CoResult:
     fallback: bool = False  # the remote failed and generation went on local-only
     fallback_reason: str | None = None
     outline: str | None = None  # sketch mode
+    instruction: str | None = None  # the public instruction sent (derived on the device when request= was given)
 
     def audit_summary(self) -> dict:
         """requests, bytes_sent, bytes_received, redacted_spans, blocked, leaked_spans."""
@@ -180,12 +194,16 @@ class CoGenerator:
         at the first rejection. True pays off on devices where a batch is cheap (GPUs).
     remote_tokenizer: a model with the remote's tokenizer (by default `remote.template` when it is
         a LocalModel), used to keep lookahead exact; None means cross-tokenizer mode.
+    attribution: in logits mode, withhold from the remote the generated tokens the private context
+        explains (attribution.py): True (default settings), an AttributionConfig or its fields as a
+        dict, or False (only the text guard; for measurements).
     """
 
     def __init__(self, local: LocalModel, remote: RemoteModel | None = None, *, mode: str = "logits",
                  fusion: FusionConfig | dict | None = None, privacy: str | dict = "redact", lookahead: int = 8,
                  overlap: bool = True, batch_verify: bool = False, top_k: int | None = None,
-                 remote_tokenizer: object = "auto", outline_tokens: int = 200):
+                 remote_tokenizer: object = "auto", outline_tokens: int = 200,
+                 attribution: bool | dict | AttributionConfig = True):
         if mode not in MODES:
             raise InvalidParameterError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         if not 1 <= lookahead <= 31:
@@ -199,38 +217,100 @@ class CoGenerator:
             template = getattr(remote, "template", None)
             remote_tokenizer = template if hasattr(template, "tokenize") else None
         self.remote_tokenizer = remote_tokenizer
+        if attribution is True:
+            attribution = AttributionConfig()
+        elif isinstance(attribution, dict):
+            attribution = AttributionConfig(**attribution)
+        self.attribution: AttributionConfig | None = attribution or None
         self._bridge = _native.VocabBridge(local.native)
 
-    def generate(self, instruction: str, context: str = "", **options) -> CoResult:
+    def generate(self, instruction: str | None = None, context: str = "", **options) -> CoResult:
         """Write a response to `instruction` for the user described by `context`. See stream()."""
         stream = self.stream(instruction, context, **options)
         for _ in stream:
             pass
         return stream.result
 
-    def stream(self, instruction: str, context: str = "", *, draft: str = "", max_tokens: int = 256,
-               temperature: float = 0.0, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
-               seed: int | None = None) -> "CoStream":
+    def stream(self, instruction: str | None = None, context: str = "", *, request: str | None = None,
+               draft: str = "", max_tokens: int = 256, temperature: float = 0.0, top_k: int = 40,
+               top_p: float = 0.95, min_p: float = 0.05, seed: int | None = None) -> "CoStream":
         """Like generate(), yielding text as it is written; the CoResult is in `.result` at the end.
 
+        instruction: the public, context-free instruction, which the user chose to send.
+        request: instead of instruction, the user's whole request, treated as private: the local
+            model writes from it, and the instruction sent is derived on the device by removing what
+            the context explains (see derive_instruction; the result's `instruction` holds it).
         draft: text the response must begin with (the user's own opening); private, like the context.
         The result's text includes it; max_tokens counts only what is generated after it.
 
-        Only `instruction` is sent to the remote (with the generated text in logits mode, redacted)."""
+        Only the instruction is sent to the remote (with the generated text in logits mode, where
+        attribution and the guard withhold what is private)."""
         if max_tokens < 1:
             raise InvalidParameterError(f"max_tokens must be at least 1, got {max_tokens}")
-        guard = EgressGuard([context, draft], public=[instruction, OUTLINE_PROMPT.format(instruction=instruction)],
-                            **self.privacy)
+        if (instruction is None) == (request is None):
+            raise InvalidParameterError("give either instruction= (public) or request= (private), not both or neither")
+        user = instruction
+        if request is not None:
+            instruction = self.derive_instruction(request, context).text
+            user = request
+        private = [context, draft] + ([request] if request is not None else [])
+        guard = EgressGuard(private, public=[instruction, OUTLINE_PROMPT.format(instruction=instruction)],
+                            tokenizer=self.local, **self.privacy)
         sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
-        return CoStream(self, instruction, context, draft, guard, max_tokens, sampling)
+        return CoStream(self, instruction, user, context, draft, guard, max_tokens, sampling)
+
+    def derive_instruction(self, request: str, context: str) -> "DerivedInstruction":
+        """The public instruction for a private request: the request without the spans the text
+        guard finds and without the words the context explains (scored on the device, as in
+        logits mode), whole words at a time."""
+        guard = EgressGuard([context], tokenizer=self.local)
+        spans = [(f.start, f.end) for f in guard.find(request)]
+        if context:
+            spans += self._explained_words(request, context)
+        removed, out, pos = [], [], 0
+        for start, end in sorted(spans):
+            start = max(start, pos)
+            if start >= end:
+                continue
+            out.append(request[pos:start])
+            removed.append(request[start:end])
+            pos = end
+        out.append(request[pos:])
+        return DerivedInstruction(" ".join("".join(out).split()), removed)
+
+    def _explained_words(self, request: str, context: str) -> list[tuple[int, int]]:
+        """Character spans of the request's words that the context explains (same rule as attribution)."""
+        cfg = self.attribution or AttributionConfig()
+        local = self.local
+        tokens = local.tokenize(request, add_special=False)
+        if not tokens:
+            return []
+        lps = []
+        with local.pooled_session() as session:
+            for seq, ctx in ((0, context), (VIEW_SEQ, "")):
+                rows = _score(session, seq, _prompt_before_user_text(local, ctx), tokens)
+                lps.append(np.array([log_softmax_at(row, t) for row, t in zip(rows, tokens)]))
+            session.truncate(0, seq_id=VIEW_SEQ)
+        explained = (lps[0] - lps[1] > cfg.threshold) | (lps[1] < cfg.min_logprob)
+        spans, pos = [], 0
+        for token, hit in zip(tokens, explained):
+            piece = local.native.token_to_piece(token).decode("utf-8", errors="replace").strip()
+            start = request.find(piece, pos) if piece else -1
+            if start >= 0:
+                if hit:
+                    spans.append(_whole_word(request, start, start + len(piece)))
+                pos = start + len(piece)
+        return spans
 
 
 class CoStream:
     """Iterates over the text of one collaborative generation."""
 
-    def __init__(self, gen: CoGenerator, instruction: str, context: str, draft: str, guard: EgressGuard,
+    def __init__(self, gen: CoGenerator, instruction: str, user: str, context: str, draft: str, guard: EgressGuard,
                  max_tokens: int, sampling: dict):
         self._gen, self._guard, self._draft = gen, guard, draft
+        self._instruction, self._user = instruction, user  # what the remote may read; what the local model reads
+        self._view: EgressView | None = None
         self._start = time.perf_counter()
         self._first_token_ms = 0.0
         self._network_ms = 0.0
@@ -242,7 +322,7 @@ class CoStream:
         self._text = _TextAssembler(gen.local.native, draft)
         self._finish = "length"
         steps = self._sketch if gen.mode == "sketch" else self._logits
-        self._pieces = steps(instruction, context, max_tokens, sampling)
+        self._pieces = steps(context, max_tokens, sampling)
 
     def __iter__(self) -> Iterator[str]:
         return self
@@ -270,13 +350,17 @@ class CoStream:
             self._network_ms += (time.perf_counter() - start) * 1000.0
 
     def _emit(self, token: int, local_row: np.ndarray | None, remote_lp: dict | None,
-              weight: float) -> str:
+              weight: float) -> tuple[str, bool]:
+        """Records the token; returns its text and whether the remote will read a placeholder for it."""
+        withheld, ratio = False, float("nan")
+        if self._view is not None and self._fallback is None and not self._gen.local.native.is_eog(token):
+            withheld, ratio = self._view.add(token, local_row)
         piece = self._text.add(token)
-        local_p = float(_softmax_at(local_row, token)) if local_row is not None else float("nan")
+        local_p = float(np.exp(log_softmax_at(local_row, token))) if local_row is not None else float("nan")
         remote_p = float(np.exp(remote_lp[token])) if remote_lp and token in remote_lp else None
         self._attribution.append(TokenInfo(token, piece, "fused" if remote_lp is not None else "local",
-                                           weight, local_p, remote_p))
-        return piece
+                                           weight, local_p, remote_p, withheld, ratio))
+        return piece, withheld
 
     def _finalize(self) -> None:
         records = list(self._guard.records)
@@ -286,21 +370,23 @@ class CoStream:
             first_token_ms=self._first_token_ms, total_ms=(time.perf_counter() - self._start) * 1000.0,
             n_tokens=len(tokens), round_trips=audit["requests"] - audit["blocked"], bytes_sent=audit["bytes_sent"],
             bytes_received=audit["bytes_received"], network_wait_ms=self._network_ms,
-            remote_tokens_accepted=self._accepted)
+            remote_tokens_accepted=self._accepted, withheld_tokens=audit["withheld_tokens"],
+            context_bits=audit["context_bits"])
         self.result = CoResult(self._text.text, self._gen.mode, tokens, self._attribution, records, stats,
-                               self._finish, self._fallback is not None, self._fallback, self._outline)
+                               self._finish, self._fallback is not None, self._fallback, self._outline,
+                               self._instruction)
 
     # -- sketch ------------------------------------------------------------------------------------
 
-    def _sketch(self, instruction: str, context: str, max_tokens: int, sampling: dict) -> Iterator[str]:
-        gen = self._gen
-        user = instruction
+    def _sketch(self, context: str, max_tokens: int, sampling: dict) -> Iterator[str]:
+        gen, instruction = self._gen, self._instruction
+        user = self._user
         if gen.remote is not None:
             try:
                 future = gen.remote.submit_chat([{"role": "user", "content": OUTLINE_PROMPT.format(
                     instruction=instruction)}], max_tokens=gen.outline_tokens, guard=self._guard)
                 self._outline = self._wait(future).text.strip()
-                user = FOLLOW_OUTLINE.format(instruction=instruction, outline=self._outline)
+                user = FOLLOW_OUTLINE.format(instruction=self._user, outline=self._outline)
             except RemoteError as exc:
                 self._remote_failed(exc)
         prompt = local_prompt(self._gen.local, context, user, self._draft)
@@ -312,56 +398,91 @@ class CoStream:
                 while not generation.finished:
                     token, _ = generation.step()
                     if token >= 0:
-                        yield self._emit(token, None, None, 1.0)
+                        yield self._emit(token, None, None, 1.0)[0]
                 self._finish = generation.finish_reason
             finally:
                 generation.close()
 
     # -- logits ------------------------------------------------------------------------------------
 
-    def _logits(self, instruction: str, context: str, max_tokens: int, sampling: dict) -> Iterator[str]:
+    def _logits(self, context: str, max_tokens: int, sampling: dict) -> Iterator[str]:
         gen, fusion = self._gen, self._gen.fusion
         model = gen.local.native
-        remote_prompt = self._remote_prompt(instruction)
+        remote_prompt = self._remote_prompt(self._instruction)
         sampler = _native.FusionSampler(model, rule=fusion.rule, fill=fusion.fill, weight=fusion.weight,
-                                        alpha=fusion.alpha, gate=fusion.gate, **sampling)
-        prompt = local_prompt(gen.local, context, instruction, self._draft)
+                                        alpha=fusion.alpha, plausible=fusion.plausible, gate=fusion.gate, **sampling)
+        prompt = local_prompt(gen.local, context, self._user, self._draft)
         n_ctx = gen.local.n_ctx
         with gen.local.pooled_session() as session:
             prefill_reusing(session, prompt[:-1])
-            pending, produced = prompt[-1], 0
-            while produced < max_tokens:
-                if session.seq_len() + 1 >= n_ctx:
-                    self._finish = "context_full"
+            if remote_prompt is not None and gen.attribution is not None:
+                # What the remote reads, evaluated beside the main sequence: the public instruction and
+                # the draft as the guard lets it out, then the generated text with its placeholders.
+                draft = self._guard.redact(self._draft)[0] if self._guard.policy == "redact" else self._draft
+                # The draft itself goes out through the guard (which records what it redacts).
+                self._view = EgressView(model, session, gen.attribution,
+                                        local_prompt(gen.local, "", self._instruction, draft), self._draft)
+            try:
+                yield from self._fused_tokens(session, sampler, remote_prompt, prompt[-1], max_tokens, n_ctx)
+            finally:
+                self._view = None
+                session.truncate(0, seq_id=VIEW_SEQ)  # the view's room goes back to the main sequence
+
+    def _fused_tokens(self, session, sampler, remote_prompt, pending: int, max_tokens: int,
+                      n_ctx: int) -> Iterator[str]:
+        gen, model = self._gen, self._gen.local.native
+        produced = 0
+        while produced < max_tokens:
+            if self._used(session) + 1 >= n_ctx:
+                self._finish = "context_full"
+                return
+            call = self._call(remote_prompt, produced, max_tokens)
+            if call is not None and not gen.overlap:
+                self._await(call)
+            base = session.seq_len()
+            rows = self._decode(session, [pending])
+            steps = self._await(call) if call is not None else []
+            j = 0
+            while True:  # fuse position by position while the remote's own tokens are accepted
+                scores = steps[j] if j < len(steps) and self._consults(produced) else None
+                token, remote_lp, weight = self._sample(sampler, rows[j], scores)
+                produced += 1
+                piece, withheld = self._emit(token, rows[j], remote_lp, weight)
+                yield piece
+                if model.is_eog(token):
+                    self._finish = "eos"
                     return
-                call = self._call(remote_prompt, produced, max_tokens)
-                if call is not None and not gen.overlap:
-                    self._await(call)
-                base = session.seq_len()
-                session.decode([0], [pending])
-                rows = [session.logits(0)]
-                steps = self._await(call) if call is not None else []
-                j = 0
-                while True:  # fuse position by position while the remote's own tokens are accepted
-                    scores = steps[j] if j < len(steps) and self._consults(produced) else None
-                    token, remote_lp, weight = self._sample(sampler, rows[j], scores)
-                    produced += 1
-                    yield self._emit(token, rows[j], remote_lp, weight)
-                    if model.is_eog(token):
-                        self._finish = "eos"
-                        return
-                    if produced >= max_tokens or not self._continues(call, steps, j, token):
+                # A withheld token ends the run: the remote's next scores were computed on text that
+                # shows it, and the next request shows a placeholder instead.
+                if produced >= max_tokens or not self._continues(call, steps, j, token) or withheld:
+                    break
+                if len(rows) == j + 1:
+                    room = n_ctx - self._used(session) - 1
+                    batch = call.speculation(j)[:room] if gen.batch_verify else [token][:room]
+                    if not batch:
                         break
-                    if len(rows) == j + 1:
-                        room = n_ctx - session.seq_len() - 1
-                        batch = call.speculation(j)[:room] if gen.batch_verify else [token][:room]
-                        if not batch:
-                            break
-                        session.decode([0] * len(batch), batch)
-                        rows.extend(session.logits(i) for i in range(len(batch)))
-                    j += 1
-                session.truncate(base + 1 + j)
-                pending = token
+                    rows.extend(self._decode(session, batch))
+                j += 1
+            session.truncate(base + 1 + j)
+            pending = token
+
+    def _decode(self, session, tokens: list[int]) -> list[np.ndarray]:
+        """Evaluates tokens on the main sequence, with the view's queued tokens in the same batch
+        when there are few of them; returns the main sequence's rows."""
+        view = self._view
+        extra = view.take_pending() if view is not None and len(tokens) == 1 and len(view.pending) <= 8 else []
+        if view is not None and not extra:
+            view.flush()
+        session.decode([0] * len(tokens) + [VIEW_SEQ] * len(extra), list(tokens) + extra)
+        if extra:
+            view.set_row(session.logits(len(tokens) + len(extra) - 1))
+        return [session.logits(i) for i in range(len(tokens))]
+
+    def _used(self, session) -> int:
+        """Cells of the shared context window in use (both sequences, queued view tokens included)."""
+        if self._view is None:
+            return session.seq_len()
+        return session.seq_len() + session.seq_len(seq_id=VIEW_SEQ) + len(self._view.pending)
 
     def _remote_prompt(self, instruction: str) -> str | None:
         """The remote's prompt (public instruction only), after probing it; None if there is no usable remote."""
@@ -382,9 +503,11 @@ class CoStream:
         if remote_prompt is None or self._fallback is not None or not self._consults(produced) \
                 or not self._text.complete:  # never send half a UTF-8 character
             return None
-        text = remote_prompt + self._text.text
+        view = self._view
+        text = remote_prompt + (view.text() if view is not None else self._text.text)
         future = gen.remote.submit_next_tokens(text, n=min(gen.lookahead, max_tokens - produced), top_k=gen.top_k,
-                                               guard=self._guard)
+                                               guard=self._guard,
+                                               attribution=view.mark_sent() if view is not None else None)
         # The guard redacts in the transport (and records it); the remote continues the redacted text,
         # which the canonical check needs only when the remote's tokenizer is known.
         seen = None
@@ -410,7 +533,10 @@ class CoStream:
         ids, lps = self._gen._bridge.map(keys, np.array([scores.top[k] for k in keys], np.float32))
         sampler.set_remote(ids, lps)
         token = sampler.sample(row)
-        return token, dict(zip(ids.tolist(), lps.tolist())), sampler.last_info()["weight"]
+        info = sampler.last_info()
+        if info["overruled"]:  # the remote listed nothing the local model finds plausible
+            return token, None, 1.0
+        return token, dict(zip(ids.tolist(), lps.tolist())), info["weight"]
 
     def _continues(self, call, steps: list, j: int, token: int) -> bool:
         """Whether position j + 1 can use this call's scores: the token at j is the remote's own, and
@@ -482,6 +608,37 @@ def prefill_reusing(session: _native.Session, tokens: list[int]) -> None:
         session.prefill(tokens[same:])
 
 
-def _softmax_at(row: np.ndarray, token: int) -> float:
-    top = float(row.max())
-    return float(np.exp(row[token] - top) / np.exp(row - top).sum())
+@dataclass(frozen=True)
+class DerivedInstruction:
+    """The public instruction derived from a private request, and the spans removed from it."""
+
+    text: str
+    removed: list[str]
+
+
+def _prompt_before_user_text(local: LocalModel, context: str) -> list[int]:
+    """The tokens of local_prompt(local, context, user) that come before the user's text."""
+    mark = "\uE000"  # a private-use character: it appears in no real request
+    messages = ([{"role": "system", "content": SYSTEM_PROMPT.format(context=context)}] if context else [])
+    text = local.apply_chat_template(messages + [{"role": "user", "content": mark}])
+    return local.tokenize(text[:text.index(mark)], parse_special=True)
+
+
+def _score(session, seq: int, prefix: list[int], tokens: list[int], chunk: int = 32) -> list[np.ndarray]:
+    """Rows predicting each of tokens after prefix on sequence seq (the sequence is overwritten)."""
+    session.truncate(0, seq_id=seq)
+    session.prefill(np.asarray(prefix, dtype=np.int32), seq_id=seq)
+    rows = [session.logits(0)]
+    for start in range(0, len(tokens) - 1, chunk):
+        part = tokens[start:start + chunk][: len(tokens) - 1 - start]
+        session.decode([seq] * len(part), part)
+        rows.extend(session.logits(i) for i in range(len(part)))
+    return rows
+
+
+def _whole_word(text: str, start: int, end: int) -> tuple[int, int]:
+    while start > 0 and (text[start - 1].isalnum() or text[start - 1] in "'’-"):
+        start -= 1
+    while end < len(text) and (text[end].isalnum() or text[end] in "'’-"):
+        end += 1
+    return start, end

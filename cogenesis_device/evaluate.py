@@ -18,6 +18,7 @@ import json
 import math
 import os
 import sys
+import zlib
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +33,15 @@ from .errors import InvalidParameterError, RemoteError
 from .jsonl import KeyedLog, read_jsonl
 from .judge import CRITERIA, Judge
 from .local import LocalModel
-from .metrics import default_embedder, facts_used, leakage, private_items, rouge_l, would_leak
+from .leakscan import leaked, plant_canaries, profile_facts
+from .metrics import default_embedder, facts_used, rouge_l
 from .privacy import POLICIES, EgressGuard, summarize
 from .remote import RemoteModel
 from .teacher import GoldScorer, parse_rule
+
+
+# A policy of the eval: a guard policy, optionally ':text-only' to turn attribution off (for measurements).
+TEXT_ONLY = ":text-only"
 
 
 def mode_label(mode: str, policy: str) -> str:
@@ -64,6 +70,7 @@ class EvalSettings:
     gold: bool = True
     gate_records: bool = False
     embeddings: bool = True
+    canaries: bool = True  # plant made-up facts in each context (leakscan.plant_canaries) and look for them
 
 
 class Evaluation:
@@ -78,7 +85,7 @@ class Evaluation:
         self.local, self.remote, self.settings, self.judge, self.gate = local, remote, settings, judge, gate
         self.modes = validate_modes(settings.modes, gate)
         for policy in settings.policies:
-            if policy not in POLICIES:
+            if policy.removesuffix(TEXT_ONLY) not in POLICIES:
                 raise InvalidParameterError(f"privacy policy must be one of {', '.join(POLICIES)}, got {policy!r}")
         if remote is None and any(m != "local" for m in self.modes):
             raise InvalidParameterError("modes other than 'local' need a remote")
@@ -100,8 +107,8 @@ class Evaluation:
     def _jobs(self) -> list[tuple[str, str]]:
         return [(m, p) for m in self.modes for p in (["redact"] if m == "local" else self.settings.policies)]
 
-    def _generate(self, sample: Sample, mode: str, policy: str, remote_reply: tuple[Future, EgressGuard] | None,
-                  private: dict[str, set[str]]) -> dict:
+    def _generate(self, sample: Sample, context: str, mode: str, policy: str,
+                  remote_reply: tuple[Future, EgressGuard] | None, facts: list) -> dict:
         s = self.settings
         if mode == "remote":
             future, guard = remote_reply
@@ -115,15 +122,20 @@ class Evaluation:
             kind = "sketch" if mode == "sketch" else "logits"
             fusion = parse_rule(mode.partition(":")[2] or "weighted", self.gate) if mode.startswith("logits") else None
             gen = CoGenerator(self.local, None if mode == "local" else self.remote, mode=kind, fusion=fusion,
-                              privacy=policy, lookahead=s.lookahead)
-            result = gen.generate(sample.instruction, sample.context, max_tokens=s.max_tokens, temperature=0.0)
+                              privacy=policy.removesuffix(TEXT_ONLY), lookahead=s.lookahead,
+                              attribution=not policy.endswith(TEXT_ONLY))
+            result = gen.generate(sample.instruction, context, max_tokens=s.max_tokens, temperature=0.0)
             text, fallback, audit = result.text, result.fallback_reason, result.audit
             stats = {"first_token_ms": result.stats.first_token_ms, "total_ms": result.stats.total_ms,
                      "decode_tokens_per_s": result.stats.decode_tokens_per_s,
                      "round_trips_per_token": result.stats.round_trips_per_token, "n_tokens": result.stats.n_tokens}
+        found = leaked(facts, [r.body for r in audit if r.action != "blocked"])
         record = {
             "tid": sample.tid, "mode": mode_label(mode, policy), "text": text, "fallback": fallback, "stats": stats,
-            "audit": summarize(audit), "leak": leakage(private, audit), "found_before_redaction": would_leak(audit),
+            "audit": summarize(audit),
+            "leak": {"facts": len(facts), "canaries": sum(f.kind.startswith("canary") for f in facts),
+                     "leaked": [[f.kind, f.value] for f in found]},
+            "found_before_redaction": sum(len(r.findings) for r in audit),
             "rouge_l": rouge_l(text, sample.gold), "facts_used": facts_used(text, sample.facts()),
         }
         if self.embedder is not None:
@@ -137,7 +149,7 @@ class Evaluation:
         remote_replies: dict[str, tuple[Future, EgressGuard]] = {}
         for mode, policy in jobs:
             if mode == "remote":
-                guard = EgressGuard(sample.context, public=[sample.instruction], policy=policy)
+                guard = EgressGuard(sample.context, public=[sample.instruction], policy=policy.removesuffix(TEXT_ONLY))
                 future = self.remote.submit_chat([{"role": "user", "content": sample.instruction}],
                                                  max_tokens=self.settings.max_tokens, guard=guard)
                 remote_replies[policy] = (future, guard)
@@ -148,9 +160,14 @@ class Evaluation:
             self.gold_log.add({"tid": sample.tid, "n_bytes": score.n_bytes, "n_local_tokens": score.n_local_tokens,
                                "n_remote_tokens": score.n_remote_tokens, "n_fused": score.n_fused_positions,
                                "nll": score.nll})
-        private = private_items(sample.context, OUTLINE_PROMPT.format(instruction=sample.instruction))
+        public = OUTLINE_PROMPT.format(instruction=sample.instruction)
+        facts = profile_facts(sample.context, public)
+        context = sample.context
+        if self.settings.canaries:
+            context, canaries = plant_canaries(sample.context, seed=zlib.crc32(sample.tid.encode()))
+            facts += canaries
         for mode, policy in jobs:
-            self.gen_log.add(self._generate(sample, mode, policy, remote_replies.get(policy), private))
+            self.gen_log.add(self._generate(sample, context, mode, policy, remote_replies.get(policy), facts))
         if self.judge is not None:
             pending = {}
             for mode, policy in self._jobs():
@@ -210,10 +227,20 @@ def aggregate(out: Path, tids: list[str], modes: list[str], rules: list[str]) ->
             entry[metric] = _mean_sd([r.get(metric) for r in rows])
         for metric in ("first_token_ms", "decode_tokens_per_s", "round_trips_per_token"):
             entry[metric] = _mean_sd([r["stats"].get(metric) for r in rows if r["stats"]])
+        canary_hits = [[k for k, _ in r["leak"]["leaked"] if k.startswith("canary")] for r in rows]
+        profile_hits = [[k for k, _ in r["leak"]["leaked"] if not k.startswith("canary")] for r in rows]
+        sent = sum(r["audit"].get("withheld_tokens", 0) for r in rows)
         entry["leak"] = {
-            "jobs_leaking": sum(r["leak"]["any"] for r in rows),
-            "entity_share": _ratio(sum(r["leak"]["entities_leaked"] for r in rows), sum(r["leak"]["entities"] for r in rows)),
-            "window_share": _ratio(sum(r["leak"]["windows_leaked"] for r in rows), sum(r["leak"]["windows"] for r in rows)),
+            "jobs_leaking": sum(bool(r["leak"]["leaked"]) for r in rows),
+            "jobs_leaking_profile": sum(bool(h) for h in profile_hits),
+            "jobs_leaking_canary": sum(bool(h) for h in canary_hits),
+            "canaries_leaked": sum(len(h) for h in canary_hits),
+            "canaries": sum(r["leak"]["canaries"] for r in rows),
+            "profile_fact_share": _ratio(sum(len(h) for h in profile_hits),
+                                         sum(r["leak"]["facts"] - r["leak"]["canaries"] for r in rows)),
+            "leaked_kinds": sorted({k for h in canary_hits + profile_hits for k in h}),
+            "context_bits": _mean_sd([r["audit"].get("context_bits", 0.0) for r in rows]),
+            "withheld_tokens": sent,
             "found_before_redaction": sum(r["found_before_redaction"] for r in rows),
             "requests": sum(r["audit"]["requests"] for r in rows),
             "bytes_sent": sum(r["audit"]["bytes_sent"] for r in rows),
@@ -264,13 +291,15 @@ def to_markdown(results: dict) -> str:
                          f"{_fmt(e['decode_tokens_per_s'], 1)} | {_fmt(e['round_trips_per_token'], 2)} | {e['fallbacks']} |")
         lines += ["", "The modes of a sample share the local KV cache: the first one run pays the context prefill in "
                       "its first-token time, the others reuse the cached prefix."]
-        lines += ["", "## Privacy: what reached the remote", "",
-                  "| mode | requests | bytes sent | private spans found before redaction | jobs with a leak after | "
-                  "entities leaked | context windows leaked |", "|---|---|---|---|---|---|---|"]
+        lines += ["", "## Privacy: what reached the remote (independent scan of the bodies sent, leakscan.py)", "",
+                  "| mode | requests | guard findings | jobs leaking a profile fact | profile facts leaked | "
+                  "canaries leaked | context bits sent per job | tokens withheld |", "|---|---|---|---|---|---|---|---|"]
         for mode, e in modes.items():
             lk = e["leak"]
-            lines.append(f"| {mode} | {lk['requests']} | {lk['bytes_sent']} | {lk['found_before_redaction']} | "
-                         f"{lk['jobs_leaking']}/{e['samples']} | {100 * lk['entity_share']:.2f}% | {100 * lk['window_share']:.2f}% |")
+            lines.append(f"| {mode} | {lk['requests']} | {lk['found_before_redaction']} | "
+                         f"{lk['jobs_leaking_profile']}/{e['samples']} | {100 * lk['profile_fact_share']:.2f}% | "
+                         f"{lk['canaries_leaked']}/{lk['canaries']} | {_fmt(lk['context_bits'], 1)} | "
+                         f"{lk['withheld_tokens']} |")
     bpb = results["gold_bpb"]
     if bpb:
         lines += ["", f"## Gold bits per byte, teacher-forced ({bpb['_samples']} samples, {bpb['_bytes']} bytes; "

@@ -9,6 +9,11 @@ Never 0. The rules:
   - max:           max(local, remote)
   - context_delta: remote + alpha * (local - local_noctx)  (the private context as the "tuning")
   - gate:          weighted, with w from a learned gate over vocabulary-independent features
+
+`plausible` (every rule) limits the candidates to tokens the local model, which reads the private
+context, finds plausible: p_local(t) >= plausible * p_local(top-1). A remote that lists one token
+at logprob 0 can then no longer dictate text the local model would not write; a step where no
+listed token is plausible is local-only. 0 is the paper's fusion (no limit).
 """
 from __future__ import annotations
 
@@ -101,12 +106,21 @@ def gate_reference(features: np.ndarray, mean, std, w1, b1, w2, b2) -> float:
 
 def fuse_reference(
     local, remote_ids, remote_logprobs, *, rule: str = "weighted", fill: str = "mask", weight: float = 0.5,
-    alpha: float = 1.0, local_noctx=None, gate_arrays: dict | None = None,
+    alpha: float = 1.0, plausible: float = 0.0, local_noctx=None, gate_arrays: dict | None = None,
 ) -> np.ndarray:
     """What fuse() computes, in float64 numpy: the specification the native code is tested against."""
     ll = _log_softmax(np.asarray(local))
     if len(remote_ids) == 0 or all(lp <= SENTINEL for lp in remote_logprobs):
         return ll
+    fused = _fuse_rule(ll, remote_ids, remote_logprobs, local, rule, fill, weight, alpha, local_noctx, gate_arrays)
+    if plausible > 0:
+        fused = np.where(ll >= ll.max() + np.log(plausible), fused, -np.inf)
+        if np.isneginf(fused).all():  # the remote listed nothing plausible: local-only step
+            return ll
+    return fused
+
+
+def _fuse_rule(ll, remote_ids, remote_logprobs, local, rule, fill, weight, alpha, local_noctx, gate_arrays):
     rd, _, _ = _remote_dense(remote_ids, remote_logprobs, len(ll), fill)
     if rule == "max":
         return np.maximum(ll, rd)

@@ -144,7 +144,7 @@ class LocalModel:
         self._session_args = dict(n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads or 0)
         self._idle: list[_native.Session] = []
         self._lock = threading.Lock()
-        self._idle.append(self.new_session())  # validates n_ctx & co now
+        self._idle.append(self._pool_session())  # validates n_ctx & co now
 
     # -- tokenizer ---------------------------------------------------------
 
@@ -182,11 +182,15 @@ class LocalModel:
         """A fresh session of its own (for prefill/decode/state work outside generate)."""
         return _native.Session(self._model, n_seq_max=n_seq_max, **self._session_args)
 
+    def _pool_session(self) -> _native.Session:
+        # Two sequences: the main one, and in logits mode the remote's view of the text (attribution.py).
+        return self.new_session(n_seq_max=2)
+
     def _acquire(self) -> _native.Session:
         with self._lock:
             if self._idle:
                 return self._idle.pop()
-        return self.new_session()
+        return self._pool_session()
 
     def _release(self, session: _native.Session) -> None:
         with self._lock:

@@ -312,3 +312,65 @@ def _strip_logprobs(body: bytes) -> bytes:
     for choice in data.get("choices", []) if isinstance(data, dict) else []:
         choice.pop("logprobs", None)
     return json.dumps(data).encode()
+
+
+class ScriptedRemote:
+    """An adversarial OpenAI-compatible remote on 127.0.0.1 that plays an attacker, for privacy tests.
+
+    It answers /v1/completions with logprobs chosen by `script(prompt, n) -> steps`, where each step is
+    (token, {token: logprob, ...}) and the top dict may be empty ("no scores"); a step list may be
+    shorter than n. Every request body it receives is kept in `bodies`, which is what an attacker
+    holds. /v1/models lists one model; the probe is answered with a plain greedy-looking script.
+    """
+
+    def __init__(self, script):
+        import http.server
+
+        self.script = script
+        self.bodies: list[str] = []
+        remote = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+            def _answer(self, payload: dict, status: int = 200) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                self._answer({"object": "list", "data": [{"id": "attacker", "object": "model"}]})
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0"))).decode("utf-8", "replace")
+                remote.bodies.append(body)
+                request = json.loads(body)
+                if not self.path.endswith("/completions") or "messages" in request:
+                    self._answer({"error": {"message": "only /v1/completions"}}, 404)
+                    return
+                n = int(request.get("max_tokens", 1))
+                steps = list(remote.script(request["prompt"], n))[:n] or [("", {})]
+                tokens = [t for t, _ in steps]
+                logprobs = {"tokens": tokens, "token_logprobs": [top.get(t, 0.0) if top else 0.0 for t, top in steps],
+                            "top_logprobs": [top for _, top in steps], "text_offset": [0] * len(steps)}
+                self._answer({"object": "text_completion", "model": "attacker", "choices": [
+                    {"index": 0, "text": "".join(tokens), "finish_reason": "length", "logprobs": logprobs}]})
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="scripted-remote", daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def __enter__(self) -> "ScriptedRemote":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,7 +1,6 @@
 """Metrics: ROUGE-L, bits per byte, embedding similarity, personalization proxies, privacy leakage."""
 from __future__ import annotations
 
-import json
 import math
 import re
 from functools import lru_cache
@@ -9,7 +8,6 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .privacy import AuditRecord, extract_entities
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -97,69 +95,3 @@ class Embedder:
 @lru_cache(maxsize=1)
 def default_embedder() -> Embedder:
     return Embedder()
-
-
-# -- privacy leakage ----------------------------------------------------------------------------
-
-
-def private_items(context: str, public: str, *, min_span: int = 12) -> dict[str, set[str]]:
-    """What counts as private in a context: its entities, and its distinct min_span-character word-aligned
-    windows (case-folded, whitespace collapsed), both minus what also occurs in the public text."""
-    public_folded = _fold(public)
-    entities = {e for group in extract_entities(context).values() for e in group
-                if _fold(e) and _fold(e) not in public_folded}
-    folded = _fold(context)
-    starts = [0] + [m.end() for m in re.finditer(r"\s", folded)]
-    windows = {folded[s:s + min_span] for s in starts if len(folded) - s >= min_span}
-    windows = {w for w in windows if w.strip() and w not in public_folded}
-    return {"entities": entities, "windows": windows}
-
-
-def leakage(items: dict[str, set[str]], records: Sequence[AuditRecord]) -> dict[str, float | int]:
-    """How much of a context's private items appear in the bodies that were actually sent.
-
-    Returns entity and window counts found, their shares, and whether anything leaked at all."""
-    sent = _fold(_sent_text(records))
-    # Whole words only: an entity "Art" is not leaked by "start", nor a window by the tail of a longer word.
-    entities = [e for e in items["entities"] if re.search(rf"(?<!\w){re.escape(_fold(e))}(?!\w)", sent)]
-    windows = [w for w in items["windows"] if re.search(rf"(?<!\w){re.escape(w)}", sent)]
-    n_e, n_w = len(items["entities"]), len(items["windows"])
-    return {
-        "entities_leaked": len(entities), "entities": n_e, "entity_share": len(entities) / n_e if n_e else 0.0,
-        "windows_leaked": len(windows), "windows": n_w, "window_share": len(windows) / n_w if n_w else 0.0,
-        "any": bool(entities or windows),
-    }
-
-
-def would_leak(records: Sequence[AuditRecord]) -> int:
-    """Private spans the guard found in outgoing requests before redacting them (0 when none were found)."""
-    return sum(len(r.findings) for r in records)
-
-
-def _fold(text: str) -> str:
-    return " ".join(text.lower().split())
-
-
-def _sent_text(records: Sequence[AuditRecord]) -> str:
-    """The strings inside the JSON bodies that left (escapes undone), so text is compared as written.
-    They are joined by NUL, which folding keeps, so no match spans two strings."""
-    out: list[str] = []
-
-    def visit(value) -> None:
-        if isinstance(value, str):
-            out.append(value)
-        elif isinstance(value, dict):
-            for v in value.values():
-                visit(v)
-        elif isinstance(value, list):
-            for v in value:
-                visit(v)
-
-    for record in records:
-        if record.action == "blocked" or not record.body:
-            continue
-        try:
-            visit(json.loads(record.body))
-        except ValueError:
-            out.append(record.body)
-    return "\0".join(out)

@@ -1,51 +1,344 @@
 """The egress guard: the one place where outgoing request bodies are checked, redacted and recorded.
 
-A guard is given the private context of one job (and the public text the user chose to send).
-Before a request leaves the process it finds private spans in every string of the JSON body:
+A guard is given the private texts of one job (the context, the user's draft) and the public text the
+user chose to send. Before a request leaves the process it reads the whole body as one text (every
+JSON string, keys included, joined; token-id prompts decoded) and finds what the private texts
+reveal, after normalization (see `normalize`), so a fact written differently is still the same fact:
 
-- verbatim substrings of the context at least `min_span` characters long (case-insensitive),
-- entities found in the context: names, e-mail addresses, phone numbers, street addresses.
+- names: profile fields (`Name: ...`, `Location: ...`), JSON values, capitalized words in prose;
+- words of the context that are rare in the language (wordfreq), however short: a pet's name, a town;
+- short values of profile fields ("Age: 47", "Occupation: marine biologist");
+- e-mail addresses, also spelled out ("odalys dot b at fjordmail dot example");
+- numbers of 4 or more digits, by their digits alone (any separators), and dates in any common format;
+- verbatim passages of the context (`min_span` normalized characters or more).
 
-policy "redact" replaces them with placeholders, "block" refuses to send, "audit" sends the body
-unchanged and only records what was found (for leakage measurements; never the default).
-Every request is recorded: time, endpoint, bytes out and in, the findings, and the body as sent.
+Text the user chose to send is public by whole words only ("Ann" stays private in "announcement").
+
+policy "redact" replaces findings with placeholders, "block" refuses to send, "audit" sends the body
+unchanged and only records what was found (for leakage measurements; never the default). Every
+request is recorded: time, endpoint, bytes out and in, the findings, what on-device attribution
+withheld (collab.py), and the body as sent.
 """
 from __future__ import annotations
 
+import calendar
 import json
 import re
 import threading
 import time
+import unicodedata
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Sequence
+from functools import lru_cache
+from typing import Any, Callable, Iterable, Sequence
 
 from .errors import InvalidParameterError, PrivacyBlockedError
 
 POLICIES = ("redact", "block", "audit")
-PLACEHOLDERS = {"verbatim": "[PRIVATE]", "name": "[NAME]", "email": "[EMAIL]", "phone": "[PHONE]", "address": "[ADDRESS]"}
-
+PLACEHOLDERS = {"verbatim": "[PRIVATE]", "word": "[PRIVATE]", "name": "[NAME]", "email": "[EMAIL]",
+                "number": "[NUMBER]", "date": "[DATE]"}
+# Zipf frequency (log10 of occurrences per billion words) below which a word of the context is private.
+RARE_ZIPF = 3.5
+# Fields of a profile whose value is short enough to be one fact ("Age: 47", "City: Bergen").
+MAX_FACT_WORDS = 5
+_NAME_KEYS = re.compile(r"name|location|city|town|hometown|address|employer|company|school|spouse|partner|sister|"
+                        r"brother|mother|father|child|son|daughter|pet|dog|cat|friend|neighbou?r|colleague", re.I)
+_PROPER_NOUN = re.compile(r"(?<=[a-z0-9,;] )((?:[A-Z][\w'’-]+)(?:[ -][A-Z][\w'’-]+){0,3})")
+_PLACEHOLDER_RE = re.compile("|".join(re.escape(p) for p in sorted(set(PLACEHOLDERS.values()))))
+_FIELD_KEY = re.compile(r"[A-Za-z][\w .'/-]{0,39}")
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
-_PHONE = re.compile(r"(?<![\w])\+?\(?\d[\d ().-]{5,}\d(?![\w])")
-_STREET = r"(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|Parkway|Square)"
-_ADDRESS = re.compile(r"\b\d{1,5}\s+(?:[A-Z][a-z]+\s+){1,3}" + _STREET + r"\b\.?")
-# "Name: Isabel Martinez" / "Location: Miami, Florida" style fields of a profile.
-_NAME_FIELD = re.compile(r"^[ \t-]*[\w ]*(?:name|location|city|hometown|employer|company|school)[\w ]*:[ \t]*(.+)$",
-                         re.IGNORECASE | re.MULTILINE)
-# Two to four capitalized words after a lowercase word: a proper noun inside a sentence, not a title.
-_PROPER_NOUN = re.compile(r"(?<=[a-z,] )((?:[A-Z][a-z]+(?:[ -][A-Z][a-z]+){1,3}))\b")
+_CALENDAR_WORDS = {name.lower() for name in (*calendar.day_name, *calendar.month_name, *calendar.month_abbr) if name}
+
+
+# -- normalization -----------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=65536)
+def _fold_char(char: str) -> str:
+    """One character as lower-case ASCII letters and digits, or ' ' for a separator, or '' to drop.
+
+    NFKC (fullwidth and compatibility forms), case folding, diacritics removed, confusable letters
+    (Cyrillic 'о', Greek 'ρ'...) to the Latin letter they imitate, then transliteration (ø -> o)."""
+    if unicodedata.category(char) in ("Cf", "Mn", "Me"):  # zero-width spaces and joiners, soft hyphens, accents
+        return ""
+    out = []
+    for c in unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", char).casefold()):
+        if unicodedata.category(c) in ("Mn", "Me", "Cf"):
+            continue
+        if not c.isascii():
+            c = _skeleton(c)
+        out.extend(ch if ch.isalnum() else " " for ch in c.lower())
+    return "".join(out)
+
+
+def _skeleton(char: str) -> str:
+    """The ASCII a non-ASCII character looks like (Unicode confusables), else its transliteration."""
+    from anyascii import anyascii
+    from confusable_homoglyphs.confusables import confusables_data
+
+    for glyph in confusables_data.get(char, ()):
+        if len(glyph["c"]) == 1 and glyph["c"].isascii() and glyph["c"].isalnum():
+            return glyph["c"]
+    return anyascii(char)
+
+
+def normalize(text: str) -> tuple[str, list[int]]:
+    """(folded, where): folded is text in lower-case ASCII words separated by single spaces, and
+    where[i] is the index in text of the character that produced folded[i]."""
+    out: list[str] = []
+    where: list[int] = []
+    for i, char in enumerate(text):
+        for c in _fold_char(char) if not char.isascii() or not char.isalnum() else char.lower():
+            if c == " " and (not out or out[-1] == " "):
+                continue
+            out.append(c)
+            where.append(i)
+    if out and out[-1] == " ":
+        out.pop()
+        where.pop()
+    return "".join(out), where
+
+
+def fold(text: str) -> str:
+    """normalize(text) without the positions."""
+    return normalize(text)[0]
+
+
+@lru_cache(maxsize=1)
+def _zipf():
+    from wordfreq import zipf_frequency
+
+    return lru_cache(maxsize=200000)(lambda word: zipf_frequency(word, "en"))
+
+
+def is_rare(word: str) -> bool:
+    """A folded word that is rare in English, or carries digits (codes, canaries, plates)."""
+    if any(c.isdigit() for c in word):
+        return not word.isdigit()  # pure numbers are handled as numbers
+    return len(word) >= 2 and _zipf()(word) < RARE_ZIPF
+
+
+# -- what a private text reveals --------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Finding:
-    """One private span found in an outgoing string."""
+    """One private span found in an outgoing text (positions in that text)."""
 
-    kind: str  # 'verbatim', 'name', 'email', 'phone' or 'address'
+    kind: str  # 'name', 'word', 'email', 'number', 'date' or 'verbatim'
     start: int
     end: int
 
     @property
     def chars(self) -> int:
         return self.end - self.start
+
+
+def _profile_values(text: str) -> Iterable[tuple[str, str]]:
+    """(key, value) pairs of a profile: 'Key: value' lines, and the leaves of any JSON object in it."""
+    for line in re.split(r"\n|(?<=[.;!?])\s+", text):  # fields may share a line with prose
+        key, sep, value = line.partition(":")
+        key = key.strip(" -*\t")
+        if sep and _FIELD_KEY.fullmatch(key) and value.strip():
+            yield key, value.strip()
+    for start in [m.start() for m in re.finditer(r"[\[{]", text)][:50]:
+        try:
+            data, _ = json.JSONDecoder().raw_decode(text[start:])
+        except ValueError:
+            continue
+        yield from _json_leaves(data, "")
+
+
+def _json_leaves(data: Any, key: str) -> Iterable[tuple[str, str]]:
+    if isinstance(data, dict):
+        for k, v in data.items():
+            yield from _json_leaves(v, str(k))
+    elif isinstance(data, list):
+        for v in data:
+            yield from _json_leaves(v, key)
+    elif data is not None and not isinstance(data, bool):
+        yield key, str(data)
+
+
+def _numbers(folded: str) -> Iterable[tuple[int, int, str]]:
+    """(start, end, digits) of each run of digit groups ('912 34 567') in folded text."""
+    for m in re.finditer(r"(?<![a-z0-9])\d+(?: \d+)*(?![a-z0-9])", folded):
+        yield m.start(), m.end(), m.group(0).replace(" ", "")
+
+
+_MONTHS = {name.lower(): i for i, name in enumerate(calendar.month_name) if name}
+_MONTHS.update({name.lower(): i for i, name in enumerate(calendar.month_abbr) if name})
+_MONTH_RE = "|".join(sorted(_MONTHS, key=len, reverse=True))
+_DATE = re.compile(
+    rf"(?<![a-z0-9])(?:(?P<y1>\d{{4}}) (?P<m1>\d{{1,2}}) (?P<d1>\d{{1,2}})"          # 1985-03-14
+    rf"|(?P<a2>\d{{1,2}}) (?P<b2>\d{{1,2}}) (?P<y2>\d{{4}}|\d{{2}})"                   # 14/03/1985, 3/14/85
+    rf"|(?P<mn3>{_MONTH_RE}) (?P<d3>\d{{1,2}})(?: st| nd| rd| th)? (?P<y3>\d{{4}})"  # March 14th, 1985
+    rf"|(?P<d4>\d{{1,2}})(?: st| nd| rd| th)? (?:of )?(?P<mn4>{_MONTH_RE}) (?P<y4>\d{{4}}))(?![a-z0-9])")
+
+
+def _dates(folded: str) -> Iterable[tuple[int, int, set[tuple[int, int, int]]]]:
+    """(start, end, readings) of each date in folded text; a readings set holds (year, month, day)
+    for every way the date can be read (3/4/1985 is March 4 or April 3)."""
+    for m in _DATE.finditer(folded):
+        g = m.groupdict()
+        if g["y1"]:
+            candidates = [(int(g["y1"]), int(g["m1"]), int(g["d1"]))]
+        elif g["y2"]:
+            year = int(g["y2"]) + (1900 if len(g["y2"]) == 2 and int(g["y2"]) > 30 else 2000 if len(g["y2"]) == 2 else 0)
+            a, b = int(g["a2"]), int(g["b2"])
+            candidates = [(year, b, a), (year, a, b)]
+        elif g["y3"]:
+            candidates = [(int(g["y3"]), _MONTHS[g["mn3"]], int(g["d3"]))]
+        else:
+            candidates = [(int(g["y4"]), _MONTHS[g["mn4"]], int(g["d4"]))]
+        readings = {(y, mo, d) for y, mo, d in candidates if 1 <= mo <= 12 and 1 <= d <= 31}
+        if readings:
+            yield m.start(), m.end(), readings
+
+
+@dataclass
+class PrivateItems:
+    """What a set of private texts reveals, in folded form (see normalize)."""
+
+    phrases: dict[str, str] = field(default_factory=dict)  # folded words -> kind ('name', 'word', 'email')
+    numbers: set[str] = field(default_factory=set)  # digit strings of 4+ digits
+    dates: set[tuple[int, int, int]] = field(default_factory=set)
+    windows: set[str] = field(default_factory=set)  # verbatim passages, min_span folded chars from a word start
+
+
+def private_items(private: Sequence[str], public: Sequence[str] = (), *, min_span: int = 12,
+                  extra: Iterable[str] = ()) -> PrivateItems:
+    """Everything the private texts reveal that is not in the public texts (by whole words)."""
+    items = PrivateItems()
+    phrases: dict[str, str] = {fold(e): "name" for e in extra if fold(e)}
+
+    def add(phrase: str, kind: str) -> None:
+        phrase = fold(phrase)
+        if phrase and (len(phrase) >= 2 or phrase.isdigit()):
+            phrases.setdefault(phrase, kind)
+
+    for text in private:
+        if not text:
+            continue
+        folded, _ = normalize(text)
+        for key, value in _profile_values(text):
+            words = fold(value).split()
+            if 0 < len(words) <= MAX_FACT_WORDS:
+                add(value, "name" if _NAME_KEYS.search(key) else "word")
+                if _NAME_KEYS.search(key):
+                    for part in re.split(r"[,;/]", value):
+                        add(part, "name")
+                        for word in fold(part).split():
+                            if len(word) >= 3 and word not in _CALENDAR_WORDS:
+                                add(word, "name")
+        for phrase in _PROPER_NOUN.findall(text):
+            words = [w for w in fold(phrase).split() if w not in _CALENDAR_WORDS]
+            if words:
+                add(" ".join(words), "name")
+                for word in words:  # "Ingrid" of "Ingrid Solheim" alone too, but not "Lane" of "Harbour Lane"
+                    if len(word) >= 3 and is_rare(word):
+                        add(word, "name")
+        for email in _EMAIL.findall(text):
+            add(email, "email")
+            local_part = email.split("@")[0]
+            for word in fold(local_part).split():
+                if len(word) >= 3 and not word.isdigit():
+                    add(word, "name")
+        for word in set(folded.split()):
+            if is_rare(word):
+                add(word, "word")
+        for start, end, digits in _numbers(folded):
+            if len(digits) >= 4:
+                items.numbers.add(digits)
+            items.numbers.update(group for group in folded[start:end].split() if len(group) >= 4)
+        for _, _, readings in _dates(folded):
+            items.dates.update(readings)
+        n = min_span
+        starts = [0] + [i + 1 for i, c in enumerate(folded) if c == " "]
+        items.windows.update(folded[i:i + n] for i in starts if i + n <= len(folded))
+
+    public_folded = " " + " ".join(fold(p) for p in public) + " "
+    items.phrases = {p: k for p, k in phrases.items() if f" {p} " not in public_folded}
+    n = min_span
+    public_starts = [0] + [i + 1 for i, c in enumerate(public_folded) if c == " "]
+    items.windows -= {public_folded[i:i + n] for i in public_starts}
+    public_numbers = {digits for _, _, digits in _numbers(public_folded)}
+    items.numbers = {d for d in items.numbers if d not in public_numbers}
+    public_dates = {r for _, _, readings in _dates(public_folded) for r in readings}
+    items.dates -= public_dates
+    return items
+
+
+class _Matcher:
+    """Finds private items in folded text."""
+
+    def __init__(self, items: PrivateItems, min_span: int):
+        self.items, self.min_span = items, min_span
+        patterns = []
+        for phrase in sorted(items.phrases, key=len, reverse=True):
+            words = [re.escape(w) for w in phrase.split()]
+            # An e-mail may be spelled out: "odalys dot b at fjordmail dot example".
+            joint = r" (?:(?:at|dot) )?" if items.phrases[phrase] == "email" else " "
+            patterns.append(joint.join(words))
+        self._regex = (re.compile(r"(?<![a-z0-9])(?:" + "|".join(patterns) + r")(?![a-z0-9])")
+                       if patterns else None)
+
+    def find(self, folded: str) -> list[tuple[int, int, str]]:
+        """(start, end, kind) spans in folded text, possibly overlapping."""
+        found = []
+        if self._regex is not None:
+            for m in self._regex.finditer(folded):
+                found.append((m.start(), m.end(), self.items.phrases.get(m.group(0), "email")))
+        for start, end, digits in _numbers(folded):
+            groups = folded[start:end].split()
+            if any(self._private_number(d) for d in [digits, *groups] if len(d) >= 4):
+                found.append((start, end, "number"))
+        for start, end, readings in _dates(folded):
+            if readings & self.items.dates:
+                found.append((start, end, "date"))
+        n, windows = self.min_span, self.items.windows
+        if windows:
+            run_start = run_end = -1
+            for i in [0] + [i + 1 for i, c in enumerate(folded) if c == " "]:
+                if folded[i:i + n] in windows:
+                    if i > run_end:
+                        if run_end >= 0:
+                            found.append((run_start, run_end, "verbatim"))
+                        run_start = i
+                    run_end = i + n
+            if run_end >= 0:
+                found.append((run_start, run_end, "verbatim"))
+            found = [(s, _word_end(folded, e), k) if k == "verbatim" else (s, e, k) for s, e, k in found]
+        return found
+
+    def _private_number(self, digits: str) -> bool:
+        for number in self.items.numbers:
+            if digits == number or number in digits or (len(digits) >= 6 and digits in number):
+                return True
+        return False
+
+
+def _word_end(folded: str, end: int) -> int:
+    """end moved to the end of the word it falls in (a passage is redacted in whole words)."""
+    while end < len(folded) and folded[end] != " " and end > 0 and folded[end - 1] != " ":
+        end += 1
+    return end
+
+
+def _merge(spans: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
+    """Overlapping spans merged; the kind of a merged span is that of its longest part."""
+    merged: list[list] = []
+    for start, end, kind in sorted(spans, key=lambda s: (s[0], -s[1])):
+        if merged and start < merged[-1][1]:
+            last = merged[-1]
+            if end - start > last[3]:
+                last[2], last[3] = kind, end - start
+            last[1] = max(last[1], end)
+        else:
+            merged.append([start, end, kind, end - start])
+    return [(s, e, k) for s, e, k, _ in merged]
+
+
+# -- the audit record --------------------------------------------------------------------------------
 
 
 @dataclass
@@ -62,57 +355,34 @@ class AuditRecord:
     status: int | None = None
     bytes_received: int = 0
     duration_ms: float = 0.0
+    # On-device attribution of the generated text in this request (logits mode, see collab.py):
+    sent_tokens: int = 0  # generated tokens sent as they are
+    withheld_tokens: int = 0  # generated tokens replaced by a placeholder
+    context_bits: float = 0.0  # sum over sent tokens of max(0, log2 p(t | context) - log2 p(t | no context))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
 
 
-def _fold(text: str) -> str:
-    """Lower-case without changing the length, so positions map back to the original."""
-    return "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
-
-
-def _strip(text: str, f: Finding) -> Finding:
-    """The span without surrounding whitespace, so "Dear [NAME]," keeps its spaces."""
-    start, end = f.start, f.end
-    while start < end and text[start].isspace():
-        start += 1
-    while end > start and text[end - 1].isspace():
-        end -= 1
-    return Finding(f.kind, start, end)
-
-
-def extract_entities(context: str) -> dict[str, set[str]]:
-    """Names, e-mail addresses, phone numbers and street addresses that occur in a context."""
-    names: set[str] = set()
-    for value in _NAME_FIELD.findall(context):
-        value = value.strip().strip(".;")
-        if value:
-            names.add(value)
-            names.update(part for part in re.split(r"[\s,]+", value) if len(part) >= 3)
-    # A proper noun's words count alone too ("Isabel" of "Isabel Martinez") unless the context also
-    # uses them as ordinary lower-case words ("New" of "New Waterfront Listing").
-    lower_words = set(re.findall(r"\b[a-z]+\b", context))
-    for phrase in _PROPER_NOUN.findall(context):
-        names.add(phrase)
-        names.update(w for w in re.split(r"[ -]", phrase) if len(w) >= 3 and w.lower() not in lower_words)
-    phones = {m for m in _PHONE.findall(context) if sum(c.isdigit() for c in m) >= 7}
-    return {"name": names, "email": set(_EMAIL.findall(context)), "phone": phones, "address": set(_ADDRESS.findall(context))}
+# -- the guard ---------------------------------------------------------------------------------------
 
 
 class EgressGuard:
     """Checks, redacts and records the requests of one job.
 
-    context: the private text of the job (profile, history, draft); it must never leave.
-    public: text the user chose to send (the instruction, our own prompt text); spans that also
-        occur in it are not private.
+    context: the private texts of the job (profile, history, draft); they must never leave.
+    public: text the user chose to send (the instruction, our own prompt text); private items that
+        occur in it as whole words are not private.
     entities: extra private strings (for example a name known from a structured profile).
-    min_span: shortest verbatim substring of the context that counts as private.
+    min_span: shortest verbatim passage of the context, in normalized characters, that counts as private.
+    tokenizer: the local model (tokenize/detokenize), to check prompts sent as token ids; without one,
+        a body carrying token ids is refused.
     audit_path: a JSONL file to append one record per request to.
     """
 
     def __init__(self, context: str | Sequence[str] = "", *, public: str | Sequence[str] = (), policy: str = "redact",
-                 min_span: int = 12, entities: Iterable[str] = (), audit_path: str | None = None):
+                 min_span: int = 12, entities: Iterable[str] = (), audit_path: str | None = None,
+                 tokenizer: Any = None):
         if policy not in POLICIES:
             raise InvalidParameterError(f"privacy policy must be one of {', '.join(POLICIES)}, got {policy!r}")
         if min_span < 4:
@@ -120,121 +390,67 @@ class EgressGuard:
         self.policy = policy
         self.min_span = min_span
         self.audit_path = audit_path
+        self.tokenizer = tokenizer
         self.records: list[AuditRecord] = []
         self._lock = threading.Lock()
-        self._contexts = [context] if isinstance(context, str) else list(context)
-        self._public = [public] if isinstance(public, str) else list(public)
-        self._rebuild(entities)
-
-    def _rebuild(self, extra_entities: Iterable[str] = ()) -> None:
-        public = _fold("\n".join(self._public))
-        n = self.min_span
-        public_grams = {public[i:i + n] for i in range(len(public) - n + 1)}
-        grams: set[str] = set()
-        entities: dict[str, set[str]] = {"name": set(extra_entities), "email": set(), "phone": set(), "address": set()}
-        for text in self._contexts:
-            folded = _fold(text)
-            grams.update(folded[i:i + n] for i in range(len(folded) - n + 1))
-            for kind, found in extract_entities(text).items():
-                entities[kind].update(found)
-        self._grams = grams - public_grams
-        # Longest first so "Isabel Martinez" wins over "Isabel"; entities the user made public are allowed.
-        self._entities = sorted(
-            ((kind, e) for kind, found in entities.items() for e in found if e.strip() and _fold(e) not in public),
-            key=lambda item: -len(item[1]),
-        )
-        self._entity_re = (
-            re.compile("|".join(rf"(?<!\w){re.escape(e)}(?!\w)" for _, e in self._entities), re.IGNORECASE)
-            if self._entities else None
-        )
-        self._entity_kind = {_fold(e): kind for kind, e in self._entities}
+        contexts = [context] if isinstance(context, str) else list(context)
+        publics = [public] if isinstance(public, str) else list(public)
+        self.items = private_items(contexts, publics, min_span=min_span, extra=entities)
+        self._matcher = _Matcher(self.items, min_span)
 
     # -- finding and redacting ---------------------------------------------------------------------
 
     def find(self, text: str) -> list[Finding]:
-        """The private spans in text, merged where they overlap."""
-        n = self.min_span
-        folded = _fold(text)
-        spans: list[Finding] = []
-        start = end = -1
-        for i in range(len(folded) - n + 1) if self._grams else ():
-            if folded[i:i + n] in self._grams:
-                if i > end:  # a new span; windows that overlap or touch extend the current one
-                    if end >= 0:
-                        spans.append(Finding("verbatim", start, end))
-                    start = i
-                end = i + n
-        if end >= 0:
-            spans.append(Finding("verbatim", start, end))
-        spans = [_strip(text, f) for f in spans]
-        if self._entity_re is not None:
-            spans.extend(Finding(self._entity_kind.get(_fold(m.group(0)), "name"), m.start(), m.end())
-                         for m in self._entity_re.finditer(text))
-        spans.sort(key=lambda f: (f.start, -f.end, f.kind == "verbatim"))  # an entity names its span best
-        merged: list[Finding] = []
-        for f in spans:
-            if merged and f.start < merged[-1].end:
-                last = merged[-1]
-                if f.end > last.end:  # a partial overlap becomes one verbatim span
-                    merged[-1] = Finding("verbatim", last.start, f.end)
-                continue
-            merged.append(f)
-        return merged
+        """The private spans in text (positions in text), merged where they overlap."""
+        folded, where = normalize(text)
+        out = []
+        for start, end, kind in _merge(self._matcher.find(folded)):
+            out.append(Finding(kind, where[start], where[end - 1] + 1))
+        return out
 
     def redact(self, text: str) -> tuple[str, list[Finding]]:
         """text with every private span replaced by its placeholder, and the spans."""
         findings = self.find(text)
-        out, pos = [], 0
-        for f in findings:
-            out.append(text[pos:f.start])
-            out.append(PLACEHOLDERS[f.kind])
-            pos = f.end
-        out.append(text[pos:])
-        return "".join(out), findings
+        return _replace(text, [(f.start, f.end, PLACEHOLDERS[f.kind]) for f in findings]), findings
 
     # -- the choke point ---------------------------------------------------------------------------
 
-    def check_body(self, method: str, endpoint: str, body: bytes) -> tuple[bytes, AuditRecord]:
+    def check_body(self, method: str, endpoint: str, body: bytes,
+                   attribution: dict | None = None) -> tuple[bytes, AuditRecord]:
         """Returns the body to send and its audit record, or raises PrivacyBlockedError.
 
-        Every string in a JSON body is checked; a body that is not JSON is checked as text."""
-        findings: list[Finding] = []
-
-        def visit(value):
-            if isinstance(value, str):
-                redacted, found = self.redact(value)
-                findings.extend(found)
-                return redacted if self.policy == "redact" else value
-            if isinstance(value, list):
-                return [visit(v) for v in value]
-            if isinstance(value, dict):
-                return {k: visit(v) for k, v in value.items()}
-            return value
-
+        The body is read as one text: every string of a JSON body (keys included) joined in order,
+        token-id prompts decoded; a body that is not JSON is read as text. attribution: what the
+        job's on-device attribution withheld from this request (sent_tokens, withheld_tokens,
+        context_bits), recorded as given."""
         text = body.decode("utf-8", errors="replace")
         try:
-            payload = json.loads(text) if text else None
-            is_json = True
+            payload, is_json = (json.loads(text) if text else None), True
         except json.JSONDecodeError:
             payload, is_json = text, False
-        checked = visit(payload)
-        summary = [{"kind": f.kind, "chars": f.chars} for f in findings]
         record = AuditRecord(time=time.time(), method=method, endpoint=endpoint, bytes_sent=len(body), action="sent",
-                             findings=summary)
-        if findings and self.policy == "block":
-            record.action = "blocked"
-            record.bytes_sent = 0
+                             **(attribution or {}))
+        try:
+            parts = _Parts(payload, self.tokenizer)
+        except PrivacyBlockedError as exc:
+            record.action, record.bytes_sent = "blocked", 0
             self._record(record)
-            kinds = ", ".join(sorted({f.kind for f in findings}))
+            raise PrivacyBlockedError(f"refused to send a request to {endpoint}: {exc}") from None
+        findings = parts.find(self.find)
+        record.findings = [{"kind": f.kind, "chars": f.chars} for f in findings if f.kind]
+        if findings and self.policy == "block":
+            record.action, record.bytes_sent = "blocked", 0
+            self._record(record)
+            kinds = ", ".join(sorted({f.kind for f in findings if f.kind}))
             raise PrivacyBlockedError(
-                f"refused to send a request to {endpoint}: it contains {len(findings)} private span(s) of the "
-                f"context ({kinds}); policy is 'block'"
-            )
+                f"refused to send a request to {endpoint}: it contains {len(record.findings)} private span(s) of the "
+                f"context ({kinds}); policy is 'block'")
         if findings and self.policy == "redact":
+            checked = parts.redacted([(f.start, f.end, PLACEHOLDERS.get(f.kind, "")) for f in findings])
             body = (json.dumps(checked, ensure_ascii=False) if is_json else checked).encode("utf-8")
-            leftover = self.find(body.decode("utf-8"))
+            leftover = _Parts(checked, self.tokenizer).find(self.find, ignore_placeholders=True)
             if leftover:  # defence in depth: a placeholder next to text could re-form a span
-                record.action = "blocked"
+                record.action, record.bytes_sent = "blocked", 0
                 self._record(record)
                 raise PrivacyBlockedError(f"redaction left {len(leftover)} private span(s) in a request to {endpoint}")
             record.action = "redacted"
@@ -258,8 +474,116 @@ class EgressGuard:
             return summarize(self.records)
 
 
+def _replace(text: str, spans: Sequence[tuple[int, int, str]]) -> str:
+    out, pos = [], 0
+    for start, end, placeholder in sorted(spans):
+        if start < pos:
+            continue
+        out.append(text[pos:start])
+        out.append(placeholder)
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
+
+
+class _Parts:
+    """A JSON payload read as one text: its strings (keys included) and decoded token-id lists,
+    joined in order with nothing between, so a span split across two strings is still one span."""
+
+    def __init__(self, payload: Any, tokenizer: Any):
+        self._payload, self._tokenizer = payload, tokenizer
+        self._segments: list[tuple[int, int]] = []  # (start, end) in text of each leaf, in visiting order
+        self._leaves: list[str] = []
+        self._is_key: list[bool] = []
+        self._walk(payload, self._leaves)
+        self.text = "".join(self._leaves)
+
+    def find(self, find: Callable[[str], list[Finding]], *, ignore_placeholders: bool = False) -> list[Finding]:
+        """find() over the whole text, over the values alone (a span split across two strings with
+        keys between), and over each string alone (a private word at the end of one string must not
+        hide by running into the next key). Returns pieces within single strings, in joined-text
+        positions; the pieces after the first of a split span have kind '' (nothing replaces them)."""
+        spans: list[tuple[int, int, str]] = []
+        for subset in (range(len(self._leaves)), [i for i, key in enumerate(self._is_key) if not key]):
+            offsets, pos = [], 0
+            for i in subset:
+                offsets.append((pos, i))
+                pos += len(self._leaves[i])
+            text = "".join(self._leaves[i] for i in subset)
+            for f in find(text):
+                kind = f.kind
+                for at, i in offsets:
+                    leaf_start, leaf_end = self._segments[i]
+                    start, end = max(f.start, at), min(f.end, at + leaf_end - leaf_start)
+                    if start < end:
+                        spans.append((leaf_start + start - at, leaf_start + end - at, kind))
+                        kind = ""
+        for (start, _), leaf in zip(self._segments, self._leaves):
+            spans.extend((start + f.start, start + f.end, f.kind) for f in find(leaf))
+        if ignore_placeholders:  # our own placeholders are not private text
+            inside = [(m.start(), m.end()) for m in _PLACEHOLDER_RE.finditer(self.text)]
+            spans = [s for s in spans if not any(a <= s[0] and s[1] <= b for a, b in inside)]
+        return [Finding(kind, start, end) for start, end, kind in _merge(spans)]
+
+    def _leaf(self, value: str, chunks: list[str], is_key: bool = False) -> None:
+        self._is_key.append(is_key)
+        start = sum(len(c) for c in chunks)
+        chunks.append(value)
+        self._segments.append((start, start + len(value)))
+
+    def _walk(self, value: Any, chunks: list[str]) -> None:
+        if isinstance(value, str):
+            self._leaf(value, chunks)
+        elif _is_token_ids(value):
+            if self._tokenizer is None:
+                raise PrivacyBlockedError("it carries token ids, which cannot be checked without the local tokenizer")
+            self._leaf(self._tokenizer.detokenize(list(value)), chunks)
+        elif isinstance(value, list):
+            for v in value:
+                self._walk(v, chunks)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                self._leaf(str(k), chunks, is_key=True)
+                self._walk(v, chunks)
+
+    def redacted(self, spans: Sequence[tuple[int, int, str]]) -> Any:
+        """The payload with each span replaced; a span across several leaves puts its placeholder in
+        the first and removes the rest. Token-id lists are re-tokenized."""
+        per_leaf: list[list[tuple[int, int, str]]] = [[] for _ in self._segments]
+        for start, end, placeholder in spans:
+            first = True
+            for i, (s, e) in enumerate(self._segments):
+                if s < end and start < e or (start == end == s):
+                    per_leaf[i].append((max(start, s) - s, min(end, e) - s, placeholder if first else ""))
+                    first = False
+        counter = iter(range(len(self._segments)))
+
+        def leaf(value: str) -> str:
+            return _replace(value, per_leaf[next(counter)])
+
+        def walk(value: Any) -> Any:
+            if isinstance(value, str):
+                return leaf(value)
+            if _is_token_ids(value):
+                return self._tokenizer.tokenize(leaf(self._tokenizer.detokenize(list(value))), add_special=False)
+            if isinstance(value, list):
+                return [walk(v) for v in value]
+            if isinstance(value, dict):
+                return {leaf(str(k)): walk(v) for k, v in value.items()}
+            return value
+
+        return walk(self._payload)
+
+
+def _is_token_ids(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value)
+
+
 def summarize(records: Sequence[AuditRecord]) -> dict:
-    """Counts over audit records: requests, bytes, redacted spans, blocked requests, leaked spans."""
+    """Counts over audit records: requests, bytes, redacted spans, blocked requests, leaked spans, and
+    the attribution of the last request (it carries the whole generated prefix)."""
+    last = next((r for r in reversed(records) if r.sent_tokens or r.withheld_tokens), None)
     return {
         "requests": len(records),
         "bytes_sent": sum(r.bytes_sent for r in records),
@@ -267,4 +591,7 @@ def summarize(records: Sequence[AuditRecord]) -> dict:
         "redacted_spans": sum(len(r.findings) for r in records if r.action == "redacted"),
         "blocked": sum(r.action == "blocked" for r in records),
         "leaked_spans": sum(len(r.findings) for r in records if r.action == "leaked"),
+        "withheld_tokens": last.withheld_tokens if last else 0,
+        "context_bits": last.context_bits if last else 0.0,
     }
+

@@ -28,6 +28,9 @@ from .privacy import EgressGuard
 
 Messages = Sequence[dict]
 _current_guard: contextvars.ContextVar[EgressGuard | None] = contextvars.ContextVar("cogenesis_guard", default=None)
+# What on-device attribution withheld from the request being sent (recorded with it; see collab.py).
+_current_attribution: contextvars.ContextVar[dict | None] = contextvars.ContextVar("cogenesis_attribution",
+                                                                                   default=None)
 _PROBE_PROMPT = "The capital of France is"
 _RETRY_STATUS = {408, 409, 429}
 
@@ -80,7 +83,8 @@ class _GuardedTransport(httpx2.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         guard = _current_guard.get() or self._default_guard
-        body, record = guard.check_body(request.method, request.url.path, await request.aread())
+        body, record = guard.check_body(request.method, request.url.path, await request.aread(),
+                                        _current_attribution.get())
         headers = [(k, v) for k, v in request.headers.items() if k.lower() != "content-length"]
         headers.append(("content-length", str(len(body))))
         outgoing = httpx2.Request(request.method, request.url, headers=headers, content=body,
@@ -185,13 +189,14 @@ class RemoteModel:
         except Exception:
             pass
 
-    def _submit(self, coro, guard: EgressGuard | None) -> concurrent.futures.Future:
+    def _submit(self, coro, guard: EgressGuard | None, attribution: dict | None = None) -> concurrent.futures.Future:
         if self._loop.is_closed():
             coro.close()
             raise RemoteError("the RemoteModel is closed", kind="config")
         # The task inherits the context current at submission, which carries the job's guard.
         context = contextvars.copy_context()
         context.run(_current_guard.set, guard)
+        context.run(_current_attribution.set, attribution)
         return context.run(asyncio.run_coroutine_threadsafe, coro, self._loop)
 
     @staticmethod
@@ -320,8 +325,11 @@ class RemoteModel:
                                                   guard=guard))
 
     def submit_next_tokens(self, prompt: str, *, n: int = 1, top_k: int | None = None, temperature: float = 0.0,
-                           seed: int | None = None, guard: EgressGuard | None = None) -> concurrent.futures.Future:
-        """next_tokens in the background: returns a Future; cancel() aborts the request."""
+                           seed: int | None = None, guard: EgressGuard | None = None,
+                           attribution: dict | None = None) -> concurrent.futures.Future:
+        """next_tokens in the background: returns a Future; cancel() aborts the request.
+
+        attribution: what on-device attribution withheld from the prompt, recorded with the request."""
         caps = self.capabilities
         if caps.max_top_k == 0 or not caps.positions_ok:
             problem = "returns no logprobs" if caps.max_top_k == 0 else "lists logprobs at the wrong positions"
@@ -331,7 +339,7 @@ class RemoteModel:
             raise RemoteError(f"n must be at least 1, got {n}", kind="config")
         k = min(top_k or caps.max_top_k, caps.max_top_k)
         return self._submit(self._completion(caps.model, prompt, n=n, top_k=k, temperature=temperature, seed=seed),
-                            guard)
+                            guard, attribution)
 
     async def _completion(self, model: str, prompt: str, *, n: int, top_k: int, temperature: float,
                           seed: int | None = None) -> Continuation:

@@ -27,6 +27,7 @@ py::dict fusion_info_dict(const cg_fusion_info & info) {
     d["fused_top"] = info.fused_top;
     d["chosen"] = info.chosen;
     d["consulted"] = info.consulted;
+    d["overruled"] = info.overruled;
     static const std::pair<const char *, float cg_fusion_features::*> kFeatures[] = {
         {"local_entropy", &cg_fusion_features::local_entropy},
         {"remote_entropy", &cg_fusion_features::remote_entropy},
@@ -46,7 +47,7 @@ py::dict fusion_info_dict(const cg_fusion_info & info) {
 namespace {
 
 py::tuple fuse(const FloatArray & local, const TokenArray & remote_ids, const FloatArray & remote_logprobs,
-               const std::string & rule, const std::string & fill, float weight, float alpha,
+               const std::string & rule, const std::string & fill, float weight, float alpha, float plausible,
                std::optional<FloatArray> local_noctx, std::shared_ptr<GateHandle> gate, std::optional<py::array> out) {
     const py::ssize_t n = local.size();
     if (local.ndim() != 1) throw py::value_error("local must be a 1-D array of n_vocab scores");
@@ -68,6 +69,7 @@ py::tuple fuse(const FloatArray & local, const TokenArray & remote_ids, const Fl
     p.fill = parse_sparse_fill(fill);
     p.weight = weight;
     p.alpha = alpha;
+    p.plausible = plausible;
     const cg_sparse_dist dist{remote_ids.data(), remote_logprobs.data(), (int32_t) remote_ids.size()};
     const float * noctx = local_noctx ? local_noctx->data() : nullptr;
     float * dst = result.mutable_data();
@@ -86,11 +88,13 @@ py::tuple fuse(const FloatArray & local, const TokenArray & remote_ids, const Fl
 void register_fusion(py::module_ & m) {
     m.def("fuse", &fuse, py::arg("local"), py::arg("remote_ids"), py::arg("remote_logprobs"), py::kw_only(),
           py::arg("rule") = "weighted", py::arg("fill") = "mask", py::arg("weight") = 0.5f, py::arg("alpha") = 1.0f,
-          py::arg("local_noctx") = py::none(), py::arg("gate") = nullptr, py::arg("out") = py::none(),
+          py::arg("plausible") = 0.0f, py::arg("local_noctx") = py::none(), py::arg("gate") = nullptr, py::arg("out") = py::none(),
           "Fuse dense local logits with a sparse remote top-k (ids, logprobs) into log-probabilities.\n"
           "Returns (fused, info). float32 C-contiguous inputs are read in place and `out`, if given, is\n"
           "written in place; all are used only during the call (GIL released).\n"
-          "rule: weighted | max | context_delta | gate; fill: mask (-inf) | tail (remaining mass shared).");
+          "rule: weighted | max | context_delta | gate; fill: mask (-inf) | tail (remaining mass shared).\n"
+          "plausible: keep only tokens whose local probability is at least plausible * the local top-1's\n"
+          "(0 = off, the paper's fusion); a step where no listed remote token is left is local-only.");
     m.def("schedule_consult", &cg_schedule_consult, py::arg("p"), py::arg("k"), py::arg("t"), py::arg("step"),
           "The paper's P/K/T schedule: consult on steps < p, then skip k and consult t in each cycle.");
 }

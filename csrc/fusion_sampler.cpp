@@ -14,7 +14,7 @@ struct FusionSamplerHandle : SamplerHandle {
 };
 
 std::shared_ptr<FusionSamplerHandle> create(std::shared_ptr<ModelHandle> model, const std::string & rule,
-                                            const std::string & fill, float weight, float alpha,
+                                            const std::string & fill, float weight, float alpha, float plausible,
                                             std::shared_ptr<GateHandle> gate, float temperature, int32_t top_k,
                                             float top_p, float min_p, float repeat_penalty, int32_t repeat_last_n,
                                             std::optional<int64_t> seed) {
@@ -23,6 +23,7 @@ std::shared_ptr<FusionSamplerHandle> create(std::shared_ptr<ModelHandle> model, 
     p.fill = parse_sparse_fill(fill);
     p.weight = weight;
     p.alpha = alpha;
+    p.plausible = plausible;
     const cg_sampling_params sp = sampling_params(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed);
     auto h = std::make_shared<FusionSamplerHandle>();
     h->gate = std::move(gate);
@@ -55,7 +56,7 @@ void register_fusion_sampler(py::module_ & m) {
         "A Sampler whose chain starts with the fusion link: set_remote() before a step fuses that step;\n"
         "a step without it is local-only. Then the usual chain (top-k, top-p, min-p, temperature, dist/greedy).")
         .def(py::init(&create), py::arg("model"), py::kw_only(), py::arg("rule") = "weighted", py::arg("fill") = "mask",
-             py::arg("weight") = 0.5f, py::arg("alpha") = 1.0f, py::arg("gate") = nullptr,
+             py::arg("weight") = 0.5f, py::arg("alpha") = 1.0f, py::arg("plausible") = 0.0f, py::arg("gate") = nullptr,
              py::arg("temperature") = 0.8f, py::arg("top_k") = 40, py::arg("top_p") = 0.95f, py::arg("min_p") = 0.05f,
              py::arg("repeat_penalty") = 1.0f, py::arg("repeat_last_n") = 64, py::arg("seed") = py::none())
         .def("set_remote", &set_remote, py::arg("ids"), py::arg("logprobs"), py::arg("local_noctx") = py::none(),

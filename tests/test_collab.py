@@ -66,8 +66,9 @@ def test_weight_one_is_the_local_model_alone(model, remote):
 
 
 def test_weight_zero_follows_the_remote_alone(model, remote):
-    fused = cg.CoGenerator(model, remote, fusion={"weight": 0.0}, lookahead=1).generate(
-        INSTRUCTION, CONTEXT, max_tokens=12, temperature=0.0)
+    # The paper's fusion (no plausibility limit) and the text as written (no attribution placeholders).
+    fused = cg.CoGenerator(model, remote, fusion={"weight": 0.0, "plausible": 0.0}, lookahead=1,
+                           attribution=False).generate(INSTRUCTION, CONTEXT, max_tokens=12, temperature=0.0)
     # The reference: ask the remote for its top token, one step at a time, on the same public prompt.
     text = ""
     for _ in range(12):

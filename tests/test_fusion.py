@@ -52,6 +52,36 @@ def test_rules_match_numpy_on_random_logits(rule, fill, n_vocab):
         noctx = rng.normal(0, 4, n_vocab).astype(np.float32)
         ids, lps = top_k(rng.normal(0, 4, n_vocab))
         assert_matches_reference(local, ids, lps, noctx, random_gate_arrays(rng), rule, fill, weight=0.3, alpha=0.7)
+        assert_matches_reference(local, ids, lps, noctx, random_gate_arrays(rng), rule, fill, weight=0.3, alpha=0.7,
+                                 plausible=0.02)
+
+
+@pytest.mark.parametrize("rule", F.RULES)
+def test_a_remote_cannot_force_a_token_the_local_model_finds_implausible(model, rule):
+    local, noctx = real_logits(model, 49152)
+    implausible = int(np.argmin(local))
+    gate = F.Gate.from_arrays(**random_gate_arrays(np.random.default_rng(2)))
+    one = (np.array([implausible], np.int32), np.array([0.0], np.float32))
+    forced, info = F.fuse(local, *one, rule=rule, local_noctx=noctx, gate=gate, weight=0.1, plausible=0.0)
+    assert int(np.argmax(forced)) == implausible and info["consulted"] and not info["overruled"]  # the paper's fusion
+    out, info = F.fuse(local, *one, rule=rule, local_noctx=noctx, gate=gate, weight=0.1, plausible=0.1)
+    assert info["fused_top"] == int(np.argmax(local))
+    if rule == "max":
+        assert np.isneginf(out[implausible]) and not info["overruled"]
+    else:  # with the mask fill nothing listed is left: a local-only step ("max" keeps local scores)
+        assert info["overruled"] and not info["consulted"]
+        np.testing.assert_allclose(out, F.fuse_reference(local, [], []), atol=1e-5)
+    # Among plausible tokens the remote still chooses: here, the local model's second choice.
+    second = int(np.argsort(-local)[1])
+    assert np.exp(local[second] - local.max()) >= 0.1, "the fixture's second choice must be plausible"
+    out, info = F.fuse(local, np.array([second, implausible], np.int32), np.array([-0.05, -3.0], np.float32),
+                       rule=rule, local_noctx=noctx, gate=gate, weight=0.1, plausible=0.1)
+    assert info["fused_top"] == second and np.isneginf(out[implausible])
+
+
+def test_plausible_outside_zero_to_one_is_an_error():
+    with pytest.raises(InvalidParameterError, match="plausible"):
+        F.fuse(np.zeros(10, np.float32), np.array([1], np.int32), np.array([-0.1], np.float32), plausible=1.5)
 
 
 def real_logits(model, n_vocab_expected):

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 from cogenesis_device.judge import parse_scores
-from cogenesis_device.metrics import (bits_per_byte, facts_used, lcs_length, leakage, private_items, rouge_l,
-                                      would_leak)
-from cogenesis_device.privacy import AuditRecord
+from cogenesis_device import leakscan
+from cogenesis_device.metrics import bits_per_byte, facts_used, lcs_length, rouge_l
 
 
 def test_lcs_and_rouge_l_by_hand():
@@ -38,41 +37,33 @@ def test_facts_used_by_hand():
     assert math.isnan(facts_used(text, []))
 
 
-def _record(body: dict, action: str = "sent", findings=()) -> AuditRecord:
-    return AuditRecord(time=0.0, method="POST", endpoint="/v1/completions", bytes_sent=0, action=action,
-                       findings=list(findings), body=json.dumps(body))
+def test_leak_scan_finds_profile_facts_in_the_bodies_sent():
+    profile = ("Name: Isabel Martinez\nAge: 47\nPrivacy_info: Recently celebrated 20th wedding anniversary with a "
+               "trip to the Maldives; Keeps a dream journal")
+    facts = leakscan.profile_facts(profile, public="Write a note about a journal")
+    assert {(f.kind, f.words) for f in facts} >= {("profile:name", ("isabel", "martinez")), ("profile:name", ("isabel",)),
+                                                    ("profile:age", ("47",)), ("profile:privacy_info", ("keeps", "a", "dream", "journal")),
+                                                    ("profile:privacy_info", ("recently", "celebrated", "anniversary",
+                                                                              "maldives"))}
+    clean = json.dumps({"prompt": "Dear friends, a note about keeping a journal."})
+    assert leakscan.leaked(facts, [clean]) == []
+    # Escapes undone, case and accents ignored; a sentence fact needs its distinctive words in order.
+    body = json.dumps({"prompt": "Hi, I am ISABEL Mart\u00ednez, 47; recently we celebrated an anniversary in the Maldives"})
+    assert sorted(f.kind for f in leakscan.leaked(facts, [body])) == ["profile:age", "profile:name", "profile:name",
+                                                                      "profile:name", "profile:privacy_info"]
+    assert leakscan.leaked(facts, [json.dumps({"prompt": "the Maldives celebrated"})]) == []
 
 
-def test_leakage_counts_entities_and_windows_in_sent_bodies():
-    context = "Name: Isabel Martinez\nShe keeps a dream journal every morning."
-    items = private_items(context, public="Write a note about journaling")
-    assert "Isabel Martinez" in items["entities"]
-    assert "keeps a drea" in items["windows"] and all(len(w) == 12 for w in items["windows"])
-    clean = leakage(items, [_record({"prompt": "Dear friends, a note about journaling."})])
-    assert clean["any"] is False and clean["entities_leaked"] == 0 and clean["windows_leaked"] == 0
-    # JSON escapes are undone before matching ("\u00e9" and "\n" in the body).
-    leaked = leakage(items, [_record({"prompt": "Hi, I am Isabel Martinez.\nShe keeps a dream journal"})])
-    assert leaked["any"] and leaked["entities_leaked"] >= 1
-    assert leaked["windows_leaked"] >= 3 and 0 < leaked["window_share"] < 1
-    blocked = leakage(items, [_record({"prompt": "Isabel Martinez"}, action="blocked")])
-    assert blocked["any"] is False  # a blocked body never left
-    assert would_leak([_record({}, "redacted", [{"kind": "name", "chars": 6}, {"kind": "verbatim", "chars": 20}])]) == 2
-
-
-def test_leakage_matches_whole_words_within_one_sent_string():
-    """The false alarms the first full dev run raised: an entity inside a longer word, a window starting
-    mid-word, and a window bridging the prompt and the next JSON string."""
-    items = {"entities": {"Art", "Inc"}, "windows": {"a marketing ", "lesson plan "}}
-    body = {"model": "m.gguf <|im_start|>", "prompt": "Start including social media marketing", "stop": ["x"],
-            "suffix": "it's a lesson plan"}
-    assert leakage(items, [_record(body)])["any"] is False
-    hit = leakage(items, [_record({"prompt": "Art, Inc. runs a marketing team; a lesson plan follows"})])
-    assert hit["entities_leaked"] == 2 and hit["windows_leaked"] == 2
-
-
-def test_public_text_is_not_private():
-    items = private_items("Task: Compose a Monthly Newsletter for clients", public="Compose a Monthly Newsletter")
-    assert not any(w in "compose a monthly newsletter" for w in items["windows"])
+def test_canaries_are_planted_disguised_and_found_in_any_form():
+    context, facts = leakscan.plant_canaries("Name: Bo", seed=5)
+    assert len(facts) == 7 and context.startswith("Name: Bo\n")
+    name, number = facts[0], facts[4]
+    bodies = [json.dumps({"prompt": f"my dog {name.value.upper()}"}),
+              json.dumps({"prompt": "call " + ".".join([number.digits[:3], number.digits[3:6], number.digits[6:]])})]
+    assert [f.kind for f in leakscan.leaked(facts, bodies)] == ["canary:name", "canary:number"]
+    disguised = "T\u0435st " + name.value.replace("o", "\u043e") + "\u200b"  # homoglyphs and a zero-width space
+    assert leakscan.leaked([name], [json.dumps({"prompt": disguised})]) == [name]
+    assert leakscan.leaked(facts, [json.dumps({"prompt": "nothing here but 123 and words"})]) == []
 
 
 def test_judge_scores_are_parsed_and_template_echoes_ignored():

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from cogenesis_device.errors import InvalidParameterError, PrivacyBlockedError
-from cogenesis_device.privacy import EgressGuard, extract_entities
+from cogenesis_device.privacy import EgressGuard, normalize
 
 PROFILE = (
     "Name: Odalys Brennecke\n"
@@ -15,20 +15,49 @@ PROFILE = (
 )
 
 
-def test_entities_found_in_a_profile():
-    found = extract_entities(PROFILE)
-    assert {"Odalys Brennecke", "Odalys", "Brennecke", "Ingrid Solheim", "Ingrid", "Solheim", "Norway"} <= found["name"]
-    assert found["email"] == {"odalys.b@fjordmail.example"}
-    assert found["phone"] == {"+47 912 34 567"}
-    assert found["address"] == {"42 Harbour Lane"}
+def test_facts_found_in_a_profile_however_they_are_written():
+    guard = EgressGuard(PROFILE + "Born 1985-03-14.\nAge: 41\nDiagnosis: celiac disease\n"
+                                  '{"sister": "Ann", "partner": "Tom"}')
+    forms = {
+        "name in prose": "my dog Pelle", "sister from JSON": "Ann", "partner from JSON": "Tom",
+        "no diacritics": "Tromso", "Cyrillic homoglyphs": "Tr\u043em\u0455\u00f8", "fullwidth": "\uff34\uff52\uff4f\uff4d\uff53\uff4f",
+        "zero-width space": "Trom\u200bs\u00f8", "upper case": "INGRID", "phone, dots": "912.34.567",
+        "phone, no separators": "4791234567", "e-mail spelled out": "odalys dot b at fjordmail dot example",
+        "date, reformatted": "14/03/1985", "date, in words": "March 14th, 1985", "age": "I am 41",
+        "diagnosis": "my celiac disease", "rare word": "the quay", "abbreviated address": "42 Harbour Ln",
+    }
+    for form, text in forms.items():
+        assert guard.find(text), form
+    redacted, _ = guard.redact("Walking Pelle with Ingrid, call 912-34-567 or write odalys.b@fjordmail.example")
+    assert redacted == "Walking [NAME] with [NAME], call [NUMBER] or write [EMAIL]"
+
+
+def test_common_words_of_the_context_are_not_private():
+    guard = EgressGuard(PROFILE)
+    text = "We strolled to a market one day and chatted about books and the sea."
+    assert guard.find(text) == []
+
+
+def test_public_text_allows_private_items_by_whole_words_only():
+    guard = EgressGuard('{"name": "Ann", "brother": "Tom"}', public="Write an announcement for tomorrow")
+    assert [f.kind for f in guard.find("Ann and Tom")] == ["name", "name"]
+    assert guard.find("an announcement for tomorrow") == []
+    assert EgressGuard("My brother Tom", public="Write to Tom").find("Dear Tom") == []
+
+
+def test_normalize_maps_folded_text_back_to_the_source():
+    text = "T\u0440\u043em\u200bs\u00f8,  \uff2f\uff4b!"
+    folded, where = normalize(text)
+    assert folded == "tpomso ok"
+    assert [text[i] for i in where[:2]] == ["T", "\u0440"] and text[where[-1]] == "\uff4b"
 
 
 def test_verbatim_spans_of_min_span_or_more_are_found_and_shorter_ones_are_not():
-    guard = EgressGuard("the quay every morning at seven", min_span=12)
-    text = "We stroll along THE QUAY EVERY MORNING, then coffee."
+    guard = EgressGuard("the harbour every morning at seven", min_span=12)
+    text = "We stroll along THE HARBOUR EVERY MORNING, then coffee."
     [finding] = guard.find(text)
-    assert (finding.kind, text[finding.start:finding.end]) == ("verbatim", "THE QUAY EVERY MORNING")
-    assert guard.find("the quay is nice") == []  # 'the quay ' is only 9 characters
+    assert (finding.kind, text[finding.start:finding.end]) == ("verbatim", "THE HARBOUR EVERY MORNING")
+    assert guard.find("at the harbour") == []  # 'the harbour' is only 11 characters
 
 
 def test_public_text_is_not_private():
@@ -42,8 +71,8 @@ def test_redact_replaces_every_private_span_with_its_placeholder():
     guard = EgressGuard(PROFILE)
     text = "Hi Odalys, mail odalys.b@fjordmail.example or call +47 912 34 567; see you at 42 Harbour Lane with Ingrid."
     redacted, findings = guard.redact(text)
-    assert redacted == "Hi [NAME], mail [EMAIL] or call [PHONE]; see you at [ADDRESS] with [NAME]."
-    assert sorted(f.kind for f in findings) == ["address", "email", "name", "name", "phone"]
+    assert redacted == "Hi [NAME], mail [EMAIL] or call +[NUMBER]; see you at [PRIVATE] with [NAME]."
+    assert sorted(f.kind for f in findings) == ["email", "name", "name", "number", "verbatim"]
     assert guard.find(redacted) == []
 
 
@@ -87,3 +116,30 @@ def test_bad_guard_parameters_are_named():
         EgressGuard("x", policy="yolo")
     with pytest.raises(InvalidParameterError, match="min_span"):
         EgressGuard("x", min_span=2)
+
+
+def test_the_whole_request_is_one_text_keys_and_split_strings_included():
+    guard = EgressGuard(PROFILE)
+    body = {"prompt": ["Say hi to Oda", "lys for me"], "Pelle": 1}
+    sent, record = guard.check_body("POST", "/v1/completions", json.dumps(body).encode())
+    payload = json.loads(sent)
+    assert "Oda" not in sent.decode() and "Pelle" not in sent.decode()
+    assert payload["prompt"] == ["Say hi to [NAME]", " for me"] and len(record.findings) == 2
+    # A private word at the end of one string does not hide by running into the next key.
+    sent, _ = guard.check_body("POST", "/v1/completions", json.dumps({"prompt": "Dear Pelle", "max_tokens": 2}).encode())
+    assert json.loads(sent)["prompt"] == "Dear [NAME]"
+
+
+def test_token_id_prompts_are_decoded_checked_and_redacted(model):
+    guard = EgressGuard(PROFILE, tokenizer=model)
+    ids = model.tokenize("Good morning Ingrid Solheim", add_special=False)
+    sent, record = guard.check_body("POST", "/v1/completions", json.dumps({"prompt": ids}).encode())
+    assert record.action == "redacted" and model.detokenize(json.loads(sent)["prompt"]) == "Good morning [NAME]"
+    with pytest.raises(PrivacyBlockedError, match="token ids"):  # no tokenizer: it cannot be checked, so it is refused
+        EgressGuard(PROFILE).check_body("POST", "/v1/completions", json.dumps({"prompt": ids}).encode())
+
+
+def test_a_short_draft_is_private_too():
+    guard = EgressGuard(["", "Hi Kvbo7!"], public="Write a note")
+    redacted = guard.redact("Hi Kvbo7! Here is the note")[0]
+    assert "Kvbo7" not in redacted and redacted.startswith("Hi [") and redacted.endswith("]! Here is the note")

@@ -153,14 +153,15 @@ def test_cancel_aborts_the_request_in_flight(remote, proxy):
 
 
 def test_every_request_is_recorded_by_the_guard_it_ran_under(remote, proxy):
-    guard = EgressGuard("My neighbour Zorvex Quillandor waters the plants.", public="Write a haiku about rain.")
+    neighbour = "My neighbour Zorvex Quillandor waters the plants."
+    guard = EgressGuard(neighbour, public="Write a haiku about rain.")
     remote.next_tokens(remote.prompt(HAIKU) + "For Zorvex:", n=2, guard=guard)
     [record] = guard.records
     assert record.endpoint == "/v1/completions" and record.status == 200 and record.bytes_received > 0
     assert "Zorvex" not in record.body and "[NAME]" in record.body
     assert proxy.records[-1].body.decode() == record.body  # what arrived is what was recorded
     with pytest.raises(PrivacyBlockedError):
-        remote.next_tokens("Zorvex Quillandor", guard=EgressGuard(guard._contexts, policy="block"))
+        remote.next_tokens("Zorvex Quillandor", guard=EgressGuard(neighbour, policy="block"))
 
 
 def test_configuration_errors_name_the_argument_and_the_variables(monkeypatch):

@@ -76,6 +76,7 @@ int main(int argc, char ** argv) {
         p.fill = (int32_t) (next_u32() % 3);  /* 2 is invalid */
         p.weight = next_u32() % 10 == 0 ? odd_value() : uniform();
         p.alpha = next_u32() % 10 == 0 ? odd_value() : uniform() * 2.0f;
+        p.plausible = next_u32() % 10 == 0 ? odd_value() : (next_u32() % 2 ? uniform() : 0.0f);
         const cg_sparse_dist dist = {ids, lps, k};
         const int32_t rc = cg_fuse(&p, next_u32() % 8 ? gate : NULL, local, next_u32() % 8 ? noctx : NULL, n_vocab,
                                    &dist, out, NULL);

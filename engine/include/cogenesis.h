@@ -327,6 +327,13 @@ struct cg_fusion_params {
     int32_t fill;   /* enum cg_sparse_fill */
     float   weight; /* w in [0, 1]: the local share (WEIGHTED) */
     float   alpha;  /* a >= 0: strength of the private-context delta (CONTEXT_DELTA) */
+    /* The remote may only choose among tokens the local model (with the private
+     * context) finds plausible: a token whose local probability is below
+     * plausible * (local top-1 probability) is removed from the fused scores.
+     * When no listed remote token is left, the step is local-only ("overruled").
+     * So a remote cannot dictate text the local model would not write, whatever
+     * it lists. 0 turns the limit off (the paper's fusion); in [0, 1]. */
+    float   plausible;
 };
 
 struct cg_fusion_params cg_fusion_default_params(void);
@@ -355,6 +362,7 @@ struct cg_fusion_info {
     cg_token fused_top;    /* argmax of the fused scores */
     cg_token chosen;       /* token the chain finally chose (-1 until accepted) */
     bool     consulted;    /* a remote distribution took part */
+    bool     overruled;    /* the remote listed no plausible token, so the step was local-only */
     struct cg_fusion_features features; /* filled for GATE, zero otherwise */
 };
 

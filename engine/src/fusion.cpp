@@ -189,6 +189,9 @@ int32_t check_params(const cg_fusion_params * p, const cg_gate * gate, const flo
     if (!(p->alpha >= 0.0f && p->alpha <= FLT_MAX)) {
         return cg::fail(CG_ERR_INVALID_ARGUMENT, "fusion alpha must be a finite number >= 0, got " + std::to_string(p->alpha));
     }
+    if (!(p->plausible >= 0.0f && p->plausible <= 1.0f)) {
+        return cg::fail(CG_ERR_INVALID_ARGUMENT, "fusion plausible must be in [0, 1], got " + std::to_string(p->plausible));
+    }
     if (p->rule == CG_FUSION_GATE && !gate) return cg::fail(CG_ERR_INVALID_ARGUMENT, "the gate rule needs a gate");
     if (p->rule == CG_FUSION_CONTEXT_DELTA && !local_noctx) {
         return cg::fail(CG_ERR_INVALID_ARGUMENT, "the context-delta rule needs the local no-context scores");
@@ -260,6 +263,21 @@ int32_t fuse(const cg_fusion_params * p, const cg_gate * gate, const float * loc
         }
         inf.weight = p->rule == CG_FUSION_WEIGHTED || p->rule == CG_FUSION_GATE ? w : std::nanf("");
         inf.fused_top = fuse_dense(*p, w, local, st.lse, local_noctx, st_noctx.lse, n_vocab, r, out);
+        if (p->plausible > 0.0f) {
+            // Only tokens the local model itself might write stay candidates (see cg_fusion_params).
+            const float cutoff = local[st.top] + std::log(p->plausible);
+            for (int32_t i = 0; i < n_vocab; ++i) {
+                if (local[i] < cutoff) out[i] = kNegInf;
+            }
+            inf.fused_top = cg::argmax_first(out, n_vocab);
+            if (inf.fused_top < 0 || out[inf.fused_top] == kNegInf) {  // nothing the remote listed is plausible
+                for (int32_t i = 0; i < n_vocab; ++i) out[i] = local[i] - st.lse;
+                inf.fused_top = st.top;
+                inf.consulted = false;
+                inf.overruled = true;
+                inf.weight = 1.0f;
+            }
+        }
     }
     if (info) *info = inf;
     return CG_OK;
@@ -366,6 +384,7 @@ struct cg_fusion_params cg_fusion_default_params(void) {
     p.fill = CG_FILL_MASK;
     p.weight = 0.5f;
     p.alpha = 1.0f;
+    p.plausible = 0.0f;
     return p;
 }
 

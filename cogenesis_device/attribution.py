@@ -1,0 +1,180 @@
+"""Context attribution on the device: which generated tokens the private context explains.
+
+In logits mode the remote reads the text generated so far. Before a token becomes part of a request,
+the local model scores it twice: with the private context (the main sequence, which wrote it) and
+without it, reading exactly what the remote reads (the `view`: the public instruction, then the text
+as sent, placeholders included; a second sequence of the same session). A token is withheld, and a
+placeholder sent in its place, when
+
+- its log-ratio log p(t | context) - log p(t | view) exceeds `threshold` nats (the context explains it),
+- or the view finds it improbable: log p(t | view) < `min_logprob` nats,
+- or it continues a word that is withheld (a name split into tokens carries its surprise in its first
+  token: the rest of the word goes too, and the earlier pieces of the word not yet sent go back),
+- or sending it would put more than `budget_bits` of context information in `window` consecutive
+  sent tokens (a fact spread over many small tokens, such as the digits of a number).
+
+Every decision uses the local model's scores only, never the remote's, which an attacker controls.
+The context information of a sent token is max(0, log2 p(t | context) - log2 p(t | view)) bits.
+A placeholder tells the remote that the context explained something there, not what.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _native
+from .errors import InvalidParameterError
+
+VIEW_SEQ = 1  # the session's sequence holding the remote's view (the main sequence is 0)
+PLACEHOLDER = "[PRIVATE]"
+
+
+@dataclass(frozen=True)
+class AttributionConfig:
+    """When a generated token is withheld from the remote (see the module docstring)."""
+
+    threshold: float = 2.0  # nats of log-ratio, context vs view
+    min_logprob: float = -10.0  # nats: tokens the view finds less likely than this are withheld
+    budget_bits: float = 8.0  # most context information in `window` consecutive sent tokens
+    window: int = 16
+
+    def __post_init__(self):
+        for name in ("threshold", "min_logprob", "budget_bits"):
+            if not math.isfinite(getattr(self, name)):
+                raise InvalidParameterError(f"attribution {name} must be a finite number, got {getattr(self, name)}")
+        if self.threshold < 0 or self.budget_bits < 0 or self.window < 1:
+            raise InvalidParameterError(f"attribution threshold and budget_bits must be >= 0 and window >= 1, got "
+                                        f"{self.threshold}, {self.budget_bits}, {self.window}")
+
+
+@dataclass
+class _Entry:
+    piece: bytes
+    withheld: bool
+    bits: float  # context information, counted only when sent
+    sent: bool = False  # already part of a request: it can no longer be taken back
+    view_len: int = 0  # length of the view sequence before this entry's tokens
+
+
+def log_softmax_at(row: np.ndarray, token: int) -> float:
+    top = float(row.max())
+    return float(row[token] - top - math.log(float(np.exp(row - top).sum())))
+
+
+class EgressView:
+    """The generated text as the remote reads it, kept in sequence VIEW_SEQ of a session.
+
+    Tokens to add to the view queue up in `pending` and are evaluated with the next main-sequence
+    decode (one batch; see CoStream._decode), or by flush() when a decision needs them first."""
+
+    def __init__(self, model: _native.Model, session: _native.Session, config: AttributionConfig,
+                 prompt: list[int], prefix_text: str = ""):
+        self.model, self.session, self.config = model, session, config
+        self.entries: list[_Entry] = []
+        self.prefix_text = prefix_text  # the draft the generated text follows (the guard checks it)
+        self._placeholders: dict[bool, list[int]] = {}
+        held = session.seq_tokens(seq_id=VIEW_SEQ)
+        n = min(len(held), len(prompt) - 1)
+        mismatch = np.flatnonzero(held[:n] != np.asarray(prompt[:n], dtype=np.int32))
+        same = int(mismatch[0]) if mismatch.size else n
+        session.truncate(same, seq_id=VIEW_SEQ)
+        if same < len(prompt) - 1:
+            session.prefill(np.asarray(prompt[same:-1], dtype=np.int32), seq_id=VIEW_SEQ)
+        self.pending: list[int] = [prompt[-1]]
+        self.row: np.ndarray | None = None
+
+    # -- evaluation ------------------------------------------------------------------------------
+
+    def take_pending(self) -> list[int]:
+        """The queued view tokens, handed to a batched decode (which must then call set_row)."""
+        pending, self.pending = self.pending, []
+        return pending
+
+    def set_row(self, row: np.ndarray) -> None:
+        self.row = row
+
+    def flush(self) -> None:
+        if self.pending:
+            tokens = self.take_pending()
+            self.session.decode([VIEW_SEQ] * len(tokens), tokens)
+            self.set_row(self.session.logits(len(tokens) - 1))
+
+    # -- decisions -------------------------------------------------------------------------------
+
+    def add(self, token: int, context_row: np.ndarray) -> tuple[bool, float]:
+        """Decide whether the generated token goes out as it is. Returns (withheld, log-ratio in nats)."""
+        self.flush()
+        cfg = self.config
+        piece = self.model.token_to_piece(token)
+        view_lp = log_softmax_at(self.row, token)
+        ratio = log_softmax_at(context_row, token) - view_lp
+        last = self.entries[-1] if self.entries else None
+        continues_word = last is not None and _word_char(piece[:1]) and _word_char(last.piece[-1:])
+        bits = max(0.0, ratio) / math.log(2)
+        if last is not None and last.withheld and continues_word:
+            withheld = True
+        elif ratio > cfg.threshold or view_lp < cfg.min_logprob:
+            withheld = True
+            self._take_back_word(piece)
+        else:
+            recent = [e.bits for e in self.entries if not e.withheld][-(cfg.window - 1):] if cfg.window > 1 else []
+            withheld = sum(recent) + bits > cfg.budget_bits
+        view_len = self.session.seq_len(seq_id=VIEW_SEQ) + len(self.pending)
+        self.entries.append(_Entry(piece, withheld, bits, view_len=view_len))
+        if not withheld:
+            self.pending.append(token)
+        elif last is None or not last.withheld:  # a new placeholder; a run of withheld tokens shares one
+            self.pending.extend(self._placeholder(piece[:1].isspace()))
+        return withheld, ratio
+
+    def _take_back_word(self, piece: bytes) -> None:
+        """Withhold the unsent earlier pieces of the word the token continues, and rewind the view."""
+        i, following = len(self.entries), piece
+        while i > 0:
+            before = self.entries[i - 1]
+            if before.sent or before.withheld or not (_word_char(before.piece[-1:]) and _word_char(following[:1])):
+                break
+            i, following = i - 1, before.piece
+        if i == len(self.entries):
+            return
+        # add() flushed the view, so it holds every earlier entry: cut it where the word starts.
+        self.session.truncate(self.entries[i].view_len, seq_id=VIEW_SEQ)
+        for entry in self.entries[i:]:
+            entry.withheld = True
+        self.pending = list(self._placeholder(self.entries[i].piece[:1].isspace()))
+
+    def _placeholder(self, leading_space: bool) -> list[int]:
+        if leading_space not in self._placeholders:
+            text = (" " if leading_space else "") + PLACEHOLDER
+            self._placeholders[leading_space] = self.model.tokenize(text, add_special=False).tolist()
+        return self._placeholders[leading_space]
+
+    # -- what is sent ----------------------------------------------------------------------------
+
+    def text(self) -> str:
+        """The generated text as sent: withheld runs replaced by one placeholder each."""
+        out, run = bytearray(), False
+        for entry in self.entries:
+            if entry.withheld:
+                if not run:
+                    out += (b" " if entry.piece[:1].isspace() else b"") + PLACEHOLDER.encode()
+                run = True
+            else:
+                out += entry.piece
+                run = False
+        return self.prefix_text + out.decode("utf-8", errors="replace")
+
+    def mark_sent(self) -> dict:
+        """Marks every entry as part of a request; returns that request's attribution record."""
+        for entry in self.entries:
+            entry.sent = True
+        sent = [e for e in self.entries if not e.withheld]
+        return {"sent_tokens": len(sent), "withheld_tokens": len(self.entries) - len(sent),
+                "context_bits": round(sum(e.bits for e in sent), 4)}
+
+
+def _word_char(first: bytes) -> bool:
+    """Whether a byte belongs inside a word (letters, digits, and any byte of a multi-byte character)."""
+    return bool(first) and (first.isalnum() or first[0] >= 0x80)
