@@ -71,6 +71,10 @@ def _add_collaboration(p) -> None:
     p.add_argument("--weight", type=float, default=0.5, help="local weight of the weighted rule (default 0.5)")
     p.add_argument("--fill", default="mask", choices=["mask", "tail"], help="remote scores outside its top-k")
     p.add_argument("--lookahead", type=int, default=8, help="remote tokens per round trip (1: per-token protocol)")
+    p.add_argument("--threshold", type=float, default=2.0,
+                   help="attribution: withhold generated tokens the context explains by more than this many nats (2)")
+    p.add_argument("--no-attribution", action="store_true",
+                   help="send the generated text without on-device attribution (the text guard only; measurements)")
     p.add_argument("--audit", default=None, help="append every request to this JSONL file")
     p.add_argument("--html", default=None, help="write the token-attributed text to this HTML file")
     p.add_argument("--n-ctx", type=int, default=2048)
@@ -81,6 +85,8 @@ def _add_run(sub) -> None:
     p = sub.add_parser("run", help="write with private context: local model + remote model")
     p.add_argument("instruction_arg", nargs="?", metavar="instruction", help="the public instruction")
     p.add_argument("--instruction", default=None, help="the public instruction (or positional)")
+    p.add_argument("--request", default=None,
+                   help="the user's whole request, private: the public instruction is derived from it on the device")
     p.add_argument("--context-file", default=None, help="file with the private context (never sent)")
     p.add_argument("--context", default="", help="private context as text")
     p.add_argument("--draft", default="", help="text the response must start with (private)")
@@ -101,14 +107,17 @@ def _add_demo(sub) -> None:
     _add_collaboration(p)
 
 
-def _collaborate(args, remote, local, instruction: str, context: str, mode: str, draft: str = "") -> None:
+def _collaborate(args, remote, local, instruction: str | None, context: str, mode: str, draft: str = "",
+                 request: str | None = None) -> None:
     from .collab import CoGenerator
 
     privacy = {"policy": args.privacy, "min_span": args.min_span, "audit_path": args.audit}
     fusion = {"rule": args.rule, "weight": args.weight, "fill": args.fill}
-    generator = CoGenerator(local, remote, mode=mode, fusion=fusion, privacy=privacy, lookahead=args.lookahead)
-    stream = generator.stream(instruction, context, draft=draft, max_tokens=args.max_tokens, temperature=args.temp,
-                              seed=args.seed)
+    attribution = False if args.no_attribution else {"threshold": args.threshold}
+    generator = CoGenerator(local, remote, mode=mode, fusion=fusion, privacy=privacy, lookahead=args.lookahead,
+                            attribution=attribution)
+    stream = generator.stream(instruction, context, request=request, draft=draft, max_tokens=args.max_tokens,
+                              temperature=args.temp, seed=args.seed)
     sys.stdout.write(draft)
     for text in stream:
         sys.stdout.write(text)
@@ -120,7 +129,10 @@ def _collaborate(args, remote, local, instruction: str, context: str, mode: str,
     if result.outline:
         print(f"[{mode}] outline from the remote:\n{result.outline}", file=sys.stderr)
     print(f"[{mode}] finish={result.finish_reason}; {result.stats.summary()}", file=sys.stderr)
+    if request is not None:
+        print(f"[{mode}] instruction sent (derived from the request): {result.instruction}", file=sys.stderr)
     print(f"[{mode}] privacy ({args.privacy}): {audit['requests']} requests, {audit['bytes_sent']} B sent, "
+          f"{audit['withheld_tokens']} generated tokens withheld, {audit['context_bits']:.1f} bits of context sent, "
           f"{audit['redacted_spans']} private spans redacted, {audit['leaked_spans']} sent unredacted", file=sys.stderr)
     if result.fallback:
         print(f"[{mode}] fallback: {result.fallback_reason}", file=sys.stderr)
@@ -135,8 +147,11 @@ def _run(args) -> int:
     from .remote import RemoteModel
 
     instruction = args.instruction or args.instruction_arg
-    if not instruction:
-        raise InvalidParameterError("no instruction: pass it as the first argument or with --instruction")
+    if not instruction and not args.request:
+        raise InvalidParameterError("no instruction: pass it as the first argument, with --instruction, or the whole "
+                                    "private request with --request")
+    if instruction and args.request:
+        raise InvalidParameterError("give an instruction or --request, not both")
     context = args.context
     if args.context_file:
         try:
@@ -152,7 +167,7 @@ def _run(args) -> int:
             url = stack.enter_context(LoopbackServer(args.loopback, n_threads=args.threads)).base_url
         template = local if args.template == "local" else "raw"
         remote = stack.enter_context(RemoteModel(url, args.api_key, args.remote_model, template=template))
-        _collaborate(args, remote, local, instruction, context, args.mode, args.draft)
+        _collaborate(args, remote, local, instruction or None, context, args.mode, args.draft, args.request)
     return 0
 
 

@@ -17,7 +17,8 @@ def add_eval(sub) -> None:
                         "answers only (default %(default)s)")
     p.add_argument("--rules", default="weighted:mask,weighted:tail,max:tail,context_delta:tail",
                    help="fusion rules scored on the gold answers, teacher-forced; '' for none (default %(default)s)")
-    p.add_argument("--privacy", default="redact", help="policy or comma-separated policies per remote mode (redact, audit)")
+    p.add_argument("--privacy", default="redact", help="policy or comma-separated policies per remote mode (redact, block, audit); "
+                        "append ':text-only' to turn on-device attribution off (e.g. redact:text-only)")
     p.add_argument("--limit", type=int, default=None, help="first N samples only")
     p.add_argument("-n", "--max-tokens", type=int, default=128, help="tokens generated per answer (default 128)")
     p.add_argument("--lookahead", type=int, default=8)

@@ -42,13 +42,18 @@ class Sample:
     writings: tuple[str, ...] = ()
 
     @property
-    def context(self) -> str:
-        """Everything private, as the local model reads it: profile lines, then the past writings."""
+    def background(self) -> str:
+        """The user's profile lines, then the past writings."""
         parts = ["\n".join(f"{k}: {v}" for k, v in self.profile.items())] if self.profile else []
         parts += [f"Past writing {i + 1}:\n{w}" for i, w in enumerate(self.writings)]
-        if self.task != self.instruction:
-            parts.append(f"The user's full request: {self.task}")
         return "\n\n".join(parts)
+
+    @property
+    def context(self) -> str:
+        """Everything private, as the local model reads it: the background, then the full request."""
+        if self.task == self.instruction:
+            return self.background
+        return "\n\n".join(p for p in (self.background, f"The user's full request: {self.task}") if p)
 
     def facts(self) -> list[str]:
         """Profile facts, one per item ("Privacy_info: a; b" gives "a" and "b"), for the fact-use proxy."""

@@ -71,6 +71,7 @@ class EvalSettings:
     gate_records: bool = False
     embeddings: bool = True
     canaries: bool = True  # plant made-up facts in each context (leakscan.plant_canaries) and look for them
+    derive: bool = True  # derive each sample's public instruction from its full request on the device, and scan it
 
 
 class Evaluation:
@@ -101,6 +102,7 @@ class Evaluation:
         self.gold_log = KeyedLog(self.out / "gold.jsonl", by_sample_and_mode)
         self.gen_log = KeyedLog(self.out / "generations.jsonl", by_sample_and_mode)
         self.judge_log = KeyedLog(self.out / "judge.jsonl", by_sample_and_mode)
+        self.instruction_log = KeyedLog(self.out / "instructions.jsonl", lambda rec: rec["tid"])
 
     # -- one sample ---------------------------------------------------------------------------------
 
@@ -160,6 +162,8 @@ class Evaluation:
             self.gold_log.add({"tid": sample.tid, "n_bytes": score.n_bytes, "n_local_tokens": score.n_local_tokens,
                                "n_remote_tokens": score.n_remote_tokens, "n_fused": score.n_fused_positions,
                                "nll": score.nll})
+        if self.settings.derive and sample.task != sample.instruction and sample.tid not in self.instruction_log:
+            self.instruction_log.add(self._derive(sample))
         public = OUTLINE_PROMPT.format(instruction=sample.instruction)
         facts = profile_facts(sample.context, public)
         context = sample.context
@@ -183,6 +187,15 @@ class Evaluation:
                     continue
                 self.judge_log.add({"tid": sample.tid, "mode": label, "scores": verdict.scores,
                                     "replies": list(verdict.replies)})
+
+    def _derive(self, sample: Sample) -> dict:
+        """What the instruction derived on the device from the full request leaks, next to the paper's split."""
+        derived = CoGenerator(self.local, None).derive_instruction(sample.task, sample.background)
+        facts = profile_facts(sample.background)
+        leaks = {name: [[f.kind, f.value] for f in leaked(facts, [json.dumps({"prompt": text})])]
+                 for name, text in (("derived", derived.text), ("paper", sample.instruction), ("request", sample.task))}
+        return {"tid": sample.tid, "derived": derived.text, "removed": derived.removed, "paper": sample.instruction,
+                "request": sample.task, "facts": len(facts), "leaked": leaks}
 
     # -- whole run ----------------------------------------------------------------------------------
 
@@ -217,6 +230,7 @@ def aggregate(out: Path, tids: list[str], modes: list[str], rules: list[str]) ->
         return list(latest.values())
 
     gens, judged, gold = read("generations.jsonl"), read("judge.jsonl"), read("gold.jsonl")
+    derived = [r for r in read_jsonl(out / "instructions.jsonl") if r.get("tid") in wanted]
     table = {}
     for mode in modes:
         rows = [g for g in gens if g["mode"] == mode]
@@ -261,7 +275,16 @@ def aggregate(out: Path, tids: list[str], modes: list[str], rules: list[str]) ->
         bpb["_samples"] = len(gold)
         bpb["_bytes"] = n_bytes
         bpb["_fused_share"] = _ratio(sum(g["n_fused"] for g in gold), sum(g["n_local_tokens"] for g in gold))
-    return {"samples": len(tids), "modes": table, "gold_bpb": bpb}
+    instructions = {}
+    if derived:
+        for name in ("request", "paper", "derived"):
+            instructions[name] = {
+                "samples_leaking": sum(bool(r["leaked"][name]) for r in derived),
+                "fact_share": _ratio(sum(len(r["leaked"][name]) for r in derived), sum(r["facts"] for r in derived)),
+                "words": _mean_sd([len(r[name].split()) for r in derived]),
+            }
+        instructions["_samples"] = len(derived)
+    return {"samples": len(tids), "modes": table, "gold_bpb": bpb, "instructions": instructions}
 
 
 def _ratio(a: float, b: float) -> float:
@@ -300,6 +323,16 @@ def to_markdown(results: dict) -> str:
                          f"{lk['jobs_leaking_profile']}/{e['samples']} | {100 * lk['profile_fact_share']:.2f}% | "
                          f"{lk['canaries_leaked']}/{lk['canaries']} | {_fmt(lk['context_bits'], 1)} | "
                          f"{lk['withheld_tokens']} |")
+    inst = results.get("instructions") or {}
+    if inst:
+        lines += ["", f"## The public instruction ({inst['_samples']} samples): what each version sends of the profile", "",
+                  "| instruction | samples leaking a profile fact | profile facts leaked | words |", "|---|---|---|---|"]
+        labels = {"request": "the full request (nothing removed)", "paper": "the paper's split (before the first ': ')",
+                  "derived": "derived on the device (request=)"}
+        for name, label in labels.items():
+            e = inst[name]
+            lines.append(f"| {label} | {e['samples_leaking']}/{inst['_samples']} | {100 * e['fact_share']:.2f}% | "
+                         f"{_fmt(e['words'], 1)} |")
     bpb = results["gold_bpb"]
     if bpb:
         lines += ["", f"## Gold bits per byte, teacher-forced ({bpb['_samples']} samples, {bpb['_bytes']} bytes; "
