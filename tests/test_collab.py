@@ -6,6 +6,7 @@ import secrets
 import pytest
 
 import cogenesis_device as cg
+from cogenesis_device import leakscan
 from cogenesis_device.errors import InvalidParameterError, PrivacyBlockedError
 
 DEV = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "context-aware", "dev.json")
@@ -121,6 +122,8 @@ def test_a_draft_is_private_redacted_or_blocked(model, remote, proxy):
 
 
 def test_no_canary_or_private_span_leaves_over_20_dev_samples(model, remote, proxy):
+    """Checked by the independent scan (leakscan): canaries in many surface forms, the profile's facts,
+    and any 4 consecutive words of the context that the public text does not hold."""
     samples = dev_samples(20)
     remote.connect()
     redacted = 0
@@ -128,6 +131,8 @@ def test_no_canary_or_private_span_leaves_over_20_dev_samples(model, remote, pro
         canaries = ["Zq" + secrets.token_hex(5) for _ in range(3)]
         context = (f"{profile}\nPassword hint: {canaries[0]}\nNeighbour: {canaries[1]} Vandermeer\n"
                    f"Email: {canaries[2]}@example.org")
+        context, planted = leakscan.plant_canaries(context, seed=i)
+        facts = planted + leakscan.profile_facts(profile, instruction)
         draft = f"{canaries[1]} Vandermeer, " if i % 2 else ""  # half the jobs start writing private text
         proxy.clear()
         for mode in ("logits", "sketch"):
@@ -135,14 +140,16 @@ def test_no_canary_or_private_span_leaves_over_20_dev_samples(model, remote, pro
             result = generator.generate(instruction, context, draft=draft, max_tokens=12, temperature=0.0)
             redacted += result.audit_summary()["redacted_spans"]
         # what the user and we chose to send: the instruction, also inside our outline request
-        public = instruction + "\n" + cg.collab.OUTLINE_PROMPT.format(instruction=instruction)
-        windows = {context[k:k + 12].lower() for k in range(len(context) - 11)} - {
-            public[k:k + 12].lower() for k in range(len(public) - 11)}
-        for request in proxy.records:
-            body = request.body.decode().lower()
-            assert not any(c.lower() in body for c in canaries)
-            leaked = [w for w in windows if w.strip() and w in json.dumps(json.loads(body), ensure_ascii=False)]
-            assert leaked == []
+        public = leakscan.simplify(instruction + "\n" + cg.collab.OUTLINE_PROMPT.format(instruction=instruction))
+        words = leakscan.simplify(context).split()
+        passages = {" ".join(words[k:k + 4]) for k in range(len(words) - 3)}
+        passages = {p for p in passages if f" {p} " not in f" {public} "}
+        bodies = [r.body.decode() for r in proxy.records]
+        assert leakscan.leaked(facts, bodies) == []
+        for body in bodies:
+            assert not any(c.lower() in body.lower() for c in canaries)
+            sent = f" {leakscan.sent_text([body])} "
+            assert [p for p in passages if f" {p} " in sent] == []
     assert redacted > 0  # the guard had work to do, so the check above means something
 
 
