@@ -75,14 +75,9 @@ class EgressView:
         self.entries: list[_Entry] = []
         self.prefix_text = prefix_text  # the draft the generated text follows (the guard checks it)
         self._placeholders: dict[bool, list[int]] = {}
-        held = session.seq_tokens(seq_id=VIEW_SEQ)
-        n = min(len(held), len(prompt) - 1)
-        mismatch = np.flatnonzero(held[:n] != np.asarray(prompt[:n], dtype=np.int32))
-        same = int(mismatch[0]) if mismatch.size else n
-        session.truncate(same, seq_id=VIEW_SEQ)
-        if same < len(prompt) - 1:
-            session.prefill(np.asarray(prompt[same:-1], dtype=np.int32), seq_id=VIEW_SEQ)
-        self.pending: list[int] = [prompt[-1]]
+        session.truncate(0, seq_id=VIEW_SEQ)
+        # Evaluated with the first flush, while the first request is in flight.
+        self.pending: list[int] = list(prompt)
         self.row: np.ndarray | None = None
 
     # -- evaluation ------------------------------------------------------------------------------
@@ -97,9 +92,8 @@ class EgressView:
 
     def flush(self) -> None:
         if self.pending:
-            tokens = self.take_pending()
-            self.session.decode([VIEW_SEQ] * len(tokens), tokens)
-            self.set_row(self.session.logits(len(tokens) - 1))
+            self.session.prefill(np.asarray(self.take_pending(), dtype=np.int32), seq_id=VIEW_SEQ)
+            self.set_row(self.session.logits(0))
 
     # -- decisions -------------------------------------------------------------------------------
 

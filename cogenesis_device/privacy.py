@@ -255,6 +255,8 @@ def private_items(private: Sequence[str], public: Sequence[str] = (), *, min_spa
         n = min_span
         starts = [0] + [i + 1 for i, c in enumerate(folded) if c == " "]
         items.windows.update(folded[i:i + n] for i in starts if i + n <= len(folded))
+        if 0 < len(folded) < n:  # a private text shorter than a passage (a short draft) is private whole
+            add(folded, "verbatim")
 
     public_folded = " " + " ".join(fold(p) for p in public) + " "
     items.phrases = {p: k for p, k in phrases.items() if f" {p} " not in public_folded}

@@ -140,6 +140,7 @@ def test_token_id_prompts_are_decoded_checked_and_redacted(model):
 
 
 def test_a_short_draft_is_private_too():
+    assert EgressGuard(["", "Hi all,"], public="Write a note").redact("Hi all, here it is")[0] == "[PRIVATE], here it is"
     guard = EgressGuard(["", "Hi Kvbo7!"], public="Write a note")
     redacted = guard.redact("Hi Kvbo7! Here is the note")[0]
-    assert "Kvbo7" not in redacted and redacted.startswith("Hi [") and redacted.endswith("]! Here is the note")
+    assert "Kvbo7" not in redacted and redacted.endswith("]! Here is the note")
