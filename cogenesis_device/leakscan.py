@@ -74,15 +74,16 @@ class Fact:
 
     kind: str
     value: str
-    words: tuple[str, ...]  # simplified words that reveal it: side by side, or in order when `loose`
+    words: tuple[str, ...]  # simplified words that reveal it side by side (a sentence: see `pairs`)
     digits: str = ""  # for numbers: the digits, any separators allowed between them
-    loose: bool = False  # a sentence: its distinctive words in order, anywhere in one body
+    pairs: tuple[str, ...] = ()  # a sentence: any of these two-word phrases of its content words reveals it
 
     def leaked_in(self, text: str) -> bool:
         if self.digits:
             return self.digits in re.sub(r"(?<=\d) (?=\d)", "", text)
-        if self.loose:
-            return _in_order(self.words, text)
+        if self.pairs:
+            content = " " + " ".join(w for w in text.split() if w not in _COMMON) + " "
+            return any(f" {pair} " in content for pair in self.pairs)
         return bool(self.words) and re.search(r"(?<![a-z0-9])" + " ".join(map(re.escape, self.words)) + r"(?![a-z0-9])",
                                               text) is not None
 
@@ -147,39 +148,31 @@ _COMMON = set("the a an and or of to in on for with at by from is are was were b
 
 
 def profile_facts(profile: str, public: str = "") -> list[Fact]:
-    """The facts of a 'Field: value' profile: each short field value, and each item of a list field
-    (items separated by ';'), revealed by its distinctive words in order (at most 4 of them)."""
-    public_words = set(simplify(public).split())
+    """The facts of a 'Field: value' profile: each field value, and each item of a list field (items
+    separated by ';'). A short value (a name, an age, a city) is revealed by its words side by side; a
+    sentence ("Volunteers at the local animal shelter") by any two of its content words side by side
+    ("animal shelter") that the public text does not hold. One-word items of a list (traits such as
+    "Outgoing") are not counted: alone, they are ordinary words."""
+    public = " " + " ".join(w for w in simplify(public).split() if w not in _COMMON) + " "
     facts = []
     for field_name, value in _FIELD.findall(profile):
-        for item in value.split(";"):
+        items = value.split(";")
+        for item in items:
             kind = f"profile:{field_name.strip().lower()}"
             phrase = simplify(item).split()
             words = [w for w in phrase if w not in _COMMON]
-            if len(words) > 3:  # a sentence: its 4 longest distinctive words, in order
-                distinct = [(len(w), i, w) for i, w in enumerate(words) if len(w) >= 5 and w not in public_words]
-                chosen = sorted(sorted(distinct, reverse=True)[:4], key=lambda t: t[1])
-                if len(chosen) >= 2:
-                    facts.append(Fact(kind, item.strip(), tuple(w for _, _, w in chosen), loose=True))
-            elif words and not all(w in public_words for w in words):
+            if len(words) > 3:
+                pairs = tuple(f"{a} {b}" for a, b in zip(words, words[1:]) if f" {a} {b} " not in public)
+                if pairs:
+                    facts.append(Fact(kind, item.strip(), tuple(words), pairs=pairs))
+            elif words and not all(f" {w} " in public for w in words) and (len(items) == 1 or len(words) > 1):
                 facts.append(Fact(kind, item.strip(), tuple(phrase)))
                 if "name" in kind:  # a first or last name alone identifies too
                     facts.extend(Fact(kind, w, (w,)) for w in words if len(w) >= 3 and len(words) > 1)
     return facts
 
 
-def _in_order(words: Sequence[str], text: str) -> bool:
-    pos = 0
-    for word in words:
-        m = re.compile(r"(?<![a-z0-9])" + re.escape(word) + r"(?![a-z0-9])").search(text, pos)
-        if m is None:
-            return False
-        pos = m.end()
-    return True
-
-
 def leaked(facts: Sequence[Fact], bodies: Iterable[str]) -> list[Fact]:
-    """The facts whose words reached the remote (sentence facts: all their distinctive words, in order,
-    within one body)."""
+    """The facts revealed by the bodies sent (each body scanned on its own)."""
     texts = sent_text(bodies).split(" | ")
     return [fact for fact in facts if any(fact.leaked_in(t) for t in texts)]
