@@ -2,20 +2,29 @@
 
 In logits mode the remote reads the text generated so far. Before a token becomes part of a request,
 the local model scores it twice: with the private context (the main sequence, which wrote it) and
-without it, reading exactly what the remote reads (the `view`: the public instruction, then the text
-as sent, placeholders included; a second sequence of the same session). A token is withheld, and a
-placeholder sent in its place, when
+without it (a second sequence of the same session: the public instruction, then the same text). A
+token is withheld, and a placeholder sent in its place (one for a run of withheld tokens), when
 
-- its log-ratio log p(t | context) - log p(t | view) exceeds `threshold` nats (the context explains it),
-- or the view finds it improbable: log p(t | view) < `min_logprob` nats,
-- or it continues a word that is withheld (a name split into tokens carries its surprise in its first
-  token: the rest of the word goes too, and the earlier pieces of the word not yet sent go back),
-- or sending it would put more than `budget_bits` of context information in `window` consecutive
-  sent tokens (a fact spread over many small tokens, such as the digits of a number).
+- its log-ratio log p(t | context) - log p(t | no context) exceeds `threshold` nats: the context
+  explains it;
+- or it is improbable without the context: log p(t | no context) < `min_logprob` nats;
+- or it continues a withheld word: a name split into tokens carries its surprise in its first token,
+  so the rest of the word goes too, and the earlier pieces of the word not yet sent go back;
+- or it starts a word that was withheld before and is rare without the context (log p < `RARE`): a
+  name mentioned twice is predictable the second time, from the first mention, even without the context;
+- or sending it would put more than `budget_bits` of context information into `window` consecutive
+  sent tokens (across requests): a fact spread over many small tokens, such as the digits of a
+  number, does not slip through one token at a time.
 
 Every decision uses the local model's scores only, never the remote's, which an attacker controls.
-The context information of a sent token is max(0, log2 p(t | context) - log2 p(t | view)) bits.
+The context information of a sent token is max(0, log2 p(t | context) - log2 p(t | no context)) bits.
 A placeholder tells the remote that the context explained something there, not what.
+
+Why the no-context side reads the text as written, not as sent: a placeholder leaves the sequence
+that reads it without the words it replaced, so every ordinary token after it looks surprising and is
+withheld in turn. Measured on dev sample 0 (48 greedy tokens): one withheld name cascaded into 31
+withheld tokens, and speed fell to 0.45x. The two cases that reading the placeholders would catch, the
+rest of a withheld word and a withheld word said again, have rules of their own above.
 """
 from __future__ import annotations
 
@@ -27,7 +36,8 @@ import numpy as np
 from . import _native
 from .errors import InvalidParameterError
 
-VIEW_SEQ = 1  # the session's sequence holding the remote's view (the main sequence is 0)
+NO_CONTEXT_SEQ = 1  # the session's sequence without the private context (the main sequence is 0)
+RARE = -4.0  # nats: a withheld word this unlikely without the context is withheld again when repeated
 PLACEHOLDER = "[PRIVATE]"
 
 
@@ -35,8 +45,8 @@ PLACEHOLDER = "[PRIVATE]"
 class AttributionConfig:
     """When a generated token is withheld from the remote (see the module docstring)."""
 
-    threshold: float = 2.0  # nats of log-ratio, context vs view
-    min_logprob: float = -10.0  # nats: tokens the view finds less likely than this are withheld
+    threshold: float = 2.0  # nats of log-ratio, with vs without the context
+    min_logprob: float = -10.0  # nats: tokens less likely than this without the context are withheld
     budget_bits: float = 8.0  # most context information in `window` consecutive sent tokens
     window: int = 16
 
@@ -51,11 +61,12 @@ class AttributionConfig:
 
 @dataclass
 class _Entry:
+    token: int
     piece: bytes
     withheld: bool
     bits: float  # context information, counted only when sent
+    plain_lp: float  # log p(t | no context)
     sent: bool = False  # already part of a request: it can no longer be taken back
-    view_len: int = 0  # length of the view sequence before this entry's tokens
 
 
 def log_softmax_at(row: np.ndarray, token: int) -> float:
@@ -64,18 +75,18 @@ def log_softmax_at(row: np.ndarray, token: int) -> float:
 
 
 class EgressView:
-    """The generated text as the remote reads it, kept in sequence VIEW_SEQ of a session.
+    """The generated text as the remote reads it, and the no-context sequence that scores it.
 
-    Tokens to add to the view queue up in `pending` and are evaluated with the next main-sequence
-    decode (one batch; see CoStream._decode), or by flush() when a decision needs them first."""
+    Tokens for the no-context sequence queue up in `pending` and are evaluated with the next
+    main-sequence decode (one batch; see CoStream._decode), or by flush() when a decision needs them."""
 
     def __init__(self, model: _native.Model, session: _native.Session, config: AttributionConfig,
                  prompt: list[int], prefix_text: str = ""):
         self.model, self.session, self.config = model, session, config
         self.entries: list[_Entry] = []
         self.prefix_text = prefix_text  # the draft the generated text follows (the guard checks it)
-        self._placeholders: dict[bool, list[int]] = {}
-        session.truncate(0, seq_id=VIEW_SEQ)
+        self._withheld_starts: set[int] = set()  # tokens that started a withheld word
+        session.truncate(0, seq_id=NO_CONTEXT_SEQ)
         # Evaluated with the first flush, while the first request is in flight.
         self.pending: list[int] = list(prompt)
         self.row: np.ndarray | None = None
@@ -83,7 +94,7 @@ class EgressView:
     # -- evaluation ------------------------------------------------------------------------------
 
     def take_pending(self) -> list[int]:
-        """The queued view tokens, handed to a batched decode (which must then call set_row)."""
+        """The queued tokens, handed to a batched decode (which must then call set_row)."""
         pending, self.pending = self.pending, []
         return pending
 
@@ -92,7 +103,7 @@ class EgressView:
 
     def flush(self) -> None:
         if self.pending:
-            self.session.prefill(np.asarray(self.take_pending(), dtype=np.int32), seq_id=VIEW_SEQ)
+            self.session.prefill(np.asarray(self.take_pending(), dtype=np.int32), seq_id=NO_CONTEXT_SEQ)
             self.set_row(self.session.logits(0))
 
     # -- decisions -------------------------------------------------------------------------------
@@ -102,48 +113,41 @@ class EgressView:
         self.flush()
         cfg = self.config
         piece = self.model.token_to_piece(token)
-        view_lp = log_softmax_at(self.row, token)
-        ratio = log_softmax_at(context_row, token) - view_lp
+        plain_lp = log_softmax_at(self.row, token)
+        ratio = log_softmax_at(context_row, token) - plain_lp
         last = self.entries[-1] if self.entries else None
         continues_word = last is not None and _word_char(piece[:1]) and _word_char(last.piece[-1:])
         bits = max(0.0, ratio) / math.log(2)
-        if last is not None and last.withheld and continues_word:
+        if continues_word and last.withheld:
             withheld = True
-        elif ratio > cfg.threshold or view_lp < cfg.min_logprob:
+        elif ratio > cfg.threshold or plain_lp < cfg.min_logprob or (not continues_word and token in self._withheld_starts):
             withheld = True
             self._take_back_word(piece)
         else:
             recent = [e.bits for e in self.entries if not e.withheld][-(cfg.window - 1):] if cfg.window > 1 else []
             withheld = sum(recent) + bits > cfg.budget_bits
-        view_len = self.session.seq_len(seq_id=VIEW_SEQ) + len(self.pending)
-        self.entries.append(_Entry(piece, withheld, bits, view_len=view_len))
-        if not withheld:
-            self.pending.append(token)
-        elif last is None or not last.withheld:  # a new placeholder; a run of withheld tokens shares one
-            self.pending.extend(self._placeholder(piece[:1].isspace()))
+        self.entries.append(_Entry(token, piece, withheld, bits, plain_lp))
+        if withheld and not continues_word:
+            self._remember(self.entries[-1])
+        self.pending.append(token)
         return withheld, ratio
 
     def _take_back_word(self, piece: bytes) -> None:
-        """Withhold the unsent earlier pieces of the word the token continues, and rewind the view."""
+        """Withhold the unsent earlier pieces of the word the token continues."""
         i, following = len(self.entries), piece
         while i > 0:
             before = self.entries[i - 1]
             if before.sent or before.withheld or not (_word_char(before.piece[-1:]) and _word_char(following[:1])):
                 break
             i, following = i - 1, before.piece
-        if i == len(self.entries):
-            return
-        # add() flushed the view, so it holds every earlier entry: cut it where the word starts.
-        self.session.truncate(self.entries[i].view_len, seq_id=VIEW_SEQ)
-        for entry in self.entries[i:]:
-            entry.withheld = True
-        self.pending = list(self._placeholder(self.entries[i].piece[:1].isspace()))
+        if i < len(self.entries):
+            for entry in self.entries[i:]:
+                entry.withheld = True
+            self._remember(self.entries[i])
 
-    def _placeholder(self, leading_space: bool) -> list[int]:
-        if leading_space not in self._placeholders:
-            text = (" " if leading_space else "") + PLACEHOLDER
-            self._placeholders[leading_space] = self.model.tokenize(text, add_special=False).tolist()
-        return self._placeholders[leading_space]
+    def _remember(self, entry: _Entry) -> None:
+        if entry.plain_lp < RARE and _word_char(entry.piece.lstrip()[:1]):
+            self._withheld_starts.add(entry.token)
 
     # -- what is sent ----------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from typing import Iterator
 import numpy as np
 
 from . import _native
-from .attribution import VIEW_SEQ, AttributionConfig, EgressView, log_softmax_at
+from .attribution import NO_CONTEXT_SEQ, AttributionConfig, EgressView, log_softmax_at
 from .errors import InvalidParameterError, RemoteError
 from .local import LocalModel
 from .privacy import AuditRecord, EgressGuard, summarize
@@ -287,10 +287,10 @@ class CoGenerator:
             return []
         lps = []
         with local.pooled_session() as session:
-            for seq, ctx in ((0, context), (VIEW_SEQ, "")):
+            for seq, ctx in ((0, context), (NO_CONTEXT_SEQ, "")):
                 rows = _score(session, seq, _prompt_before_user_text(local, ctx), tokens)
                 lps.append(np.array([log_softmax_at(row, t) for row, t in zip(rows, tokens)]))
-            session.truncate(0, seq_id=VIEW_SEQ)
+            session.truncate(0, seq_id=NO_CONTEXT_SEQ)
         explained = (lps[0] - lps[1] > cfg.threshold) | (lps[1] < cfg.min_logprob)
         spans, pos = [], 0
         for token, hit in zip(tokens, explained):
@@ -349,9 +349,8 @@ class CoStream:
         finally:
             self._network_ms += (time.perf_counter() - start) * 1000.0
 
-    def _emit(self, token: int, local_row: np.ndarray | None, remote_lp: dict | None,
-              weight: float) -> tuple[str, bool]:
-        """Records the token; returns its text and whether the remote will read a placeholder for it."""
+    def _emit(self, token: int, local_row: np.ndarray | None, remote_lp: dict | None, weight: float) -> str:
+        """Records the token (and, in logits mode, whether the remote will read a placeholder for it)."""
         withheld, ratio = False, float("nan")
         if self._view is not None and self._fallback is None and not self._gen.local.native.is_eog(token):
             withheld, ratio = self._view.add(token, local_row)
@@ -360,7 +359,7 @@ class CoStream:
         remote_p = float(np.exp(remote_lp[token])) if remote_lp and token in remote_lp else None
         self._attribution.append(TokenInfo(token, piece, "fused" if remote_lp is not None else "local",
                                            weight, local_p, remote_p, withheld, ratio))
-        return piece, withheld
+        return piece
 
     def _finalize(self) -> None:
         records = list(self._guard.records)
@@ -398,7 +397,7 @@ class CoStream:
                 while not generation.finished:
                     token, _ = generation.step()
                     if token >= 0:
-                        yield self._emit(token, None, None, 1.0)[0]
+                        yield self._emit(token, None, None, 1.0)
                 self._finish = generation.finish_reason
             finally:
                 generation.close()
@@ -416,17 +415,17 @@ class CoStream:
         with gen.local.pooled_session() as session:
             prefill_reusing(session, prompt[:-1])
             if remote_prompt is not None and gen.attribution is not None:
-                # What the remote reads, evaluated beside the main sequence: the public instruction and
-                # the draft as the guard lets it out, then the generated text with its placeholders.
+                # The no-context side, evaluated beside the main sequence: the public instruction and the
+                # draft as the guard lets it out, then the generated text. The draft itself goes out
+                # through the guard (which records what it redacts).
                 draft = self._guard.redact(self._draft)[0] if self._guard.policy == "redact" else self._draft
-                # The draft itself goes out through the guard (which records what it redacts).
                 self._view = EgressView(model, session, gen.attribution,
                                         local_prompt(gen.local, "", self._instruction, draft), self._draft)
             try:
                 yield from self._fused_tokens(session, sampler, remote_prompt, prompt[-1], max_tokens, n_ctx)
             finally:
                 self._view = None
-                session.truncate(0, seq_id=VIEW_SEQ)  # the view's room goes back to the main sequence
+                session.truncate(0, seq_id=NO_CONTEXT_SEQ)  # its room goes back to the main sequence
 
     def _fused_tokens(self, session, sampler, remote_prompt, pending: int, max_tokens: int,
                       n_ctx: int) -> Iterator[str]:
@@ -447,14 +446,13 @@ class CoStream:
                 scores = steps[j] if j < len(steps) and self._consults(produced) else None
                 token, remote_lp, weight = self._sample(sampler, rows[j], scores)
                 produced += 1
-                piece, withheld = self._emit(token, rows[j], remote_lp, weight)
-                yield piece
+                yield self._emit(token, rows[j], remote_lp, weight)
                 if model.is_eog(token):
                     self._finish = "eos"
                     return
-                # A withheld token ends the run: the remote's next scores were computed on text that
-                # shows it, and the next request shows a placeholder instead.
-                if produced >= max_tokens or not self._continues(call, steps, j, token) or withheld:
+                # A token withheld from the next request does not end the run: the remote wrote the
+                # scores that follow from its own token, so using them tells it nothing.
+                if produced >= max_tokens or not self._continues(call, steps, j, token):
                     break
                 if len(rows) == j + 1:
                     room = n_ctx - self._used(session) - 1
@@ -467,13 +465,13 @@ class CoStream:
             pending = token
 
     def _decode(self, session, tokens: list[int]) -> list[np.ndarray]:
-        """Evaluates tokens on the main sequence, with the view's queued tokens in the same batch
-        when there are few of them; returns the main sequence's rows."""
+        """Evaluates tokens on the main sequence, with the no-context sequence's queued tokens in the
+        same batch when there are few of them; returns the main sequence's rows."""
         view = self._view
         extra = view.take_pending() if view is not None and len(tokens) == 1 and len(view.pending) <= 8 else []
         if view is not None and not extra:
             view.flush()
-        session.decode([0] * len(tokens) + [VIEW_SEQ] * len(extra), list(tokens) + extra)
+        session.decode([0] * len(tokens) + [NO_CONTEXT_SEQ] * len(extra), list(tokens) + extra)
         if extra:
             view.set_row(session.logits(len(tokens) + len(extra) - 1))
         return [session.logits(i) for i in range(len(tokens))]
@@ -482,7 +480,7 @@ class CoStream:
         """Cells of the shared context window in use (both sequences, queued view tokens included)."""
         if self._view is None:
             return session.seq_len()
-        return session.seq_len() + session.seq_len(seq_id=VIEW_SEQ) + len(self._view.pending)
+        return session.seq_len() + session.seq_len(seq_id=NO_CONTEXT_SEQ) + len(self._view.pending)
 
     def _remote_prompt(self, instruction: str) -> str | None:
         """The remote's prompt (public instruction only), after probing it; None if there is no usable remote."""

@@ -142,36 +142,30 @@ def test_withheld_tokens_are_those_whose_log_ratio_passes_the_threshold(model, r
                                attribution={"threshold": threshold, "min_logprob": -1e9, "budget_bits": 1e9})
     instruction = "Write a short note to my sister about my dog"
     result = generator.generate(instruction, CONTEXT, max_tokens=24, temperature=0.0)
+    infos = result.attribution[:-1]  # the last token is never sent
     tokens = [a.token for a in result.attribution]
     with_context = model.tokenize(model.apply_chat_template(
         [{"role": "system", "content": SYSTEM_PROMPT.format(context=CONTEXT)}, {"role": "user", "content": instruction}]),
         parse_special=True)
-    context_rows = _rows(model, with_context, tokens)
-    # What the remote reads: the instruction alone, then the text with one placeholder per withheld run.
-    view_prompt = model.tokenize(model.apply_chat_template([{"role": "user", "content": instruction}]),
-                                 parse_special=True)
-    view, view_rows, withheld_before = [], [], False
-    for info in result.attribution:
-        view_rows.append(len(view))
-        if not info.withheld:
-            view.append(info.token)
-        elif not withheld_before:
-            view += model.tokenize((" " if info.text[:1].isspace() else "") + PLACEHOLDER, add_special=False)
-        withheld_before = info.withheld
-    rows = _rows(model, view_prompt, view + [0])
-    checked = 0
-    for i, info in enumerate(result.attribution[:-1]):
-        ratio = _log_softmax(context_rows[i], info.token) - _log_softmax(rows[view_rows[i]], info.token)
-        continues = i > 0 and result.attribution[i - 1].withheld and info.text[:1].isalnum() \
-            and result.attribution[i - 1].text[-1:].isalnum()
+    without = model.tokenize(model.apply_chat_template([{"role": "user", "content": instruction}]), parse_special=True)
+    context_rows, plain_rows = _rows(model, with_context, tokens), _rows(model, without, tokens)
+    checked, remembered = 0, set()
+    for i, info in enumerate(infos):
+        plain = _log_softmax(plain_rows[i], info.token)
+        ratio = _log_softmax(context_rows[i], info.token) - plain
         assert info.context_nats == pytest.approx(ratio, abs=0.15), (i, info.text)
+        starts_word = not (i > 0 and info.text[:1].isalnum() and infos[i - 1].text[-1:].isalnum())
+        continues_withheld = not starts_word and infos[i - 1].withheld
+        repeated = starts_word and info.token in remembered
         if abs(ratio - threshold) > 0.15:
-            assert info.withheld == (ratio > threshold or continues), (i, info.text, ratio)
+            assert info.withheld == (ratio > threshold or continues_withheld or repeated), (i, info.text, ratio)
             checked += 1
-    assert checked >= 16 and any(a.withheld for a in result.attribution)
+        if info.withheld and starts_word and plain < -4.0 and info.text.strip()[:1].isalnum():
+            remembered.add(info.token)
+    assert checked >= 16 and any(a.withheld for a in infos) and not all(a.withheld for a in infos)
     # Each request carries what was withheld and the context information of what was sent.
     last = result.audit[-1]
-    sent = [a for a in result.attribution[:-1] if not a.withheld]
-    assert last.withheld_tokens == sum(a.withheld for a in result.attribution[:-1])
+    sent = [a for a in infos if not a.withheld]
+    assert last.withheld_tokens == sum(a.withheld for a in infos)
     assert last.context_bits == pytest.approx(sum(max(0.0, a.context_nats) for a in sent) / math.log(2), abs=0.01)
     assert PLACEHOLDER in json.loads(last.body)["prompt"]
