@@ -128,10 +128,11 @@ def main() -> None:
                   "jobs leaking a canary | canaries leaked | context bits sent per job | ROUGE-L |",
                   "|---|---|---|---|---|---|---|---|"]
         for row in sweep_rows:
+            bits = "-" if row["attribution"] == "off" else fmt(row["context_bits"])  # nothing scores it when off
             lines.append(f"| {row['attribution']} | {100 * row['withheld_share']:.1f}% | "
                          f"{row['jobs_leaking_profile']}/{row['samples']} | {100 * row['profile_fact_share']:.2f}% | "
                          f"{row['jobs_leaking_canary']}/{row['samples']} | {row['canaries_leaked']}/{row['canaries']} | "
-                         f"{fmt(row['context_bits'])} | {fmt(row['rouge_l'], 3)} |")
+                         f"{bits} | {fmt(row['rouge_l'], 3)} |")
     path = write("egress", {"args": vars(args), "speed": speed_rows, "sweep": sweep_rows}, "\n".join(lines))
     print(f"wrote {path}", file=sys.stderr)
 
