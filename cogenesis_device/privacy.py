@@ -447,6 +447,11 @@ class EgressGuard:
             raise PrivacyBlockedError(
                 f"refused to send a request to {endpoint}: it contains {len(record.findings)} private span(s) of the "
                 f"context ({kinds}); policy is 'block'")
+        if findings and self.policy == "redact" and any(parts.in_key(f) for f in findings):
+            record.action, record.bytes_sent = "blocked", 0
+            self._record(record)
+            raise PrivacyBlockedError(f"refused to send a request to {endpoint}: a JSON key holds private text, "
+                                      "and keys are not redacted")
         if findings and self.policy == "redact":
             checked = parts.redacted([(f.start, f.end, PLACEHOLDERS.get(f.kind, "")) for f in findings])
             body = (json.dumps(checked, ensure_ascii=False) if is_json else checked).encode("utf-8")
@@ -501,25 +506,24 @@ class _Parts:
         self.text = "".join(self._leaves)
 
     def find(self, find: Callable[[str], list[Finding]], *, ignore_placeholders: bool = False) -> list[Finding]:
-        """find() over the whole text, over the values alone (a span split across two strings with
-        keys between), and over each string alone (a private word at the end of one string must not
-        hide by running into the next key). Returns pieces within single strings, in joined-text
-        positions; the pieces after the first of a split span have kind '' (nothing replaces them)."""
+        """find() over the string values joined (a span split across two strings) and over each string
+        alone, keys included (a private word at the end of one string must not hide by running into
+        the next). Returns pieces within single strings, in joined-text positions; the pieces after
+        the first of a split span have kind '' (nothing replaces them)."""
         spans: list[tuple[int, int, str]] = []
-        for subset in (range(len(self._leaves)), [i for i, key in enumerate(self._is_key) if not key]):
-            offsets, pos = [], 0
-            for i in subset:
-                offsets.append((pos, i))
-                pos += len(self._leaves[i])
-            text = "".join(self._leaves[i] for i in subset)
-            for f in find(text):
-                kind = f.kind
-                for at, i in offsets:
-                    leaf_start, leaf_end = self._segments[i]
-                    start, end = max(f.start, at), min(f.end, at + leaf_end - leaf_start)
-                    if start < end:
-                        spans.append((leaf_start + start - at, leaf_start + end - at, kind))
-                        kind = ""
+        values = [i for i, key in enumerate(self._is_key) if not key]
+        offsets, pos = [], 0
+        for i in values:
+            offsets.append((pos, i))
+            pos += len(self._leaves[i])
+        for f in find("".join(self._leaves[i] for i in values)):
+            kind = f.kind
+            for at, i in offsets:
+                leaf_start, leaf_end = self._segments[i]
+                start, end = max(f.start, at), min(f.end, at + leaf_end - leaf_start)
+                if start < end:
+                    spans.append((leaf_start + start - at, leaf_start + end - at, kind))
+                    kind = ""
         for (start, _), leaf in zip(self._segments, self._leaves):
             spans.extend((start + f.start, start + f.end, f.kind) for f in find(leaf))
         if ignore_placeholders:  # our own placeholders are not private text
@@ -548,9 +552,12 @@ class _Parts:
                 self._leaf(str(k), chunks, is_key=True)
                 self._walk(v, chunks)
 
+    def in_key(self, finding: Finding) -> bool:
+        return any(key and s <= finding.start < e for key, (s, e) in zip(self._is_key, self._segments))
+
     def redacted(self, spans: Sequence[tuple[int, int, str]]) -> Any:
         """The payload with each span replaced; a span across several leaves puts its placeholder in
-        the first and removes the rest. Token-id lists are re-tokenized."""
+        the first and removes the rest. Token-id lists are re-tokenized. Keys are never changed."""
         per_leaf: list[list[tuple[int, int, str]]] = [[] for _ in self._segments]
         for start, end, placeholder in spans:
             first = True
@@ -571,7 +578,11 @@ class _Parts:
             if isinstance(value, list):
                 return [walk(v) for v in value]
             if isinstance(value, dict):
-                return {leaf(str(k)): walk(v) for k, v in value.items()}
+                out = {}
+                for k, v in value.items():
+                    next(counter)  # the key's leaf: left as it is (check_body refuses private keys)
+                    out[k] = walk(v)
+                return out
             return value
 
         return walk(self._payload)

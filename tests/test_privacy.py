@@ -120,11 +120,17 @@ def test_bad_guard_parameters_are_named():
 
 def test_the_whole_request_is_one_text_keys_and_split_strings_included():
     guard = EgressGuard(PROFILE)
-    body = {"prompt": ["Say hi to Oda", "lys for me"], "Pelle": 1}
+    body = {"prompt": ["Say hi to Oda", "lys for me"], "max_tokens": 8}
     sent, record = guard.check_body("POST", "/v1/completions", json.dumps(body).encode())
     payload = json.loads(sent)
-    assert "Oda" not in sent.decode() and "Pelle" not in sent.decode()
-    assert payload["prompt"] == ["Say hi to [NAME]", " for me"] and len(record.findings) == 2
+    assert "Oda" not in sent.decode() and payload["max_tokens"] == 8  # the keys are left as they are
+    assert payload["prompt"] == ["Say hi to [NAME]", " for me"] and len(record.findings) == 1
+    with pytest.raises(PrivacyBlockedError, match="JSON key"):  # a key is checked too, and cannot be redacted
+        guard.check_body("POST", "/v1/completions", json.dumps({"prompt": "hi", "Pelle": 1}).encode())
+    # A passage of the context ending one string must not reach into the next key ("...Pellelogprobs").
+    sent, _ = guard.check_body("POST", "/v1/completions",
+                               json.dumps({"prompt": "we walk the harbour every morning", "logprobs": 5}).encode())
+    assert json.loads(sent)["logprobs"] == 5
     # A private word at the end of one string does not hide by running into the next key.
     sent, _ = guard.check_body("POST", "/v1/completions", json.dumps({"prompt": "Dear Pelle", "max_tokens": 2}).encode())
     assert json.loads(sent)["prompt"] == "Dear [NAME]"
