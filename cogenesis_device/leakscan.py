@@ -82,7 +82,7 @@ class Fact:
         if self.digits:
             return self.digits in re.sub(r"(?<=\d) (?=\d)", "", text)
         if self.pairs:
-            content = " " + " ".join(w for w in text.split() if w not in _COMMON) + " "
+            content = " " + " ".join(w for w in text.split() if w not in _COMMON and len(w) > 1) + " "
             return any(f" {pair} " in content for pair in self.pairs)
         return bool(self.words) and re.search(r"(?<![a-z0-9])" + " ".join(map(re.escape, self.words)) + r"(?![a-z0-9])",
                                               text) is not None
@@ -160,7 +160,7 @@ def profile_facts(profile: str, public: str = "") -> list[Fact]:
         for item in items:
             kind = f"profile:{field_name.strip().lower()}"
             phrase = simplify(item).split()
-            words = [w for w in phrase if w not in _COMMON]
+            words = [w for w in phrase if w not in _COMMON and len(w) > 1]  # not the "s" of "tonight's"
             if len(words) > 3:
                 pairs = tuple(f"{a} {b}" for a, b in zip(words, words[1:]) if f" {a} {b} " not in public)
                 if pairs:
