@@ -43,6 +43,14 @@ MAX_FACT_WORDS = 5
 _NAME_KEYS = re.compile(r"name|location|city|town|hometown|address|employer|company|school|spouse|partner|sister|"
                         r"brother|mother|father|child|son|daughter|pet|dog|cat|friend|neighbou?r|colleague", re.I)
 _PROPER_NOUN = re.compile(r"(?<=[a-z0-9,;] )((?:[A-Z][\w'’-]+)(?:[ -][A-Z][\w'’-]+){0,3})")
+# Field names of the OpenAI-compatible request schema: our client writes them, so they are public.
+# Any other key is checked like text (an app could put data in one).
+PROTOCOL_KEYS = frozenset(
+    "model prompt messages role content name max_tokens max_completion_tokens temperature top_p top_k min_p n "
+    "stream stream_options include_usage logprobs top_logprobs echo stop presence_penalty frequency_penalty "
+    "repeat_penalty best_of logit_bias user seed suffix response_format type json_schema schema strict tools "
+    "tool_choice function parameters description continue_final_message add_generation_prompt "
+    "return_tokens_as_token_ids".split())
 _PLACEHOLDER_RE = re.compile("|".join(re.escape(p) for p in sorted(set(PLACEHOLDERS.values()))))
 _FIELD_KEY = re.compile(r"[A-Za-z][\w .'/-]{0,39}")
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
@@ -549,7 +557,7 @@ class _Parts:
                 self._walk(v, chunks)
         elif isinstance(value, dict):
             for k, v in value.items():
-                self._leaf(str(k), chunks, is_key=True)
+                self._leaf("" if k in PROTOCOL_KEYS else str(k), chunks, is_key=True)
                 self._walk(v, chunks)
 
     def in_key(self, finding: Finding) -> bool:

@@ -127,6 +127,10 @@ def test_the_whole_request_is_one_text_keys_and_split_strings_included():
     assert payload["prompt"] == ["Say hi to [NAME]", " for me"] and len(record.findings) == 1
     with pytest.raises(PrivacyBlockedError, match="JSON key"):  # a key is checked too, and cannot be redacted
         guard.check_body("POST", "/v1/completions", json.dumps({"prompt": "hi", "Pelle": 1}).encode())
+    # The request schema's own field names are public, even when the user has a friend called Max.
+    sent, _ = EgressGuard("My friend Max").check_body("POST", "/v1/completions",
+                                                     json.dumps({"prompt": "hi", "max_tokens": 4}).encode())
+    assert json.loads(sent) == {"prompt": "hi", "max_tokens": 4}
     # A passage of the context ending one string must not reach into the next key ("...Pellelogprobs").
     sent, _ = guard.check_body("POST", "/v1/completions",
                                json.dumps({"prompt": "we walk the harbour every morning", "logprobs": 5}).encode())
