@@ -108,13 +108,14 @@ class EgressView:
 
     # -- decisions -------------------------------------------------------------------------------
 
-    def add(self, token: int, context_row: np.ndarray) -> tuple[bool, float]:
-        """Decide whether the generated token goes out as it is. Returns (withheld, log-ratio in nats)."""
+    def add(self, token: int, context_lp: float) -> tuple[bool, float]:
+        """Decide whether the generated token goes out as it is, given log p(token | context).
+        Returns (withheld, log-ratio in nats)."""
         self.flush()
         cfg = self.config
         piece = self.model.token_to_piece(token)
         plain_lp = log_softmax_at(self.row, token)
-        ratio = log_softmax_at(context_row, token) - plain_lp
+        ratio = context_lp - plain_lp
         last = self.entries[-1] if self.entries else None
         continues_word = last is not None and _word_char(piece[:1]) and _word_char(last.piece[-1:])
         bits = max(0.0, ratio) / math.log(2)

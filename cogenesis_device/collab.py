@@ -260,47 +260,9 @@ class CoGenerator:
         return CoStream(self, instruction, user, context, draft, guard, max_tokens, sampling)
 
     def derive_instruction(self, request: str, context: str) -> "DerivedInstruction":
-        """The public instruction for a private request: the request without the spans the text
-        guard finds and without the words the context explains (scored on the device, as in
-        logits mode), whole words at a time."""
-        guard = EgressGuard([context], tokenizer=self.local)
-        spans = [(f.start, f.end) for f in guard.find(request)]
-        if context:
-            spans += self._explained_words(request, context)
-        removed, out, pos = [], [], 0
-        for start, end in sorted(spans):
-            start = max(start, pos)
-            if start >= end:
-                continue
-            out.append(request[pos:start])
-            removed.append(request[start:end])
-            pos = end
-        out.append(request[pos:])
-        return DerivedInstruction(" ".join("".join(out).split()), removed)
-
-    def _explained_words(self, request: str, context: str) -> list[tuple[int, int]]:
-        """Character spans of the request's words that the context explains (same rule as attribution)."""
-        cfg = self.attribution or AttributionConfig()
-        local = self.local
-        tokens = local.tokenize(request, add_special=False)
-        if not tokens:
-            return []
-        lps = []
-        with local.pooled_session() as session:
-            for seq, ctx in ((0, context), (NO_CONTEXT_SEQ, "")):
-                rows = _score(session, seq, _prompt_before_user_text(local, ctx), tokens)
-                lps.append(np.array([log_softmax_at(row, t) for row, t in zip(rows, tokens)]))
-            session.truncate(0, seq_id=NO_CONTEXT_SEQ)
-        explained = (lps[0] - lps[1] > cfg.threshold) | (lps[1] < cfg.min_logprob)
-        spans, pos = [], 0
-        for token, hit in zip(tokens, explained):
-            piece = local.native.token_to_piece(token).decode("utf-8", errors="replace").strip()
-            start = request.find(piece, pos) if piece else -1
-            if start >= 0:
-                if hit:
-                    spans.append(_whole_word(request, start, start + len(piece)))
-                pos = start + len(piece)
-        return spans
+        """The public instruction for a private request (see derive_instruction), with this
+        generator's attribution settings."""
+        return derive_instruction(self.local, request, context, self.attribution)
 
 
 class CoStream:
@@ -351,11 +313,12 @@ class CoStream:
 
     def _emit(self, token: int, local_row: np.ndarray | None, remote_lp: dict | None, weight: float) -> str:
         """Records the token (and, in logits mode, whether the remote will read a placeholder for it)."""
+        local_lp = log_softmax_at(local_row, token) if local_row is not None else float("nan")
         withheld, ratio = False, float("nan")
         if self._view is not None and self._fallback is None and not self._gen.local.native.is_eog(token):
-            withheld, ratio = self._view.add(token, local_row)
+            withheld, ratio = self._view.add(token, local_lp)
         piece = self._text.add(token)
-        local_p = float(np.exp(log_softmax_at(local_row, token))) if local_row is not None else float("nan")
+        local_p = float(np.exp(local_lp))
         remote_p = float(np.exp(remote_lp[token])) if remote_lp and token in remote_lp else None
         self._attribution.append(TokenInfo(token, piece, "fused" if remote_lp is not None else "local",
                                            weight, local_p, remote_p, withheld, ratio))
@@ -595,15 +558,31 @@ def local_prompt(local: LocalModel, context: str, user: str, draft: str = "") ->
     return local.tokenize(text, parse_special=True)
 
 
-def prefill_reusing(session: _native.Session, tokens: list[int]) -> None:
+def prefill_reusing(session: _native.Session, tokens: list[int], seq_id: int = 0) -> None:
     """Prefill tokens, keeping the KV cache of a prefix the session already holds."""
-    held, tokens = session.seq_tokens(), np.asarray(tokens, dtype=np.int32)
+    held, tokens = session.seq_tokens(seq_id=seq_id), np.asarray(tokens, dtype=np.int32)
     n = min(len(held), len(tokens))
     mismatch = np.flatnonzero(held[:n] != tokens[:n])
     same = int(mismatch[0]) if mismatch.size else n
-    session.truncate(same)
+    session.truncate(same, seq_id=seq_id)
     if same < len(tokens):
-        session.prefill(tokens[same:])
+        session.prefill(tokens[same:], seq_id=seq_id)
+
+
+_CHUNK = 32  # rows per teacher-forced decode (the session's n_outputs_max)
+
+
+def teacher_forced_rows(session: _native.Session, prompt: list[int], targets: list[int], seq_id: int = 0):
+    """Yield the scores that precede each target token, feeding the targets (teacher forcing).
+    The session keeps its KV cache of the prompt's longest held prefix; the prompt's last token is
+    always evaluated again, so its row exists even when the whole prompt was held."""
+    prefill_reusing(session, prompt[:-1], seq_id)
+    feed = [prompt[-1], *targets[:-1]]
+    for start in range(0, len(feed), _CHUNK):
+        chunk = feed[start:start + _CHUNK]
+        session.decode([seq_id] * len(chunk), chunk)
+        for i in range(len(chunk)):
+            yield session.logits(i)
 
 
 @dataclass(frozen=True)
@@ -614,24 +593,56 @@ class DerivedInstruction:
     removed: list[str]
 
 
+def derive_instruction(local: LocalModel, request: str, context: str,
+                       attribution: AttributionConfig | None = None) -> "DerivedInstruction":
+    """The public instruction for a private request: the request without the spans the text guard
+    finds and without the words the context explains (the attribution rule, scored on the device on
+    the request's tokens), whole words at a time."""
+    guard = EgressGuard([context], tokenizer=local)
+    spans = [(f.start, f.end) for f in guard.find(request)]
+    if context:
+        spans += _explained_words(local, request, context, attribution or AttributionConfig())
+    removed, out, pos = [], [], 0
+    for start, end in sorted(spans):
+        start = max(start, pos)
+        if start >= end:
+            continue
+        out.append(request[pos:start])
+        removed.append(request[start:end])
+        pos = end
+    out.append(request[pos:])
+    return DerivedInstruction(" ".join("".join(out).split()), removed)
+
+
+def _explained_words(local: LocalModel, request: str, context: str, cfg: AttributionConfig) -> list[tuple[int, int]]:
+    """Character spans of the request's words that the context explains (same rule as attribution)."""
+    tokens = local.tokenize(request, add_special=False)
+    if not tokens:
+        return []
+    lps = []
+    with local.pooled_session() as session:
+        for seq, ctx in ((0, context), (NO_CONTEXT_SEQ, "")):
+            rows = teacher_forced_rows(session, _prompt_before_user_text(local, ctx), tokens, seq_id=seq)
+            lps.append(np.array([log_softmax_at(row, t) for row, t in zip(rows, tokens)]))
+        session.truncate(0, seq_id=NO_CONTEXT_SEQ)
+    explained = (lps[0] - lps[1] > cfg.threshold) | (lps[1] < cfg.min_logprob)
+    spans, pos = [], 0
+    for token, hit in zip(tokens, explained):
+        piece = local.native.token_to_piece(token).decode("utf-8", errors="replace").strip()
+        start = request.find(piece, pos) if piece else -1
+        if start >= 0:
+            if hit:
+                spans.append(_whole_word(request, start, start + len(piece)))
+            pos = start + len(piece)
+    return spans
+
+
 def _prompt_before_user_text(local: LocalModel, context: str) -> list[int]:
     """The tokens of local_prompt(local, context, user) that come before the user's text."""
     mark = "\uE000"  # a private-use character: it appears in no real request
     messages = ([{"role": "system", "content": SYSTEM_PROMPT.format(context=context)}] if context else [])
     text = local.apply_chat_template(messages + [{"role": "user", "content": mark}])
     return local.tokenize(text[:text.index(mark)], parse_special=True)
-
-
-def _score(session, seq: int, prefix: list[int], tokens: list[int], chunk: int = 32) -> list[np.ndarray]:
-    """Rows predicting each of tokens after prefix on sequence seq (the sequence is overwritten)."""
-    session.truncate(0, seq_id=seq)
-    session.prefill(np.asarray(prefix, dtype=np.int32), seq_id=seq)
-    rows = [session.logits(0)]
-    for start in range(0, len(tokens) - 1, chunk):
-        part = tokens[start:start + chunk][: len(tokens) - 1 - start]
-        session.decode([seq] * len(part), part)
-        rows.extend(session.logits(i) for i in range(len(part)))
-    return rows
 
 
 def _whole_word(text: str, start: int, end: int) -> tuple[int, int]:

@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .collab import OUTLINE_PROMPT, CoGenerator
+from .collab import OUTLINE_PROMPT, CoGenerator, derive_instruction
 from .datasets import Sample
 from .errors import InvalidParameterError, RemoteError
 from .jsonl import KeyedLog, read_jsonl
@@ -190,7 +190,7 @@ class Evaluation:
 
     def _derive(self, sample: Sample) -> dict:
         """What the instruction derived on the device from the full request leaks, next to the paper's split."""
-        derived = CoGenerator(self.local, None).derive_instruction(sample.task, sample.background)
+        derived = derive_instruction(self.local, sample.task, sample.background)
         facts = profile_facts(sample.background)
         leaks = {name: [[f.kind, f.value] for f in leaked(facts, [json.dumps({"prompt": text})])]
                  for name, text in (("derived", derived.text), ("paper", sample.instruction), ("request", sample.task))}

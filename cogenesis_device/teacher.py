@@ -14,14 +14,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _native
-from .collab import FusionConfig, local_prompt, prefill_reusing
+from .collab import FusionConfig, local_prompt, teacher_forced_rows
 from .datasets import Sample
 from .errors import InvalidParameterError
 from .fusion import FEATURE_NAMES, FILLS, RULES, _log_softmax, _remote_dense
 from .local import LocalModel
 
 GATE_GRID = np.linspace(0.0, 1.0, 21)  # local weights at which each position's log-normalizer is stored
-_CHUNK = 32  # rows per teacher-forced decode (the session's n_outputs_max)
 
 
 def parse_rule(spec: str, gate: object = None) -> FusionConfig:
@@ -83,19 +82,6 @@ class GateRecords:
         with np.load(path) as z:
             return cls(z["features"], z["local_gold"], z["remote_gold"], z["log_z"], str(z["fill"]), int(z["n_bytes"]),
                        float(z["unfused_nll"]))
-
-
-def teacher_forced_rows(session: _native.Session, prompt: list[int], targets: list[int]):
-    """Yield the scores that precede each target token, feeding the targets (teacher forcing).
-    The session keeps its KV cache of the prompt's longest held prefix; the prompt's last token is
-    always evaluated again, so its row exists even when the whole prompt was held."""
-    prefill_reusing(session, prompt[:-1])
-    feed = [prompt[-1], *targets[:-1]]
-    for start in range(0, len(feed), _CHUNK):
-        chunk = feed[start:start + _CHUNK]
-        session.decode([0] * len(chunk), chunk)
-        for i in range(len(chunk)):
-            yield session.logits(i)
 
 
 def _offsets(model: LocalModel, tokens: list[int]) -> list[int]:

@@ -170,3 +170,16 @@ def test_withheld_tokens_are_those_whose_log_ratio_passes_the_threshold(model, r
     assert last.withheld_tokens == sum(a.withheld for a in infos)
     assert last.context_bits == pytest.approx(sum(max(0.0, a.context_nats) for a in sent) / math.log(2), abs=0.01)
     assert PLACEHOLDER in json.loads(last.body)["prompt"]
+
+
+def test_a_private_request_sends_only_the_instruction_derived_on_the_device(model, remote, proxy):
+    remote.connect()
+    proxy.clear()
+    request = "Write a note to my sister Ingrid about walking Pelle in Tromsø on Sunday"
+    result = cg.CoGenerator(model, remote, lookahead=4).generate(request=request, context=CONTEXT, max_tokens=8)
+    assert result.instruction and "Sunday" in result.instruction
+    assert not any(name in result.instruction for name in ("Ingrid", "Pelle", "Tromsø"))
+    first = json.loads(proxy.records[0].body)["prompt"]
+    assert result.instruction in first and "Ingrid" not in first
+    with pytest.raises(cg.errors.InvalidParameterError, match="not both"):
+        cg.CoGenerator(model, remote).generate(INSTRUCTION, CONTEXT, request=request)
