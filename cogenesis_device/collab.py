@@ -7,7 +7,8 @@
   by position and accepts while the fused choice equals the remote's token, because until then
   the remote's scores were computed on exactly the accepted prefix. At the first difference the
   fused token is kept, the local KV cache is rolled back, and the next call starts from there.
-  The local model decodes its pending token while the request is in flight.
+  The local model decodes its pending token while the request is in flight. This loop is the
+  engine's (cg_cogen in cogenesis.h); the RemoteModel reaches it as a remote provider.
 
 What the remote reads of the generated text is decided on the device (attribution.py): tokens the
 private context explains are withheld and sent as placeholders. Fused candidates are limited to
@@ -17,8 +18,9 @@ the private texts reveal.
 """
 from __future__ import annotations
 
-import codecs
+import concurrent.futures
 import html
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -26,7 +28,7 @@ from typing import Iterator
 import numpy as np
 
 from . import _native
-from .attribution import NO_CONTEXT_SEQ, AttributionConfig, EgressView, log_softmax_at
+from .attribution import NO_CONTEXT_SEQ, AttributionConfig, log_softmax_at
 from .errors import InvalidParameterError, RemoteError
 from .local import LocalModel
 from .privacy import AuditRecord, EgressGuard, summarize
@@ -159,24 +161,6 @@ class CoResult:
         return page
 
 
-class _TextAssembler:
-    """Token bytes -> text, holding back an unfinished UTF-8 character."""
-
-    def __init__(self, model: _native.Model, text: str = ""):
-        self._model = model
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self.text = text
-
-    def add(self, token: int) -> str:
-        piece = self._decoder.decode(self._model.token_to_piece(token))
-        self.text += piece
-        return piece
-
-    @property
-    def complete(self) -> bool:
-        return not self._decoder.getstate()[0]
-
-
 class CoGenerator:
     """Personalized writing with a local model (sees the context) and a remote one (does not).
 
@@ -266,13 +250,13 @@ class CoGenerator:
 
 
 class CoStream:
-    """Iterates over the text of one collaborative generation."""
+    """Iterates over the text of one collaborative generation. close() (or leaving a `with` block)
+    stops it and cancels the request in flight; cancel() does the same from any thread."""
 
     def __init__(self, gen: CoGenerator, instruction: str, user: str, context: str, draft: str, guard: EgressGuard,
                  max_tokens: int, sampling: dict):
         self._gen, self._guard, self._draft = gen, guard, draft
         self._instruction, self._user = instruction, user  # what the remote may read; what the local model reads
-        self._view: EgressView | None = None
         self._start = time.perf_counter()
         self._first_token_ms = 0.0
         self._network_ms = 0.0
@@ -281,8 +265,10 @@ class CoStream:
         self._fallback: str | None = None
         self._outline: str | None = None
         self._attribution: list[TokenInfo] = []
-        self._text = _TextAssembler(gen.local.native, draft)
+        self._text = draft
         self._finish = "length"
+        self._engine: _native.CoGeneration | _native.Generation | None = None
+        self._provider: _RemoteProvider | None = None
         steps = self._sketch if gen.mode == "sketch" else self._logits
         self._pieces = steps(context, max_tokens, sampling)
 
@@ -299,6 +285,28 @@ class CoStream:
             self._first_token_ms = (time.perf_counter() - self._start) * 1000.0
         return piece
 
+    def __enter__(self) -> "CoStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def cancel(self) -> None:
+        """Stop at the next token and abort the request in flight (safe from any thread)."""
+        engine, provider = self._engine, self._provider
+        if provider is not None:
+            provider.cancel()
+        if engine is not None:
+            engine.cancel()
+
+    def close(self) -> None:
+        """Stop the generation and release its session and request; `result` holds what was written."""
+        if self.result is None:
+            self.cancel()
+            self._pieces.close()
+            self._finish = "cancelled"
+            self._finalize()
+
     # -- shared pieces -----------------------------------------------------------------------------
 
     def _remote_failed(self, exc: RemoteError) -> None:
@@ -311,19 +319,6 @@ class CoStream:
         finally:
             self._network_ms += (time.perf_counter() - start) * 1000.0
 
-    def _emit(self, token: int, local_row: np.ndarray | None, remote_lp: dict | None, weight: float) -> str:
-        """Records the token (and, in logits mode, whether the remote will read a placeholder for it)."""
-        local_lp = log_softmax_at(local_row, token) if local_row is not None else float("nan")
-        withheld, ratio = False, float("nan")
-        if self._view is not None and self._fallback is None and not self._gen.local.native.is_eog(token):
-            withheld, ratio = self._view.add(token, local_lp)
-        piece = self._text.add(token)
-        local_p = float(np.exp(local_lp))
-        remote_p = float(np.exp(remote_lp[token])) if remote_lp and token in remote_lp else None
-        self._attribution.append(TokenInfo(token, piece, "fused" if remote_lp is not None else "local",
-                                           weight, local_p, remote_p, withheld, ratio))
-        return piece
-
     def _finalize(self) -> None:
         records = list(self._guard.records)
         audit = summarize(records)
@@ -334,7 +329,7 @@ class CoStream:
             bytes_received=audit["bytes_received"], network_wait_ms=self._network_ms,
             remote_tokens_accepted=self._accepted, withheld_tokens=audit["withheld_tokens"],
             context_bits=audit["context_bits"])
-        self.result = CoResult(self._text.text, self._gen.mode, tokens, self._attribution, records, stats,
+        self.result = CoResult(self._text, self._gen.mode, tokens, self._attribution, records, stats,
                                self._finish, self._fallback is not None, self._fallback, self._outline,
                                self._instruction)
 
@@ -354,96 +349,60 @@ class CoStream:
         prompt = local_prompt(self._gen.local, context, user, self._draft)
         with gen.local.pooled_session() as session:
             sampler = _native.Sampler(**sampling)
-            generation = _native.Generation(session, np.asarray(prompt, dtype=np.int32), sampler,
-                                            max_tokens=max_tokens, stop=[], ignore_eos=False)
+            self._engine = _native.Generation(session, np.asarray(prompt, dtype=np.int32), sampler,
+                                              max_tokens=max_tokens, stop=[], ignore_eos=False)
             try:
-                while not generation.finished:
-                    token, _ = generation.step()
+                while not self._engine.finished:
+                    token, text = self._engine.step()
+                    self._text += text
                     if token >= 0:
-                        yield self._emit(token, None, None, 1.0)
-                self._finish = generation.finish_reason
+                        self._attribution.append(TokenInfo(token, text, "local", 1.0, float("nan"), None))
+                    if text or token >= 0:
+                        yield text
+                self._finish = self._engine.finish_reason
             finally:
-                generation.close()
+                self._engine.close()
 
     # -- logits ------------------------------------------------------------------------------------
 
     def _logits(self, context: str, max_tokens: int, sampling: dict) -> Iterator[str]:
-        gen, fusion = self._gen, self._gen.fusion
-        model = gen.local.native
+        gen, fusion, attribution = self._gen, self._gen.fusion, self._gen.attribution
         remote_prompt = self._remote_prompt(self._instruction)
-        sampler = _native.FusionSampler(model, rule=fusion.rule, fill=fusion.fill, weight=fusion.weight,
-                                        alpha=fusion.alpha, plausible=fusion.plausible, gate=fusion.gate, **sampling)
         prompt = local_prompt(gen.local, context, self._user, self._draft)
-        n_ctx = gen.local.n_ctx
-        with gen.local.pooled_session() as session:
-            prefill_reusing(session, prompt[:-1])
-            if remote_prompt is not None and gen.attribution is not None:
-                # The no-context side, evaluated beside the main sequence: the public instruction and the
-                # draft as the guard lets it out, then the generated text. The draft itself goes out
-                # through the guard (which records what it redacts).
+        noctx = None
+        if remote_prompt is not None:
+            self._provider = _RemoteProvider(gen.remote, self._guard, records_attribution=attribution is not None)
+            if attribution is not None:
+                # The no-context side: the public instruction and the draft as the guard lets it out, then
+                # the generated text. The draft itself goes out through the guard (which records what it redacts).
                 draft = self._guard.redact(self._draft)[0] if self._guard.policy == "redact" else self._draft
-                self._view = EgressView(model, session, gen.attribution,
-                                        local_prompt(gen.local, "", self._instruction, draft), self._draft)
-            try:
-                yield from self._fused_tokens(session, sampler, remote_prompt, prompt[-1], max_tokens, n_ctx)
-            finally:
-                self._view = None
-                session.truncate(0, seq_id=NO_CONTEXT_SEQ)  # its room goes back to the main sequence
-
-    def _fused_tokens(self, session, sampler, remote_prompt, pending: int, max_tokens: int,
-                      n_ctx: int) -> Iterator[str]:
-        gen, model = self._gen, self._gen.local.native
-        produced = 0
-        while produced < max_tokens:
-            if self._used(session) + 1 >= n_ctx:
-                self._finish = "context_full"
-                return
-            call = self._call(remote_prompt, produced, max_tokens)
-            if call is not None and not gen.overlap:
-                self._await(call)
-            base = session.seq_len()
-            rows = self._decode(session, [pending])
-            steps = self._await(call) if call is not None else []
-            j = 0
-            while True:  # fuse position by position while the remote's own tokens are accepted
-                scores = steps[j] if j < len(steps) and self._consults(produced) else None
-                token, remote_lp, weight = self._sample(sampler, rows[j], scores)
-                produced += 1
-                yield self._emit(token, rows[j], remote_lp, weight)
-                if model.is_eog(token):
-                    self._finish = "eos"
-                    return
-                # A token withheld from the next request does not end the run: the remote wrote the
-                # scores that follow from its own token, so using them tells it nothing.
-                if produced >= max_tokens or not self._continues(call, steps, j, token):
-                    break
-                if len(rows) == j + 1:
-                    room = n_ctx - self._used(session) - 1
-                    batch = call.speculation(j)[:room] if gen.batch_verify else [token][:room]
-                    if not batch:
-                        break
-                    rows.extend(self._decode(session, batch))
-                j += 1
-            session.truncate(base + 1 + j)
-            pending = token
-
-    def _decode(self, session, tokens: list[int]) -> list[np.ndarray]:
-        """Evaluates tokens on the main sequence, with the no-context sequence's queued tokens in the
-        same batch when there are few of them; returns the main sequence's rows."""
-        view = self._view
-        extra = view.take_pending() if view is not None and len(tokens) == 1 and len(view.pending) <= 8 else []
-        if view is not None and not extra:
-            view.flush()
-        session.decode([0] * len(tokens) + [NO_CONTEXT_SEQ] * len(extra), list(tokens) + extra)
-        if extra:
-            view.set_row(session.logits(len(tokens) + len(extra) - 1))
-        return [session.logits(i) for i in range(len(tokens))]
-
-    def _used(self, session) -> int:
-        """Cells of the shared context window in use (both sequences, queued view tokens included)."""
-        if self._view is None:
-            return session.seq_len()
-        return session.seq_len() + session.seq_len(seq_id=NO_CONTEXT_SEQ) + len(self._view.pending)
+                noctx = local_prompt(gen.local, "", self._instruction, draft)
+        attribution = attribution or AttributionConfig()
+        remote_vocab = getattr(gen.remote_tokenizer, "native", None)
+        with gen.local.pooled_session() as session:
+            self._engine = co = _native.CoGeneration(
+                session, prompt, noctx_prompt=noctx, public_prefix=(remote_prompt or "") + self._draft,
+                provider=self._provider, bridge=gen._bridge, remote_vocab=remote_vocab, max_tokens=max_tokens,
+                lookahead=gen.lookahead, remote_top_k=gen.top_k or 0, overlap=gen.overlap,
+                batch_verify=gen.batch_verify, schedule=fusion.schedule, rule=fusion.rule, fill=fusion.fill,
+                weight=fusion.weight, alpha=fusion.alpha, plausible=fusion.plausible, gate=fusion.gate,
+                attribution=gen.attribution is not None, threshold=attribution.threshold,
+                min_logprob=attribution.min_logprob, budget_bits=attribution.budget_bits,
+                window=attribution.window, **sampling)
+            with co:
+                while not co.finished:
+                    token, text = co.step()
+                    self._text += text
+                    if token.token >= 0:
+                        self._attribution.append(_token_info(token, text))
+                    if text or token.token >= 0:
+                        yield text
+                self._finish = co.finish_reason
+                stats = co.stats
+                self._network_ms += stats.wait_ms
+                self._accepted = stats.n_accepted
+                if co.fallback_reason is not None:
+                    self._fallback = co.fallback_reason
 
     def _remote_prompt(self, instruction: str) -> str | None:
         """The remote's prompt (public instruction only), after probing it; None if there is no usable remote."""
@@ -458,97 +417,46 @@ class CoStream:
             self._remote_failed(exc)
             return None
 
-    def _call(self, remote_prompt: str | None, produced: int, max_tokens: int) -> "_RemoteCall | None":
-        """Starts a lookahead request for the current prefix, when this step consults the remote."""
-        gen = self._gen
-        if remote_prompt is None or self._fallback is not None or not self._consults(produced) \
-                or not self._text.complete:  # never send half a UTF-8 character
-            return None
-        view = self._view
-        text = remote_prompt + (view.text() if view is not None else self._text.text)
-        future = gen.remote.submit_next_tokens(text, n=min(gen.lookahead, max_tokens - produced), top_k=gen.top_k,
-                                               guard=self._guard,
-                                               attribution=view.mark_sent() if view is not None else None)
-        # The guard redacts in the transport (and records it); the remote continues the redacted text,
-        # which the canonical check needs only when the remote's tokenizer is known.
-        seen = None
-        if gen.remote_tokenizer is not None:
-            seen = self._guard.redact(text)[0] if self._guard.policy == "redact" else text
-        return _RemoteCall(future, seen, gen.remote_tokenizer)
 
-    def _await(self, call: "_RemoteCall") -> list:
-        if call.steps is None:
-            try:
-                call.steps = self._wait(call.future).steps
-            except RemoteError as exc:
-                self._remote_failed(exc)
-                call.steps = []
-            call.ids = [self._aligned(step.token) for step in call.steps]
-        return call.steps
-
-    def _sample(self, sampler, row: np.ndarray, scores) -> tuple[int, dict | None, float]:
-        """One fused (or local-only, when scores is None) sampling step."""
-        if scores is None:
-            return sampler.sample(row), None, 1.0
-        keys = list(scores.top)
-        ids, lps = self._gen._bridge.map(keys, np.array([scores.top[k] for k in keys], np.float32))
-        sampler.set_remote(ids, lps)
-        token = sampler.sample(row)
-        info = sampler.last_info()
-        if info["overruled"]:  # the remote listed nothing the local model finds plausible
-            return token, None, 1.0
-        return token, dict(zip(ids.tolist(), lps.tolist())), info["weight"]
-
-    def _continues(self, call, steps: list, j: int, token: int) -> bool:
-        """Whether position j + 1 can use this call's scores: the token at j is the remote's own, and
-        the remote's tokens so far are how it would tokenize their text (so a fresh call would see
-        exactly the same prefix)."""
-        if j >= len(steps) or token != call.ids[j]:
-            return False
-        self._accepted += 1
-        return j + 1 < len(steps) and call.canonical(j + 1)
-
-    def _consults(self, step: int) -> bool:
-        schedule = self._gen.fusion.schedule
-        return schedule is None or _native.schedule_consult(*schedule, step)
-
-    def _aligned(self, remote_token: str) -> int:
-        """The local id whose bytes are exactly the remote token, or -1 (boundaries differ)."""
-        token_id = self._gen._bridge.lookup(remote_token)
-        if token_id < 0 or self._gen.local.native.token_to_piece(token_id) != remote_token.encode("utf-8"):
-            return -1
-        return token_id
+def _token_info(token: "_native.CoToken", text: str) -> TokenInfo:
+    remote_p = None if math.isnan(token.remote_logprob) else math.exp(token.remote_logprob)
+    return TokenInfo(token.token, text, "fused" if token.fused else "local", token.weight,
+                     math.exp(token.local_logprob), remote_p, token.withheld, token.context_nats)
 
 
-@dataclass
-class _RemoteCall:
-    """One lookahead request: its future, the text the remote continues (after redaction), and once
-    awaited, the remote's steps and their local ids (-1 where token boundaries differ)."""
+class _RemoteProvider:
+    """A RemoteModel as the engine's remote provider (see _native.CoGeneration): every request goes
+    through the job's guard, with what attribution withheld from it recorded beside it."""
 
-    future: object
-    text: str | None
-    tokenizer: object  # the remote's tokenizer when known (same family as the local model), else None
-    steps: list | None = None
-    ids: list[int] | None = None
-    _tokens: list | None = None
+    def __init__(self, remote: RemoteModel, guard: EgressGuard, *, records_attribution: bool):
+        self._remote, self._guard, self._records_attribution = remote, guard, records_attribution
+        self._in_flight: set[concurrent.futures.Future] = set()
 
-    def canonical(self, m: int) -> bool:
-        """Whether the remote's first m tokens are how it would tokenize their text after the prompt."""
-        if self.tokenizer is None:  # cross-tokenizer: only token boundaries are checked (ids)
-            return True
-        if self._tokens is None:
-            self._tokens = self.tokenizer.tokenize(self.text, parse_special=True)
-        text = self.text + "".join(step.token for step in self.steps[:m])
-        return self.tokenizer.tokenize(text, parse_special=True) == self._tokens + self.ids[:m]
+    def submit(self, text: str, tokens: np.ndarray, may_leave: np.ndarray, n_steps: int, top_k: int,
+               context_bits: float) -> concurrent.futures.Future:
+        attribution = None
+        if self._records_attribution:
+            sent = int(may_leave.sum())
+            attribution = {"sent_tokens": sent, "withheld_tokens": len(may_leave) - sent,
+                           "context_bits": round(float(context_bits), 4)}
+        future = self._remote.submit_next_tokens(text, n=n_steps, top_k=top_k or None, guard=self._guard,
+                                                 attribution=attribution)
+        self._in_flight.add(future)
+        return future
 
-    def speculation(self, j: int) -> list[int]:
-        """The remote's tokens j, j+1, ... that map exactly onto local tokens, to score in one batch."""
-        batch = []
-        for token in self.ids[j:-1]:
-            if token < 0:
-                break
-            batch.append(token)
-        return batch
+    def wait(self, future: concurrent.futures.Future) -> list:
+        try:
+            return future.result().steps
+        except concurrent.futures.CancelledError:
+            raise RemoteError("the request was cancelled", kind="cancelled") from None
+
+    def release(self, future: concurrent.futures.Future) -> None:
+        future.cancel()
+        self._in_flight.discard(future)
+
+    def cancel(self) -> None:
+        for future in list(self._in_flight):
+            future.cancel()
 
 
 def local_prompt(local: LocalModel, context: str, user: str, draft: str = "") -> list[int]:

@@ -5,8 +5,6 @@
 
 namespace cgpy {
 
-namespace {
-
 const char * finish_name(cg_finish_reason r) {
     switch (r) {
         case CG_FINISH_EOS:          return "eos";
@@ -17,6 +15,8 @@ const char * finish_name(cg_finish_reason r) {
         default:                     return nullptr;
     }
 }
+
+namespace {
 
 // A generation leases its session from start until it finishes or is closed.
 struct GenerationHandle {

@@ -101,6 +101,29 @@ struct GateHandle {
 // Float scores in from Python: zero-copy for C-contiguous float32 numpy arrays.
 using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
 
+struct BridgeHandle {
+    std::shared_ptr<ModelHandle> model;
+    cg_vocab_bridge *            ptr = nullptr;
+    ~BridgeHandle() { cg_vocab_bridge_free(ptr); }
+};
+
+// A remote token's bytes: str (UTF-8), bytes, or OpenAI's `bytes` list of ints.
+inline std::string as_bytes(const py::handle & token) {
+    if (py::isinstance<py::bytes>(token)) return token.cast<std::string>();
+    if (py::isinstance<py::str>(token)) return token.cast<std::string>();
+    if (py::isinstance<py::list>(token)) {
+        std::string s;
+        for (auto b : token.cast<py::list>()) s.push_back((char) b.cast<int>());
+        return s;
+    }
+    throw py::type_error("a token must be str, bytes or a list of byte values");
+}
+
+void register_cogen(py::module_ & m);
+
+// "eos", "stop", "length", "context_full", "cancelled", or nullptr while running.
+const char * finish_name(cg_finish_reason r);
+
 int32_t parse_fusion_rule(const std::string & name);
 int32_t parse_sparse_fill(const std::string & name);
 py::dict fusion_info_dict(const cg_fusion_info & info);

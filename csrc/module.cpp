@@ -13,4 +13,5 @@ PYBIND11_MODULE(_native, m) {
     cgpy::register_fusion(m);
     cgpy::register_fusion_sampler(m);
     cgpy::register_vocab_bridge(m);
+    cgpy::register_cogen(m);
 }

@@ -7,23 +7,6 @@ namespace cgpy {
 
 namespace {
 
-struct BridgeHandle {
-    std::shared_ptr<ModelHandle> model;
-    cg_vocab_bridge *            ptr = nullptr;
-    ~BridgeHandle() { cg_vocab_bridge_free(ptr); }
-};
-
-std::string as_bytes(const py::handle & token) {
-    if (py::isinstance<py::bytes>(token)) return token.cast<std::string>();
-    if (py::isinstance<py::str>(token)) return token.cast<std::string>();  // UTF-8
-    if (py::isinstance<py::list>(token)) {  // OpenAI's `bytes`: a list of ints
-        std::string s;
-        for (auto b : token.cast<py::list>()) s.push_back((char) b.cast<int>());
-        return s;
-    }
-    throw py::type_error("a token must be str, bytes or a list of byte values");
-}
-
 std::shared_ptr<BridgeHandle> create(std::shared_ptr<ModelHandle> model) {
     auto h = std::make_shared<BridgeHandle>();
     h->model = std::move(model);

@@ -48,6 +48,7 @@ enum cg_status {
     CG_ERR_NO_TEMPLATE      = 7, /* the model has no usable chat template */
     CG_ERR_IO               = 8, /* a file could not be written or read */
     CG_ERR_CANCELLED        = 9, /* stopped by cg_session_cancel */
+    CG_ERR_REFUSED          = 10, /* the remote provider refused to send (privacy block): fail closed */
 };
 
 /* Message describing the last failure on the calling thread ("" if none). */
@@ -422,6 +423,181 @@ cg_token cg_vocab_bridge_lookup(cg_vocab_bridge * bridge, const char * text, int
  * entries to out_ids / out_logprobs and returns their count. */
 int32_t cg_vocab_bridge_map(cg_vocab_bridge * bridge, const char * const * tokens, const int32_t * lens,
                             const float * logprobs, int32_t n, cg_token * out_ids, float * out_logprobs);
+
+/* ------------------------------------------------- collaborative generation */
+
+/*
+ * The logits-mode loop of the CoGenesis method, in one object. The local model
+ * (with the private context) and a remote model (without it) write together:
+ * each remote request continues the text written so far for up to `lookahead`
+ * positions and lists its top-k at each; the engine fuses position by position
+ * and accepts while the fused token equals the remote's own (the remote's
+ * scores were computed on exactly that prefix), rolls the KV cache back at the
+ * first difference, and sends the next request from there. The local model
+ * decodes its pending token while a request is in flight.
+ *
+ * The engine does no I/O: remote scores arrive through a cg_remote_provider
+ * that the app implements (an HTTP client, a second model, ...).
+ *
+ * Egress privacy is decided here, on the device: before a generated token goes
+ * into a request, the local model scores it with and without the private
+ * context (a second sequence of the session, seeded with noctx_prompt). A token
+ * the context explains is withheld: the request carries CG_PLACEHOLDER instead
+ * (once per run) and its may_leave mask entry is 0.
+ *
+ * Usage:
+ *   struct cg_cogen_params p = cg_cogen_default_params();
+ *   p.max_tokens = 128; p.lookahead = 8;
+ *   struct cg_remote_provider prov = { my_submit, my_wait, my_release, my_state };
+ *   cg_cogen * co;
+ *   cg_cogen_init(session, prompt, n_prompt, noctx, n_noctx, public_prefix, &p, &prov, &co);
+ *   while (cg_cogen_finish_reason(co) == CG_FINISH_NONE) {
+ *       struct cg_cogen_token t; const char * text; int32_t len;
+ *       if (cg_cogen_next(co, &t, &text, &len) != CG_OK) break;
+ *       fwrite(text, 1, len, stdout);
+ *   }
+ *   cg_cogen_free(co);
+ */
+
+typedef struct cg_cogen cg_cogen;
+
+#define CG_PLACEHOLDER "[PRIVATE]"
+
+/* What a request carries. Every pointer is valid only during submit(). */
+typedef struct cg_remote_request {
+    const char *     text;         /* public_prefix + the generated text as it may leave (withheld runs
+                                      replaced by CG_PLACEHOLDER); UTF-8, NUL-terminated */
+    int32_t          text_len;
+    const cg_token * tokens;       /* the generated tokens so far (local vocabulary) */
+    const uint8_t *  may_leave;    /* per token: 1 = in the text as written, 0 = withheld */
+    int32_t          n_tokens;
+    int32_t          n_steps;      /* positions wanted: continue the text this many tokens, greedily */
+    int32_t          top_k;        /* alternatives wanted per position (0 = the provider's default) */
+    float            context_bits; /* private-context information in the sent tokens (attribution) */
+} cg_remote_request;
+
+/* One position of the remote's answer. Either text form (top_text/top_len, as a
+ * server returns token strings; mapped onto the local vocabulary) or id form
+ * (top_ids in the local vocabulary, for a provider that shares it). */
+typedef struct cg_remote_step {
+    const char *         token;        /* bytes of the token the remote chose at this position */
+    int32_t              token_len;
+    cg_token             token_id;     /* id form: the chosen token's local id */
+    int32_t              n_top;        /* alternatives listed; 0 = no scores at this position */
+    const char * const * top_text;     /* text form: bytes of each alternative ... */
+    const int32_t *      top_len;      /* ... and their lengths; NULL top_text selects the id form */
+    const cg_token *     top_ids;      /* id form */
+    const float *        top_logprobs; /* natural-log probabilities (<= 0; -9999 and NaN are dropped) */
+} cg_remote_step;
+
+/* The remote side, implemented by the app. Threads: the engine calls all three
+ * on the thread that runs cg_cogen_next (never concurrently); the provider may
+ * do its I/O on threads of its own. Errors: return non-zero and write a
+ * NUL-terminated message into error (error_capacity bytes); the engine then
+ * goes on local-only and keeps the message (cg_cogen_fallback_reason). Return
+ * CG_ERR_REFUSED instead to end the generation with that status. */
+typedef struct cg_remote_provider {
+    /* Start a request and return at once (do the waiting in wait). Writes a
+     * handle of the provider's choosing. */
+    int32_t (*submit)(void * user, const cg_remote_request * request, int64_t * handle,
+                      char * error, int32_t error_capacity);
+    /* Block until the answer to `handle`, then point *steps at n_steps positions
+     * (buffers owned by the provider, valid until release(handle)). Called at
+     * most once per handle; n_steps may be fewer than asked (end of text). */
+    int32_t (*wait)(void * user, int64_t handle, const cg_remote_step ** steps, int32_t * n_steps,
+                    char * error, int32_t error_capacity);
+    /* The engine is done with `handle`: cancel it if still in flight and free its
+     * buffers. Called exactly once for every handle submit returned. */
+    void    (*release)(void * user, int64_t handle);
+    void *  user;
+} cg_remote_provider;
+
+struct cg_cogen_params {
+    int32_t max_tokens;      /* tokens to generate (>= 1) */
+    int32_t lookahead;       /* positions asked per request, 1..31 (1 = the paper's per-token protocol) */
+    int32_t top_k;           /* alternatives asked per position (0 = the provider's default) */
+    bool    overlap;         /* decode the pending token while a request is in flight */
+    bool    batch_verify;    /* score the remote's lookahead tokens in one batch (exact only on
+                                batch-invariant backends) instead of one at a time */
+    int32_t schedule_p, schedule_k, schedule_t; /* cg_schedule_consult; schedule_p < 0 consults always */
+    const char * const * stop; /* stop strings (may be NULL) */
+    int32_t n_stop;
+    /* Attribution (egress privacy): withhold a token when log p(t|context) -
+     * log p(t|no context) > attr_threshold nats, or log p(t|no context) <
+     * attr_min_logprob; the rest of a withheld word, and a rare withheld word
+     * repeated, go too; and at most attr_budget_bits of context information
+     * are sent in any attr_window consecutive sent tokens. */
+    bool    attribution;
+    float   attr_threshold;
+    float   attr_min_logprob;
+    float   attr_budget_bits;
+    int32_t attr_window;
+    struct cg_fusion_params   fusion;
+    const cg_gate *           gate;     /* for CG_FUSION_GATE; must outlive the object */
+    struct cg_sampling_params sampling;
+    cg_vocab_bridge *         bridge;   /* maps text-form steps (NULL: built at init, a vocabulary scan) */
+    /* The remote's tokenizer when it is known (same family): lookahead then
+     * continues only while the remote's tokens are how it would tokenize their
+     * text, so a fresh request would see the same prefix. NULL: token
+     * boundaries are checked only. Must outlive the object. */
+    const cg_model *          remote_vocab;
+};
+
+struct cg_cogen_params cg_cogen_default_params(void);
+
+/* One generated token and how it was chosen. */
+struct cg_cogen_token {
+    cg_token token;
+    bool     fused;          /* remote scores took part (false: local-only or overruled) */
+    bool     withheld;       /* requests carry a placeholder for it */
+    float    weight;         /* the local side's weight (1 when local-only) */
+    float    local_logprob;  /* log p(token | context) under the local model */
+    float    remote_logprob; /* under the remote's top-k; NaN when unlisted or not consulted */
+    float    context_nats;   /* log-ratio with vs without the context; NaN when not scored */
+};
+
+/* Statistics of one collaborative generation (milliseconds and counts). */
+struct cg_cogen_stats {
+    double  prefill_ms;      /* the prompts (both sequences' first part) not already cached */
+    double  first_token_ms;  /* init to the first token */
+    double  decode_ms;       /* evaluating generated tokens (and the no-context side with them) */
+    double  sample_ms;       /* fusion and the sampler chain */
+    double  wait_ms;         /* blocked in the provider's wait */
+    double  attribution_ms;  /* scoring tokens without the context, deciding what may leave */
+    double  total_ms;        /* init to the latest call */
+    int32_t n_prompt;
+    int32_t n_reused;        /* prompt tokens found in the KV cache */
+    int32_t n_generated;     /* tokens generated (excluding a final end-of-generation token) */
+    int32_t n_requests;      /* requests submitted */
+    int32_t n_accepted;      /* positions where the fused token was the remote's own */
+    int32_t n_withheld;      /* generated tokens withheld (as of the latest request) */
+    float   context_bits;    /* context information in the tokens sent (latest request) */
+};
+
+/* Start: prefill `prompt` (with the private context) on sequence 0 with
+ * prefix reuse; `noctx_prompt` (the same task without it) seeds sequence 1
+ * when attribution is on. public_prefix: the remote's prompt text, which each
+ * request's text begins with. provider NULL: local-only. The session needs
+ * n_seq_max >= 2 for attribution and must outlive the object, as must the
+ * provider. The provider struct is copied. */
+int32_t cg_cogen_init(cg_session * session, const cg_token * prompt, int32_t n_prompt,
+                      const cg_token * noctx_prompt, int32_t n_noctx, const char * public_prefix,
+                      const struct cg_cogen_params * params, const cg_remote_provider * provider,
+                      cg_cogen ** out);
+
+/* Produce one token. On CG_OK: *token describes it (token -1 once finished),
+ * *text / *text_len the newly released text (valid until the next call).
+ * Check cg_cogen_finish_reason after each call. Cancel with cg_session_cancel. */
+int32_t cg_cogen_next(cg_cogen * co, struct cg_cogen_token * token, const char ** text, int32_t * text_len);
+
+enum cg_finish_reason cg_cogen_finish_reason(const cg_cogen * co);
+/* All text released so far (not NUL-terminated). */
+const char *          cg_cogen_text(const cg_cogen * co, int32_t * len);
+struct cg_cogen_stats cg_cogen_get_stats(const cg_cogen * co);
+/* Why generation went on local-only after a provider failure ("" if it did not). */
+const char *          cg_cogen_fallback_reason(const cg_cogen * co);
+/* Releases any request in flight, and the no-context sequence's cells. */
+void                  cg_cogen_free(cg_cogen * co);
 
 #ifdef __cplusplus
 }

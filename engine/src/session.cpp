@@ -68,6 +68,23 @@ void batch_set(llama_batch & b, int32_t i, cg_token token, int32_t pos, int32_t 
 
 }  // namespace
 
+namespace cg {
+
+int32_t prefill_reusing(cg_session * s, int32_t seq, const cg_token * tokens, int32_t n, int32_t max_reuse,
+                        int32_t * n_reused) {
+    const auto & cached = s->seqs[seq];
+    int32_t reuse = 0;
+    while (reuse < (int32_t) cached.size() && reuse < std::min(n, max_reuse) && cached[reuse] == tokens[reuse]) ++reuse;
+    if (cg_session_seq_truncate(s, seq, reuse) != CG_OK) {  // a cache that cannot drop a tail starts over
+        reuse = 0;
+        cg_session_seq_truncate(s, seq, 0);
+    }
+    if (n_reused) *n_reused = reuse;
+    return reuse < n ? cg_session_prefill(s, seq, tokens + reuse, n - reuse) : CG_OK;
+}
+
+}  // namespace cg
+
 extern "C" {
 
 struct cg_session_params cg_session_default_params(void) {

@@ -1,0 +1,269 @@
+"""The engine's collaborative loop (cg_cogen) against a per-token reference written here, and its edges:
+providers that fail, misbehave or are cancelled from another thread."""
+import json
+import math
+import os
+import threading
+import urllib.request
+
+import numpy as np
+import pytest
+
+import cogenesis_device as cg
+from cogenesis_device import _native
+from cogenesis_device.errors import InvalidParameterError
+from cogenesis_device.fusion import fuse_reference
+from cogenesis_device.remote import TokenScores
+
+DEV = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "context-aware", "dev.json")
+DEMO = os.path.join(os.path.dirname(cg.__file__), "data", "demo.json")
+N_TOKENS = 20
+
+
+def prompts(n=6):
+    """The bundled demo, then the first dev samples (the paper's split: instruction before ': ')."""
+    with open(DEMO) as f:
+        demo = json.load(f)
+    out = [(demo["instruction"], demo["context"])]
+    if os.path.exists(DEV):
+        with open(DEV) as f:
+            out += [(s["conversations"][0]["value"].split(": ")[0], s["additional_profile"]) for s in json.load(f)[:n - 1]]
+    return out
+
+
+@pytest.fixture(scope="module")
+def pieces(model):
+    """Local token bytes -> lowest id: the reference's own map from server token strings to ids."""
+    out = {}
+    for i in range(model.n_vocab):
+        out.setdefault(model.native.token_to_piece(i), i)
+    return out
+
+
+def post(url, body):
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.load(response)
+
+
+def per_token_reference(model, llama_ref, base_url, pieces, instruction, context, tokens, *, schedule=None):
+    """Checks that `tokens` is what the paper's per-token protocol writes greedily: at each position the
+    local scores (llama-cpp-python, fed the same prompt and prefix) fused by fuse_reference with the
+    remote's top-20 for exactly that prefix (one raw HTTP request). Returns the largest gap, in nats,
+    between the fused score of the chosen token and the best one (0 when it is the argmax)."""
+    from cogenesis_device.collab import local_prompt
+
+    prompt = local_prompt(model, context, instruction)
+    remote_prompt = model.apply_chat_template([{"role": "user", "content": instruction}])
+    llama_ref.reset()
+    llama_ref.eval(prompt)
+    worst = 0.0
+    for i, token in enumerate(tokens):
+        row = np.array(llama_ref.scores[llama_ref.n_tokens - 1], dtype=np.float32)
+        consult = schedule is None or _native.schedule_consult(*schedule, i)
+        ids, lps = [], []
+        if consult:
+            body = post(f"{base_url}/v1/completions", {
+                "prompt": remote_prompt + model.detokenize(tokens[:i]), "max_tokens": 1, "temperature": 0,
+                "logprobs": 20})
+            tops = body["choices"][0]["logprobs"]["top_logprobs"]
+            merged = {}
+            for text, lp in (tops[0].items() if tops else ()):
+                local = pieces.get(text.encode())
+                if local is not None:
+                    merged[local] = merged.get(local, 0.0) + math.exp(lp)
+            ids, lps = list(merged), [math.log(min(p, 1.0)) for p in merged.values()]
+        fused = fuse_reference(row, ids, lps, weight=0.5, fill="mask", plausible=0.1)
+        worst = max(worst, float(fused.max() - fused[token]))
+        llama_ref.eval([token])
+    return worst
+
+
+def test_engine_loop_writes_what_the_per_token_protocol_writes(model, llama_ref, loopback_server, remote, pieces):
+    """Six prompts, lookahead 1, 4 and 8: identical greedy text, and every token is the reference's
+    argmax (up to llama.cpp's batch-shape rounding)."""
+    remote.connect()
+    for instruction, context in prompts():
+        texts = {}
+        for lookahead in (1, 4, 8):
+            result = cg.CoGenerator(model, remote, lookahead=lookahead, attribution=False).generate(
+                instruction, context, max_tokens=N_TOKENS, temperature=0.0)
+            assert not result.fallback, result.fallback_reason
+            texts[lookahead] = (result.tokens, result.stats.round_trips)
+        assert texts[1][0] == texts[4][0] == texts[8][0]
+        tokens, per_token_trips = texts[1]
+        assert per_token_trips == len(tokens)
+        assert texts[8][1] <= texts[4][1] <= per_token_trips
+        gap = per_token_reference(model, llama_ref, loopback_server.base_url, pieces, instruction, context, tokens)
+        assert gap < 0.05, f"a token {gap:.3f} nats below the reference's choice for {instruction!r}"
+
+
+def test_the_schedule_consults_the_remote_on_its_steps_only(model, llama_ref, loopback_server, remote, pieces):
+    instruction, context = prompts(1)[0]
+    schedule = (3, 2, 1)  # every step below 3, then one of every 3
+    result = cg.CoGenerator(model, remote, lookahead=4, attribution=False, fusion={"schedule": schedule}).generate(
+        instruction, context, max_tokens=N_TOKENS, temperature=0.0)
+    consulted = [_native.schedule_consult(*schedule, i) for i in range(len(result.tokens))]
+    assert any(a.source == "fused" for a in result.attribution)
+    assert all(a.source == "local" for a, c in zip(result.attribution, consulted) if not c)
+    assert per_token_reference(model, llama_ref, loopback_server.base_url, pieces, instruction, context,
+                               result.tokens, schedule=schedule) < 0.05
+
+
+class SecondModelProvider:
+    """A remote provider with no network: the same model in a session of its own, without the private
+    context, continuing the request's text greedily and listing its top-k (as a server would)."""
+
+    def __init__(self, model, top_k=20):
+        self.model, self.top_k = model, top_k
+        self.session = model.new_session(n_seq_max=1)
+        self.requests = []
+        self.released = 0
+
+    def submit(self, text, tokens, may_leave, n_steps, top_k, context_bits):
+        self.requests.append(text)
+        return text, n_steps
+
+    def wait(self, request):
+        text, n_steps = request
+        prompt = np.asarray(self.model.tokenize(text, parse_special=True), dtype=np.int32)
+        self.session.truncate(0)
+        self.session.prefill(prompt)
+        steps = []
+        for _ in range(n_steps):
+            row = self.session.logits(0).astype(np.float64)
+            lp = row - row.max() - np.log(np.exp(row - row.max()).sum())
+            top = np.argsort(-lp)[:self.top_k]
+            token = int(top[0])
+            if self.model.native.is_eog(token):
+                break
+            piece = self.model.native.token_to_piece
+            steps.append(TokenScores(piece(token).decode("utf-8", "replace"), float(lp[token]),
+                                     {piece(int(t)).decode("utf-8", "replace"): float(lp[t]) for t in top}))
+            self.session.decode([0], [token])
+        return steps
+
+    def release(self, request):
+        self.released += 1
+
+
+def co_generation(model, session, provider, **options):
+    from cogenesis_device.collab import local_prompt
+
+    instruction, context = prompts(1)[0]
+    noctx = local_prompt(model, "", instruction)
+    prefix = model.apply_chat_template([{"role": "user", "content": instruction}])
+    return _native.CoGeneration(session, local_prompt(model, context, instruction), noctx_prompt=noctx,
+                                public_prefix=prefix, provider=provider, **{"temperature": 0.0, **options})
+
+
+def run(co):
+    tokens = []
+    while not co.finished:
+        token, _ = co.step()
+        if token.token >= 0:
+            tokens.append(token)
+    return tokens
+
+
+def test_a_provider_in_python_drives_the_engine_loop(model):
+    provider = SecondModelProvider(model)
+    with model.pooled_session() as session:
+        co = co_generation(model, session, provider, max_tokens=16, lookahead=4)
+        tokens = run(co)
+        stats = co.stats
+    assert len(tokens) == 16 and co.finish_reason == "length" and co.fallback_reason is None
+    assert stats.n_requests == len(provider.requests) == provider.released
+    assert 0 < stats.n_requests < 16 and stats.n_accepted > 0
+    assert any(t.fused for t in tokens)
+    # Every request carries the public prefix and the text as it may leave, never more.
+    for text in provider.requests:
+        assert "Holloway" not in text and "218-555-0147" not in text
+
+
+class FailingProvider(SecondModelProvider):
+    def __init__(self, model, fail_at, error):
+        super().__init__(model)
+        self.fail_at, self.error = fail_at, error
+
+    def wait(self, request):
+        if len(self.requests) > self.fail_at:
+            raise self.error
+        return super().wait(request)
+
+
+def test_a_remote_error_turns_the_rest_local_only_and_keeps_the_reason(model):
+    provider = FailingProvider(model, 1, cg.errors.RemoteError("the line went dead", kind="connection"))
+    with model.pooled_session() as session:
+        co = co_generation(model, session, provider, max_tokens=16, lookahead=2)
+        tokens = run(co)
+    assert len(tokens) == 16 and co.finish_reason == "length"
+    assert co.fallback_reason.startswith("the line went dead (kind: connection)")
+    assert "local model only" in co.fallback_reason
+    assert tokens[0].fused and not tokens[-1].fused
+    assert provider.released == len(provider.requests) == 2
+
+
+def test_any_other_provider_exception_ends_the_generation_and_is_raised(model):
+    provider = FailingProvider(model, 1, PermissionError("blocked by policy"))
+    with model.pooled_session() as session:
+        co = co_generation(model, session, provider, max_tokens=16, lookahead=2)
+        with pytest.raises(PermissionError, match="blocked by policy"):
+            run(co)
+        assert provider.released == len(provider.requests)
+        co.close()
+        # The session is free again, and its no-context sequence is empty.
+        assert session.seq_len(seq_id=1) == 0
+
+
+class MalformedProvider(SecondModelProvider):
+    """Answers with NaN and positive logprobs, unknown and empty tokens, and more steps than asked."""
+
+    def wait(self, request):
+        steps = super().wait(request)
+        junk = {"": -0.1, "\u00ff\u00fe never a token \u2603" * 3: -0.2, " the": float("nan"), " a": 5.0}
+        return [TokenScores(s.token, s.logprob, {**s.top, **junk}) for s in steps] * 3
+
+
+def test_malformed_scores_are_dropped_or_clamped_never_trusted(model):
+    provider = MalformedProvider(model)
+    with model.pooled_session() as session:
+        co = co_generation(model, session, provider, max_tokens=12, lookahead=3)
+        tokens = run(co)
+    assert len(tokens) == 12 and co.fallback_reason is None
+    assert all(math.isfinite(t.local_logprob) and 0 < t.weight <= 1 for t in tokens)
+
+
+def test_cancel_from_another_thread_stops_a_provider_wait(model):
+    started, proceed = threading.Event(), threading.Event()
+
+    class SlowProvider(SecondModelProvider):
+        def wait(self, request):
+            started.set()
+            proceed.wait(30)
+            raise cg.errors.RemoteError("cancelled by the test", kind="cancelled")
+
+    with model.pooled_session() as session:
+        co = co_generation(model, session, SlowProvider(model), max_tokens=16, lookahead=4)
+
+        def cancel():
+            started.wait(30)
+            co.cancel()
+            proceed.set()
+
+        thread = threading.Thread(target=cancel)
+        thread.start()
+        tokens = run(co)
+        thread.join()
+    assert co.finish_reason == "cancelled" and tokens == []
+    assert co.fallback_reason is None  # a cancelled wait is not a remote failure
+
+
+def test_bad_loop_arguments_are_named(model):
+    with model.pooled_session() as session:
+        with pytest.raises(InvalidParameterError, match="lookahead"):
+            co_generation(model, session, None, lookahead=0)
+        with pytest.raises(InvalidParameterError, match="context_delta"):
+            co_generation(model, session, SecondModelProvider(model), rule="context_delta")
+        with pytest.raises(InvalidParameterError, match="window"):
+            co_generation(model, session, SecondModelProvider(model), window=0)
