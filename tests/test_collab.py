@@ -24,25 +24,6 @@ def dev_samples(n):
     return [(s["conversations"][0]["value"].split(": ")[0], s["additional_profile"]) for s in data[:n]]
 
 
-def test_lookahead_writes_exactly_what_the_per_token_protocol_writes(model, remote, proxy):
-    remote.connect()  # the probe's requests are not part of a job
-    texts = {}
-    for name, options in (("per_token", dict(lookahead=1, overlap=False)),
-                          ("lookahead", dict(lookahead=8))):
-        proxy.clear()
-        result = cg.CoGenerator(model, remote, **options).generate(INSTRUCTION, CONTEXT, **GREEDY)
-        texts[name] = result.text
-        # Round trips and bytes are the HTTP traffic the proxy saw.
-        assert result.stats.round_trips == len(proxy.records) == len(result.audit)
-        assert result.stats.bytes_sent == sum(len(r.body) for r in proxy.records)
-        assert result.stats.n_tokens == 32 and not result.fallback
-        if name == "per_token":
-            assert result.stats.round_trips == 32
-        else:
-            assert result.stats.round_trips < 32 and result.stats.remote_tokens_accepted > 0
-    assert texts["lookahead"] == texts["per_token"]
-
-
 def test_batched_verification_scores_the_same_positions(model, remote):
     """Batched scoring differs from one-at-a-time only by llama.cpp's batch-shape rounding."""
     sequential = cg.CoGenerator(model, remote, lookahead=8).generate(INSTRUCTION, CONTEXT, **GREEDY)
