@@ -14,6 +14,7 @@ from cogenesis_device import _native
 from cogenesis_device.errors import InvalidParameterError
 from cogenesis_device.fusion import fuse_reference
 from cogenesis_device.remote import TokenScores
+from providers import SecondModelProvider
 
 DEV = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "context-aware", "dev.json")
 DEMO = os.path.join(os.path.dirname(cg.__file__), "data", "demo.json")
@@ -113,43 +114,6 @@ def test_the_schedule_consults_the_remote_on_its_steps_only(model, loopback_serv
     assert all(a.source == "local" for a, c in zip(result.attribution, consulted) if not c)
     assert per_token_reference(model, loopback_server.base_url, pieces, instruction, context, result.tokens,
                                schedule=schedule) < 1e-4
-
-
-class SecondModelProvider:
-    """A remote provider with no network: the same model in a session of its own, without the private
-    context, continuing the request's text greedily and listing its top-k (as a server would)."""
-
-    def __init__(self, model, top_k=20):
-        self.model, self.top_k = model, top_k
-        self.session = model.new_session(n_seq_max=1)
-        self.requests = []
-        self.released = 0
-
-    def submit(self, text, tokens, may_leave, n_steps, top_k, context_bits):
-        self.requests.append(text)
-        return text, n_steps
-
-    def wait(self, request):
-        text, n_steps = request
-        prompt = np.asarray(self.model.tokenize(text, parse_special=True), dtype=np.int32)
-        self.session.truncate(0)
-        self.session.prefill(prompt)
-        steps = []
-        for _ in range(n_steps):
-            row = self.session.logits(0).astype(np.float64)
-            lp = row - row.max() - np.log(np.exp(row - row.max()).sum())
-            top = np.argsort(-lp)[:self.top_k]
-            token = int(top[0])
-            if self.model.native.is_eog(token):
-                break
-            piece = self.model.native.token_to_piece
-            steps.append(TokenScores(piece(token).decode("utf-8", "replace"), float(lp[token]),
-                                     {piece(int(t)).decode("utf-8", "replace"): float(lp[t]) for t in top}))
-            self.session.decode([0], [token])
-        return steps
-
-    def release(self, request):
-        self.released += 1
 
 
 def co_generation(model, session, provider, **options):
