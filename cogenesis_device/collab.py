@@ -94,6 +94,7 @@ class CoStats:
     remote_tokens_accepted: int  # tokens where the fused choice matched the remote's own token
     withheld_tokens: int = 0  # generated tokens the remote received as placeholders (last request)
     context_bits: float = 0.0  # context information in the generated text the remote received
+    local_decode_ms: float = 0.0  # evaluating generated tokens on the device (logits mode: both sequences)
 
     @property
     def tokens_per_s(self) -> float:
@@ -260,6 +261,7 @@ class CoStream:
         self._start = time.perf_counter()
         self._first_token_ms = 0.0
         self._network_ms = 0.0
+        self._decode_ms = 0.0
         self._accepted = 0
         self.result: CoResult | None = None
         self._fallback: str | None = None
@@ -328,12 +330,12 @@ class CoStream:
             n_tokens=len(tokens), round_trips=audit["requests"] - audit["blocked"], bytes_sent=audit["bytes_sent"],
             bytes_received=audit["bytes_received"], network_wait_ms=self._network_ms,
             remote_tokens_accepted=self._accepted, withheld_tokens=audit["withheld_tokens"],
-            context_bits=audit["context_bits"])
+            context_bits=audit["context_bits"], local_decode_ms=self._decode_ms)
         self.result = CoResult(self._text, self._gen.mode, tokens, self._attribution, records, stats,
                                self._finish, self._fallback is not None, self._fallback, self._outline,
                                self._instruction)
 
-    # -- sketch ------------------------------------------------------------------------------------
+    # -- sketch, and local-only ----------------------------------------------------------------------
 
     def _sketch(self, context: str, max_tokens: int, sampling: dict) -> Iterator[str]:
         gen, instruction = self._gen, self._instruction
@@ -346,8 +348,12 @@ class CoStream:
                 user = FOLLOW_OUTLINE.format(instruction=self._user, outline=self._outline)
             except RemoteError as exc:
                 self._remote_failed(exc)
+        yield from self._local(context, user, max_tokens, sampling)
+
+    def _local(self, context: str, user: str, max_tokens: int, sampling: dict) -> Iterator[str]:
+        """The local model alone, through the engine's generation loop (as LocalModel generates)."""
         prompt = local_prompt(self._gen.local, context, user, self._draft)
-        with gen.local.pooled_session() as session:
+        with self._gen.local.pooled_session() as session:
             sampler = _native.Sampler(**sampling)
             self._engine = _native.Generation(session, np.asarray(prompt, dtype=np.int32), sampler,
                                               max_tokens=max_tokens, stop=[], ignore_eos=False)
@@ -360,6 +366,7 @@ class CoStream:
                     if text or token >= 0:
                         yield text
                 self._finish = self._engine.finish_reason
+                self._decode_ms = self._engine.timings["decode_ms"]
             finally:
                 self._engine.close()
 
@@ -368,20 +375,22 @@ class CoStream:
     def _logits(self, context: str, max_tokens: int, sampling: dict) -> Iterator[str]:
         gen, fusion, attribution = self._gen, self._gen.fusion, self._gen.attribution
         remote_prompt = self._remote_prompt(self._instruction)
+        if remote_prompt is None:  # no remote, or its probe failed
+            yield from self._local(context, self._user, max_tokens, sampling)
+            return
         prompt = local_prompt(gen.local, context, self._user, self._draft)
         noctx = None
-        if remote_prompt is not None:
-            self._provider = _RemoteProvider(gen.remote, self._guard, records_attribution=attribution is not None)
-            if attribution is not None:
-                # The no-context side: the public instruction and the draft as the guard lets it out, then
-                # the generated text. The draft itself goes out through the guard (which records what it redacts).
-                draft = self._guard.redact(self._draft)[0] if self._guard.policy == "redact" else self._draft
-                noctx = local_prompt(gen.local, "", self._instruction, draft)
+        self._provider = _RemoteProvider(gen.remote, self._guard, records_attribution=attribution is not None)
+        if attribution is not None:
+            # The no-context side: the public instruction and the draft as the guard lets it out, then
+            # the generated text. The draft itself goes out through the guard (which records what it redacts).
+            draft = self._guard.redact(self._draft)[0] if self._guard.policy == "redact" else self._draft
+            noctx = local_prompt(gen.local, "", self._instruction, draft)
         attribution = attribution or AttributionConfig()
         remote_vocab = getattr(gen.remote_tokenizer, "native", None)
         with gen.local.pooled_session() as session:
             self._engine = co = _native.CoGeneration(
-                session, prompt, noctx_prompt=noctx, public_prefix=(remote_prompt or "") + self._draft,
+                session, prompt, noctx_prompt=noctx, public_prefix=remote_prompt + self._draft,
                 provider=self._provider, bridge=gen._bridge, remote_vocab=remote_vocab, max_tokens=max_tokens,
                 lookahead=gen.lookahead, remote_top_k=gen.top_k or 0, overlap=gen.overlap,
                 batch_verify=gen.batch_verify, schedule=fusion.schedule, rule=fusion.rule, fill=fusion.fill,
@@ -399,7 +408,8 @@ class CoStream:
                         yield text
                 self._finish = co.finish_reason
                 stats = co.stats
-                self._network_ms += stats.wait_ms
+                self._network_ms += self._provider.wait_ms
+                self._decode_ms = stats.decode_ms
                 self._accepted = stats.n_accepted
                 if co.fallback_reason is not None:
                     self._fallback = co.fallback_reason
@@ -431,6 +441,7 @@ class _RemoteProvider:
     def __init__(self, remote: RemoteModel, guard: EgressGuard, *, records_attribution: bool):
         self._remote, self._guard, self._records_attribution = remote, guard, records_attribution
         self._in_flight: set[concurrent.futures.Future] = set()
+        self.wait_ms = 0.0  # blocked on the network (the engine's wait_ms also counts handing the steps over)
 
     def submit(self, text: str, tokens: np.ndarray, may_leave: np.ndarray, n_steps: int, top_k: int,
                context_bits: float) -> concurrent.futures.Future:
@@ -445,10 +456,13 @@ class _RemoteProvider:
         return future
 
     def wait(self, future: concurrent.futures.Future) -> list:
+        start = time.perf_counter()
         try:
             return future.result().steps
         except concurrent.futures.CancelledError:
             raise RemoteError("the request was cancelled", kind="cancelled") from None
+        finally:
+            self.wait_ms += (time.perf_counter() - start) * 1000.0
 
     def release(self, future: concurrent.futures.Future) -> None:
         future.cancel()

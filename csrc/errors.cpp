@@ -15,6 +15,7 @@ const char * exception_name(int32_t status) {
         case CG_ERR_NO_TEMPLATE:      return "NoChatTemplateError";
         case CG_ERR_IO:               return "CogenesisIOError";
         case CG_ERR_CANCELLED:        return "CancelledError";
+        case CG_ERR_REFUSED:          return "PrivacyBlockedError";
         default:                      return "DecodeError";
     }
 }

@@ -491,8 +491,10 @@ typedef struct cg_remote_step {
 } cg_remote_step;
 
 /* The remote side, implemented by the app. Threads: the engine calls all three
- * on the thread that runs cg_cogen_next (never concurrently); the provider may
- * do its I/O on threads of its own. Errors: return non-zero and write a
+ * on the thread that runs cg_cogen_next or cg_cogen_free, never concurrently;
+ * the provider may do its I/O on threads of its own. To cancel a wait from
+ * another thread, the app calls cg_session_cancel and makes its wait return
+ * (any status): the generation then ends as cancelled, not as a fallback. Errors: return non-zero and write a
  * NUL-terminated message into error (error_capacity bytes); the engine then
  * goes on local-only and keeps the message (cg_cogen_fallback_reason). Return
  * CG_ERR_REFUSED instead to end the generation with that status. */
