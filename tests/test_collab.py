@@ -167,3 +167,15 @@ def test_cross_tokenizer_remote_fuses_through_the_bridge(model, gemma_path):
     fused = [a for a in result.attribution if a.remote_p is not None]
     assert len(fused) >= 6  # most chosen tokens are listed by the remote, mapped onto local ids
     assert result.stats.round_trips < 12  # runs continued across aligned token boundaries
+
+
+def test_closing_a_stream_midway_cancels_it_and_frees_the_session(model, remote):
+    stream = cg.CoGenerator(model, remote, lookahead=4).stream(INSTRUCTION, CONTEXT, max_tokens=32, temperature=0.0)
+    with stream:
+        first = next(stream)
+    result = stream.result
+    assert result.finish_reason == "cancelled" and result.text.startswith(first) and 1 <= len(result.tokens) < 32
+    stream.close()  # a second close changes nothing
+    assert stream.result is result
+    with model.pooled_session() as session:  # back in the pool, its no-context sequence empty
+        assert session.seq_len(seq_id=1) == 0
