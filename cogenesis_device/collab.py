@@ -270,6 +270,7 @@ class CoStream:
         self._text = draft
         self._finish = "length"
         self._engine: _native.CoGeneration | _native.Generation | None = None
+        self.engine_stats: _native.CoGenerationStats | None = None  # the engine loop's own (logits mode)
         self._provider: _RemoteProvider | None = None
         steps = self._sketch if gen.mode == "sketch" else self._logits
         self._pieces = steps(context, max_tokens, sampling)
@@ -407,7 +408,7 @@ class CoStream:
                     if text or token.token >= 0:
                         yield text
                 self._finish = co.finish_reason
-                stats = co.stats
+                self.engine_stats = stats = co.stats
                 self._network_ms += self._provider.wait_ms
                 self._decode_ms = stats.decode_ms
                 self._accepted = stats.n_accepted
