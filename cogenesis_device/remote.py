@@ -415,7 +415,7 @@ def _parse_completion(body: Any, n: int) -> Continuation:
 
 
 def _parse_chat_stream(body: str) -> ChatReply:
-    parts, finish, done = [], None, False
+    parts, reasoning, finish, done = [], [], None, False
     for line in body.splitlines():
         if not line.startswith("data:"):
             continue
@@ -424,14 +424,21 @@ def _parse_chat_stream(body: str) -> ChatReply:
             done = True
             break
         try:
-            choice = json.loads(data)["choices"][0]
-        except (json.JSONDecodeError, KeyError, IndexError, TypeError):
+            choices = json.loads(data)["choices"]
+            if not choices:  # a usage-only chunk (OpenAI, vLLM, SGLang and llama.cpp send one on request)
+                continue
+            choice = choices[0]
+            delta = choice.get("delta") or {}
+        except (json.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
             raise _Retryable("a stream event is not a chat completion chunk", "malformed") from None
-        parts.append((choice.get("delta") or {}).get("content") or "")
+        # Reasoning models (vLLM, SGLang, llama.cpp with a reasoning format) stream their thinking in
+        # reasoning_content: the reply is the answer, or the reasoning when there is no answer.
+        parts.append(delta.get("content") or "")
+        reasoning.append(delta.get("reasoning_content") or "")
         finish = choice.get("finish_reason") or finish
     if not done or finish is None:
         raise _Retryable("the stream ended before its last event", "truncated")
-    return ChatReply("".join(parts), finish)
+    return ChatReply("".join(parts) or "".join(reasoning), finish)
 
 
 def _same_scores(entry: Any, top: dict[str, float]) -> bool:

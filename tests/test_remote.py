@@ -220,3 +220,25 @@ def _is_zombie(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return False
+
+
+def test_a_chat_stream_with_a_usage_only_last_chunk_is_read():
+    """The usage chunk that OpenAI sends with stream_options={"include_usage": true} (and vLLM, SGLang,
+    llama.cpp's server): "choices" is empty. Shape from the OpenAI API reference, chat completion chunk."""
+    from cogenesis_device.remote import _parse_chat_stream
+
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    events = [
+        {**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]},
+        {**chunk, "choices": [{"index": 0, "delta": {"content": "Hello"}, "finish_reason": None}]},
+        {**chunk, "choices": [{"index": 0, "delta": {"reasoning_content": "thinking..."}, "finish_reason": None}]},
+        {**chunk, "choices": [{"index": 0, "delta": {"content": " there"}, "finish_reason": "stop"}]},
+        {**chunk, "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}},
+    ]
+    body = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+    reply = _parse_chat_stream(body)
+    assert reply.text == "Hello there" and reply.finish_reason == "stop"
+    # A reasoning model that put everything in reasoning_content: that is the reply.
+    only_reasoning = body.replace('"content": "Hello"', '"reasoning_content": "Hi"').replace(
+        '"content": " there"', '"content": ""')
+    assert _parse_chat_stream(only_reasoning).text == "Hithinking..."
