@@ -67,3 +67,15 @@ def test_cross_tokenizer_mapping_from_gemma(model, bridge, gemma_path):
     assert len(ids) > 0
     local = {model.native.token_to_piece(int(i)) for i in ids}
     assert all(any(p.startswith(l) for p in remote_pieces) for l in local)
+
+
+def test_end_of_turn_names_sent_as_text_map_to_the_end_of_generation(bridge, model):
+    """vLLM, SGLang and OpenAI send special tokens as text; their mass must not land on a literal '<'."""
+    native = model.native
+    for name in ("<|eot_id|>", "<|endoftext|>", "<|im_end|>", "</s>", "<end_of_turn>"):
+        token = bridge.lookup(name)
+        assert token >= 0 and native.is_eog(token), name
+    assert native.token_to_piece(bridge.lookup("<|im_start|>")) == b""  # this model's own control token
+    assert native.token_to_piece(bridge.lookup("<")) == b"<"  # a real '<' is still a '<'
+    ids, _ = bridge.map(["<|eot_id|>", "<"], np.log(np.array([0.7, 0.2], np.float32)))
+    assert native.is_eog(int(ids[0])) and native.token_to_piece(int(ids[1])) == b"<"

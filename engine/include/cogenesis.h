@@ -414,7 +414,10 @@ int32_t cg_vocab_bridge_init(const cg_model * model, cg_vocab_bridge ** out);
 void    cg_vocab_bridge_free(cg_vocab_bridge * bridge);
 
 /* Local id whose bytes are the longest prefix of text[0:len], or -1 (for an
- * empty string). Results are cached; safe to call from several threads. */
+ * empty string). A control token's name (this model's "<|im_end|>", or another
+ * family's end of turn: "<|eot_id|>", "<|endoftext|>", "</s>", ...) maps to the
+ * control token, or to this model's end of generation, never to a literal '<'.
+ * Results are cached; safe to call from several threads. */
 cg_token cg_vocab_bridge_lookup(cg_vocab_bridge * bridge, const char * text, int32_t len);
 
 /* Map n remote (token bytes, logprob) pairs to a local sparse distribution:

@@ -8,6 +8,7 @@
 
 struct cg_vocab_bridge {
     std::unordered_map<std::string, cg_token> by_bytes;  // local token bytes -> lowest id with them
+    std::unordered_map<std::string, cg_token> specials;  // control-token text -> local id (exact match only)
     size_t                                    max_len = 0;
     std::mutex                                mu;
     std::unordered_map<std::string, cg_token> cache;     // remote token -> local id (or -1)
@@ -27,10 +28,24 @@ int32_t cg_vocab_bridge_init(const cg_model * model, cg_vocab_bridge ** out) {
             piece.resize(len);
             len = cg_token_to_piece(model, id, false, &piece[0], len);
         }
-        if (len <= 0) continue;  // control tokens have no text
+        if (len <= 0) {  // a control token: no text, but servers send its name as text
+            piece.resize(64);
+            len = cg_token_to_piece(model, id, true, &piece[0], (int32_t) piece.size());
+            if (len > 0 && len <= (int32_t) piece.size()) b->specials.emplace(piece.substr(0, len), id);
+            continue;
+        }
         piece.resize(len);
         b->by_bytes.emplace(piece, id);
         b->max_len = std::max(b->max_len, piece.size());
+    }
+    // Other families' end-of-turn tokens, as vLLM, SGLang and OpenAI send them (text, not ids):
+    // their mass belongs to this model's end of generation, not to a literal '<'.
+    const cg_token eos = cg_model_token_eos(model);
+    if (eos >= 0) {
+        for (const char * name : {"<|eot_id|>", "<|end_of_text|>", "<|endoftext|>", "<|im_end|>", "<|end|>",
+                                  "<end_of_turn>", "<eos>", "</s>", "<|eom_id|>", "<|return|>"}) {
+            b->specials.emplace(name, eos);  // keeps this model's own id where it has the token
+        }
     }
     *out = b;
     return CG_OK;
@@ -46,7 +61,8 @@ cg_token cg_vocab_bridge_lookup(cg_vocab_bridge * b, const char * text, int32_t 
         auto hit = b->cache.find(key);
         if (hit != b->cache.end()) return hit->second;
     }
-    cg_token id = -1;
+    const auto special = b->specials.find(key);
+    cg_token id = special != b->specials.end() ? special->second : -1;
     for (size_t n = std::min(key.size(), b->max_len); n > 0 && id < 0; --n) {
         auto it = b->by_bytes.find(key.substr(0, n));
         if (it != b->by_bytes.end()) id = it->second;
