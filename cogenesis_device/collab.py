@@ -32,7 +32,7 @@ from .attribution import NO_CONTEXT_SEQ, AttributionConfig, log_softmax_at
 from .errors import InvalidParameterError, RemoteError
 from .local import LocalModel
 from .privacy import AuditRecord, EgressGuard, summarize
-from .remote import RemoteModel
+from .remote import RemoteModel, with_token_bytes
 
 MODES = ("sketch", "logits")
 SYSTEM_PROMPT = ("You write on behalf of the user described below. Use their details, experiences and writing "
@@ -381,7 +381,8 @@ class CoStream:
             return
         prompt = local_prompt(gen.local, context, self._user, self._draft)
         noctx = None
-        self._provider = _RemoteProvider(gen.remote, self._guard, records_attribution=attribution is not None)
+        self._provider = _RemoteProvider(gen.remote, self._guard, records_attribution=attribution is not None,
+                                         tokenizer=getattr(gen.remote_tokenizer, "native", None))
         if attribution is not None:
             # The no-context side: the public instruction and the draft as the guard lets it out, then
             # the generated text. The draft itself goes out through the guard (which records what it redacts).
@@ -439,8 +440,9 @@ class _RemoteProvider:
     """A RemoteModel as the engine's remote provider (see _native.CoGeneration): every request goes
     through the job's guard, with what attribution withheld from it recorded beside it."""
 
-    def __init__(self, remote: RemoteModel, guard: EgressGuard, *, records_attribution: bool):
+    def __init__(self, remote: RemoteModel, guard: EgressGuard, *, records_attribution: bool, tokenizer=None):
         self._remote, self._guard, self._records_attribution = remote, guard, records_attribution
+        self._tokenizer = tokenizer  # the remote's, when known: reads vLLM's 'token_id:N' tokens
         self._in_flight: set[concurrent.futures.Future] = set()
         self.wait_ms = 0.0  # blocked on the network (the engine's wait_ms also counts handing the steps over)
 
@@ -459,11 +461,12 @@ class _RemoteProvider:
     def wait(self, future: concurrent.futures.Future) -> list:
         start = time.perf_counter()
         try:
-            return future.result().steps
+            steps = future.result().steps
         except concurrent.futures.CancelledError:
             raise RemoteError("the request was cancelled", kind="cancelled") from None
         finally:
             self.wait_ms += (time.perf_counter() - start) * 1000.0
+        return with_token_bytes(steps, self._tokenizer)
 
     def release(self, future: concurrent.futures.Future) -> None:
         future.cancel()

@@ -414,6 +414,28 @@ def _parse_completion(body: Any, n: int) -> Continuation:
     return Continuation(text, steps, finish)
 
 
+def with_token_bytes(steps: list[TokenScores], tokenizer: Any) -> list[TokenScores]:
+    """Steps whose tokens are vLLM's 'token_id:N' (return_tokens_as_token_ids) as the remote's token
+    bytes, read from its tokenizer (a model with token_to_piece, e.g. a LocalModel's `native`), so the
+    vocabulary bridge never sees an id as text. Other steps are returned as they are."""
+    if not any(s.token.startswith("token_id:") or any(k.startswith("token_id:") for k in s.top) for s in steps):
+        return steps
+    if tokenizer is None:
+        raise RemoteError("the server names tokens by id (token_id:N) and the remote's tokenizer is unknown: "
+                          "pass template= a LocalModel of the remote's family", kind="unsupported")
+
+    def piece(token: str) -> bytes:
+        if not token.startswith("token_id:"):
+            return token.encode("utf-8")
+        try:
+            return tokenizer.token_to_piece(int(token[len("token_id:"):]))
+        except (ValueError, TypeError, IndexError):
+            raise RemoteError(f"the server named a token {token!r} that the remote's tokenizer does not have",
+                              kind="malformed") from None
+
+    return [TokenScores(piece(s.token), s.logprob, {piece(k): v for k, v in s.top.items()}) for s in steps]
+
+
 def _parse_chat_stream(body: str) -> ChatReply:
     parts, reasoning, finish, done = [], [], None, False
     for line in body.splitlines():

@@ -20,6 +20,12 @@ class SecondModelProvider:
 
     def wait(self, request):
         text, n_steps = request
+        piece = self.model.native.token_to_piece  # bytes, as a server's `bytes` field gives them
+        return [TokenScores(piece(token), lp, {piece(t): v for t, v in top})
+                for token, lp, top in self.continue_text(text, n_steps)]
+
+    def continue_text(self, text, n_steps):
+        """Greedy continuation of text: per position (token id, its logprob, [(id, logprob)] top-k)."""
         prompt = np.asarray(self.model.tokenize(text, parse_special=True), dtype=np.int32)
         self.session.truncate(0)
         self.session.prefill(prompt)
@@ -31,8 +37,7 @@ class SecondModelProvider:
             token = int(top[0])
             if self.model.native.is_eog(token):
                 break
-            piece = self.model.native.token_to_piece  # bytes, as a server's `bytes` field gives them
-            steps.append(TokenScores(piece(token), float(lp[token]), {piece(int(t)): float(lp[t]) for t in top}))
+            steps.append((token, float(lp[token]), [(int(t), float(lp[t])) for t in top]))
             self.session.decode([0], [token])
         return steps
 

@@ -179,3 +179,28 @@ def test_closing_a_stream_midway_cancels_it_and_frees_the_session(model, remote)
     assert stream.result is result
     with model.pooled_session() as session:  # back in the pool, its no-context sequence empty
         assert session.seq_len(seq_id=1) == 0
+
+
+def test_a_server_naming_tokens_by_id_is_read_through_the_remote_tokenizer(model):
+    """vLLM with return_tokens_as_token_ids answers 'token_id:N'; read as the remote's token bytes, the
+    result is what a server sending text gives. The remote here is the same model, scripted."""
+    from providers import SecondModelProvider
+
+    from cogenesis_device.loopback import ScriptedRemote
+
+    provider = SecondModelProvider(model)
+    names = {"token_id": lambda t: f"token_id:{t}",
+             "text": lambda t: model.native.token_to_piece(t).decode("utf-8", "replace")}
+    texts = {}
+    for naming, name in names.items():
+        def script(prompt, n, name=name):
+            return [(name(token), {name(t): lp for t, lp in top}) for token, _, top in provider.continue_text(prompt, n)]
+
+        with ScriptedRemote(script) as server, cg.RemoteModel(server.base_url, template=model, timeout=30) as remote:
+            result = cg.CoGenerator(model, remote, lookahead=4, privacy="audit").generate(
+                INSTRUCTION, CONTEXT, max_tokens=16, temperature=0.0)
+            assert remote.capabilities.token_ids == (naming == "token_id")
+        assert not result.fallback, result.fallback_reason
+        assert result.stats.remote_tokens_accepted > 0 and any(a.source == "fused" for a in result.attribution)
+        texts[naming] = result.text
+    assert texts["token_id"] == texts["text"]
