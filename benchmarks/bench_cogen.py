@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import math
 import subprocess
 import sys
 import time
@@ -67,17 +66,17 @@ def overhead(generator, instruction: str, context: str, tokens: int) -> dict:
     decode_ms = getattr(stream, "_bench_decode_ms", None)
     decode_ms = s.local_decode_ms if decode_ms is None else decode_ms
     rest = s.total_ms - decode_ms - s.network_wait_ms
-    engine = stream.engine_stats if hasattr(stream, "engine_stats") else None
-    native = (engine.sample_ms + engine.attribution_ms) / s.n_tokens if engine is not None else float("nan")
-    return {"overhead_ms_per_token": rest / s.n_tokens, "decode_ms_per_token": decode_ms / s.n_tokens,
-            "fusion_and_attribution_ms_per_token": native,
+    engine = getattr(stream, "engine_stats", None)  # the Python loop has no such counters
+    native = {} if engine is None else {
+        "fusion_and_attribution_ms_per_token": (engine.sample_ms + engine.attribution_ms) / s.n_tokens}
+    return {"overhead_ms_per_token": rest / s.n_tokens, "decode_ms_per_token": decode_ms / s.n_tokens, **native,
             "wait_ms_per_token": s.network_wait_ms / s.n_tokens, "tokens_per_s": s.decode_tokens_per_s,
             "text": stream.result.text, "round_trips": s.round_trips, "fallback": stream.result.fallback}
 
 
 def native_cell(row: dict) -> str:
-    value = row["fusion_and_attribution_ms_per_token"]
-    return "-" if math.isnan(value["mean"]) else fmt(value, 2)  # the Python loop has no such counter
+    value = row.get("fusion_and_attribution_ms_per_token")
+    return "-" if value is None else fmt(value, 2)
 
 
 def main() -> None:
@@ -112,7 +111,7 @@ def main() -> None:
                     print(f"{name:30} overhead {run['overhead_ms_per_token']:.2f} ms/tok, decode "
                           f"{run['decode_ms_per_token']:.2f}, wait {run['wait_ms_per_token']:.2f}", file=sys.stderr)
                 same_text &= texts[0] == texts[1]
-    rows = [{"loop": name, **{m: summarize([r[m] for r in rs]) for m in metrics},
+    rows = [{"loop": name, **{m: summarize([r[m] for r in rs]) for m in metrics if m in rs[0]},
              "fallbacks": sum(r["fallback"] for r in rs)} for name, rs in runs.items()]
     ratio = rows[1]["overhead_ms_per_token"]["mean"] / rows[0]["overhead_ms_per_token"]["mean"]
     command = (f"python benchmarks/bench_cogen.py --repeats {args.repeats} --prompts {args.prompts} "
