@@ -159,6 +159,9 @@ def _run(args) -> int:
                 context = f.read()
         except OSError as exc:
             raise CogenesisIOError(f"cannot read the context file {args.context_file}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise CogenesisIOError(f"the context file {args.context_file} is not UTF-8 text (byte {exc.start}); "
+                                   "save it as UTF-8") from None
     local = LocalModel(args.model, n_ctx=args.n_ctx, n_threads=args.threads)
     with ExitStack() as stack:
         url = args.remote_url

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import calendar
 import json
+import os
 import re
 import threading
 import time
@@ -479,8 +480,9 @@ class EgressGuard:
     def _record(self, record: AuditRecord) -> None:
         with self._lock:
             self.records.append(record)
-            if self.audit_path:
-                with open(self.audit_path, "a", encoding="utf-8") as f:
+            if self.audit_path:  # readable by this user only: under 'audit' it holds what was sent as is
+                fd = os.open(self.audit_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                with os.fdopen(fd, "a", encoding="utf-8") as f:
                     f.write(record.to_json() + "\n")
 
     def summary(self) -> dict:

@@ -78,3 +78,11 @@ def test_run_streams_the_text_and_writes_the_audit(tmp_path, loopback_server):
 def test_run_bad_input_is_a_one_line_error(args, message):
     proc = run_cli(*args)
     assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_context_file_that_is_not_utf8_is_a_one_line_error(tmp_path):
+    context = tmp_path / "profile.txt"
+    context.write_bytes("Name: Odalys Brennecke\nLocation: Tromsø".encode("latin-1"))
+    proc = run_cli("run", "Hi", "--context-file", str(context))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "is not UTF-8 text" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -1,5 +1,6 @@
 """The egress guard on its own: what it finds, how it redacts, blocks and records."""
 import json
+import os
 
 import pytest
 
@@ -91,6 +92,7 @@ def test_check_body_redacts_every_json_string_and_records_the_body_sent(tmp_path
     assert record.bytes_sent == len(sent) and record.body == sent.decode()
     [line] = audit.read_text().splitlines()
     assert json.loads(line)["endpoint"] == "/v1/chat/completions" and "Odalys" not in line
+    assert os.stat(audit).st_mode & 0o777 == 0o600  # under 'audit' it holds bodies sent as they were
 
 
 def test_block_policy_refuses_and_records_nothing_sent():

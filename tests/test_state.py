@@ -26,7 +26,9 @@ def test_restored_prefix_generates_what_a_fresh_prefill_does(model, tmp_path):
     writer = model.new_session()
     writer.prefill(prefix)
     writer.save_state(path)
-    assert not os.path.exists(path + ".tmp")
+    # It holds the private context's tokens: readable by this user only, and no temporary file left.
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert os.listdir(tmp_path) == ["ctx.kv"]
 
     restored = model.new_session()
     restored.load_state(path)

@@ -5,6 +5,9 @@
 // u32 n_tokens, tokens, u64 blob size, blob from llama_state_seq_get_data.
 #include "internal.h"
 
+#include <stdlib.h>
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -77,18 +80,23 @@ int32_t cg_session_state_save(cg_session * s, int32_t seq_id, const char * path)
     put(out, (uint64_t) blob.size());
     out += blob;
 
-    // Write beside the target and rename, so a crash never leaves half a cache.
-    const std::string tmp = std::string(path) + ".tmp";
-    {
-        std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-        if (!f || !f.write(out.data(), (std::streamsize) out.size())) {
-            std::remove(tmp.c_str());
-            return cg::fail(CG_ERR_IO, std::string("cannot write state file '") + path + "'");
-        }
+    // Write a new private file (0600: it holds the private context's tokens) with a unique name beside
+    // the target, then rename, so a crash never leaves half a cache and nothing else can open it first.
+    std::string tmp = std::string(path) + ".XXXXXX";
+    const int fd = mkstemp(&tmp[0]);
+    if (fd < 0) return cg::fail(CG_ERR_IO, std::string("cannot write state file '") + path + "': " + std::strerror(errno));
+    size_t written = 0;
+    while (written < out.size()) {
+        const ssize_t n = ::write(fd, out.data() + written, out.size() - written);
+        if (n <= 0) break;
+        written += (size_t) n;
     }
-    if (std::rename(tmp.c_str(), path) != 0) {
+    const bool ok = written == out.size() && ::fsync(fd) == 0;
+    ::close(fd);
+    if (!ok || std::rename(tmp.c_str(), path) != 0) {
+        const int err = errno;
         std::remove(tmp.c_str());
-        return cg::fail(CG_ERR_IO, std::string("cannot write state file '") + path + "': " + std::strerror(errno));
+        return cg::fail(CG_ERR_IO, std::string("cannot write state file '") + path + "': " + std::strerror(err));
     }
     return CG_OK;
 }
