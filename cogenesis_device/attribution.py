@@ -36,10 +36,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import _native
 from .errors import InvalidParameterError
 
 NO_CONTEXT_SEQ = 1  # the session's sequence without the private context (the main sequence is 0)
-PLACEHOLDER = "[PRIVATE]"  # what a request carries for a withheld run (CG_PLACEHOLDER)
+PLACEHOLDER = _native.PLACEHOLDER  # what a request carries for a withheld run (the engine's CG_PLACEHOLDER)
 
 
 @dataclass(frozen=True)

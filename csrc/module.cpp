@@ -4,6 +4,7 @@
 PYBIND11_MODULE(_native, m) {
     m.doc() = "Native core of cogenesis-device (bindings over engine/include/cogenesis.h).";
     m.attr("__engine_version__") = cg_version();
+    m.attr("PLACEHOLDER") = CG_PLACEHOLDER;
     cgpy::register_errors(m);
     cgpy::register_model(m);
     cgpy::register_session(m);

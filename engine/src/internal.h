@@ -88,6 +88,7 @@ struct TextRelease {
 
     void add(const std::string & piece);  // append bytes and release what is safe
     void flush();                         // release everything held (at the end, unless stopped)
+    // Whether the bytes so far end on a whole character (released text always does).
     bool complete() const { return complete_utf8_len(pending) == pending.size(); }
 private:
     void release(size_t n_bytes);
