@@ -1,7 +1,7 @@
 """Command line: text streams to stdout, stats and the privacy audit go to stderr.
 
   cogenesis demo                      both modes on a bundled sample, with a loopback "remote"
-  cogenesis run "instruction" --context-file profile.txt [--mode logits|sketch] [--remote-url URL]
+  cogenesis run "instruction" --context-file profile.txt [--mode auto|logits|sketch] [--remote-url URL]
   cogenesis generate "prompt"         the local model alone
   cogenesis eval --data DIR --out DIR Table 1 on a dataset (see cli_eval.py for train-gate, data build)
 """
@@ -90,7 +90,8 @@ def _add_run(sub) -> None:
     p.add_argument("--context-file", default=None, help="file with the private context (never sent)")
     p.add_argument("--context", default="", help="private context as text")
     p.add_argument("--draft", default="", help="text the response must start with (private)")
-    p.add_argument("--mode", default="logits", choices=["logits", "sketch"])
+    p.add_argument("--mode", default="auto", choices=["auto", "logits", "sketch"],
+                   help="auto (default): logits where the server returns next-token logprobs, else sketch")
     p.add_argument("--remote-url", default=None, help="OpenAI-compatible base URL (default: "
                    "$COGENESIS_REMOTE_BASE_URL or $OPENAI_BASE_URL)")
     p.add_argument("--remote-model", default=None, help="remote model name (default: the only one served)")
@@ -126,6 +127,9 @@ def _collaborate(args, remote, local, instruction: str | None, context: str, mod
     sys.stdout.flush()
     result = stream.result
     audit = result.audit_summary()
+    mode = result.mode
+    if result.mode_reason:
+        print(f"[{mode}] {result.mode_reason}", file=sys.stderr)
     if result.outline:
         print(f"[{mode}] outline from the remote:\n{result.outline}", file=sys.stderr)
     print(f"[{mode}] finish={result.finish_reason}; {result.stats.summary()}", file=sys.stderr)

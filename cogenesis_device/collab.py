@@ -32,9 +32,9 @@ from .attribution import NO_CONTEXT_SEQ, AttributionConfig, log_softmax_at
 from .errors import InvalidParameterError, RemoteError
 from .local import LocalModel
 from .privacy import AuditRecord, EgressGuard, summarize
-from .remote import RemoteModel, with_token_bytes
+from .remote import RemoteModel
 
-MODES = ("sketch", "logits")
+MODES = ("auto", "sketch", "logits")
 SYSTEM_PROMPT = ("You write on behalf of the user described below. Use their details, experiences and writing "
                  "style wherever they fit the task.\n\nAbout the user:\n{context}")
 OUTLINE_PROMPT = ("Plan a piece of writing for the task below. Answer with an outline only: 8 to 15 numbered "
@@ -130,6 +130,7 @@ class CoResult:
     fallback_reason: str | None = None
     outline: str | None = None  # sketch mode
     instruction: str | None = None  # the public instruction sent (derived on the device when request= was given)
+    mode_reason: str | None = None  # mode="auto": why this mode (what the probe found)
 
     def audit_summary(self) -> dict:
         """requests, bytes_sent, bytes_received, redacted_spans, blocked, leaked_spans."""
@@ -166,7 +167,10 @@ class CoGenerator:
     """Personalized writing with a local model (sees the context) and a remote one (does not).
 
     local: a LocalModel. remote: a RemoteModel, or None for local-only generation.
-    mode: 'logits' or 'sketch'. fusion: a FusionConfig (or its fields as a dict).
+    mode: 'logits', 'sketch' or 'auto' (the default: logits mode where the server returns next-token
+        logprobs, sketch mode where it does not; the result's mode_reason says which and why).
+        'logits' against a server without next-token logprobs raises RemoteError naming what is missing.
+    fusion: a FusionConfig (or its fields as a dict).
     privacy: 'redact' (default), 'block' or 'audit', or a dict of EgressGuard arguments
         (policy, min_span, entities, audit_path).
     lookahead: tokens asked of the remote per call in logits mode (1 = the paper's per-token protocol).
@@ -177,14 +181,14 @@ class CoGenerator:
         shape, so only False reproduces the per-token protocol bit for bit; and on a compute-bound
         CPU a batch costs nearly as much as its tokens one by one, while scoring one at a time stops
         at the first rejection. True pays off on devices where a batch is cheap (GPUs).
-    remote_tokenizer: a model with the remote's tokenizer (by default `remote.template` when it is
-        a LocalModel), used to keep lookahead exact; None means cross-tokenizer mode.
+    remote_tokenizer: a model with the remote's tokenizer (by default `remote.tokenizer`), used to
+        keep lookahead exact; None means cross-tokenizer mode.
     attribution: in logits mode, withhold from the remote the generated tokens the private context
         explains (attribution.py): True (default settings), an AttributionConfig or its fields as a
         dict, or False (only the text guard; for measurements).
     """
 
-    def __init__(self, local: LocalModel, remote: RemoteModel | None = None, *, mode: str = "logits",
+    def __init__(self, local: LocalModel, remote: RemoteModel | None = None, *, mode: str = "auto",
                  fusion: FusionConfig | dict | None = None, privacy: str | dict = "redact", lookahead: int = 8,
                  overlap: bool = True, batch_verify: bool = False, top_k: int | None = None,
                  remote_tokenizer: object = "auto", outline_tokens: int = 200,
@@ -198,10 +202,9 @@ class CoGenerator:
         self.privacy = {"policy": privacy} if isinstance(privacy, str) else dict(privacy)
         self.lookahead, self.overlap, self.batch_verify, self.top_k = lookahead, overlap, batch_verify, top_k
         self.outline_tokens = outline_tokens
-        if remote_tokenizer == "auto":
-            template = getattr(remote, "template", None)
-            remote_tokenizer = template if hasattr(template, "tokenize") else None
-        self.remote_tokenizer = remote_tokenizer
+        if isinstance(remote_tokenizer, str) and remote_tokenizer == "auto":
+            remote_tokenizer = getattr(remote, "tokenizer", None)
+        self.remote_tokenizer = getattr(remote_tokenizer, "native", remote_tokenizer)
         if attribution is True:
             attribution = AttributionConfig()
         elif isinstance(attribution, dict):
@@ -272,8 +275,8 @@ class CoStream:
         self._engine: _native.CoGeneration | _native.Generation | None = None
         self.engine_stats: _native.CoGenerationStats | None = None  # the engine loop's own (logits mode)
         self._provider: _RemoteProvider | None = None
-        steps = self._sketch if gen.mode == "sketch" else self._logits
-        self._pieces = steps(context, max_tokens, sampling)
+        self._mode, self._mode_reason = gen.mode, None
+        self._pieces = self._run(context, max_tokens, sampling)
 
     def __iter__(self) -> Iterator[str]:
         return self
@@ -332,9 +335,32 @@ class CoStream:
             bytes_received=audit["bytes_received"], network_wait_ms=self._network_ms,
             remote_tokens_accepted=self._accepted, withheld_tokens=audit["withheld_tokens"],
             context_bits=audit["context_bits"], local_decode_ms=self._decode_ms)
-        self.result = CoResult(self._text, self._gen.mode, tokens, self._attribution, records, stats,
+        self.result = CoResult(self._text, self._mode, tokens, self._attribution, records, stats,
                                self._finish, self._fallback is not None, self._fallback, self._outline,
-                               self._instruction)
+                               self._instruction, self._mode_reason)
+
+    def _run(self, context: str, max_tokens: int, sampling: dict) -> Iterator[str]:
+        if self._mode == "auto":
+            self._mode, self._mode_reason = self._choose_mode()
+        steps = self._sketch if self._mode == "sketch" else self._logits
+        yield from steps(context, max_tokens, sampling)
+
+    def _choose_mode(self) -> tuple[str, str]:
+        """mode="auto": logits mode where the server supplies next-token scores and the remote prompt
+        can be formatted, sketch mode (a chat completion) elsewhere; and why, in words."""
+        remote = self._gen.remote
+        if remote is None:
+            return "logits", "auto: no remote, so the local model alone"
+        if remote.template is None:
+            return "sketch", "auto: sketch mode, since the remote's prompt format is unknown (no template=)"
+        try:
+            caps = remote.capabilities
+        except RemoteError as exc:
+            return "logits", f"auto: the probe failed ({exc})"
+        if caps.next_token_scores:
+            return "logits", (f"auto: logits mode, since the server returns next-token logprobs "
+                              f"(top {caps.max_top_k}, tokens named by {caps.token_identity})")
+        return "sketch", f"auto: sketch mode, since the server {caps.missing()}"
 
     # -- sketch, and local-only ----------------------------------------------------------------------
 
@@ -381,19 +407,17 @@ class CoStream:
             return
         prompt = local_prompt(gen.local, context, self._user, self._draft)
         noctx = None
-        self._provider = _RemoteProvider(gen.remote, self._guard, records_attribution=attribution is not None,
-                                         tokenizer=getattr(gen.remote_tokenizer, "native", None))
+        self._provider = _RemoteProvider(gen.remote, self._guard, records_attribution=attribution is not None)
         if attribution is not None:
             # The no-context side: the public instruction and the draft as the guard lets it out, then
             # the generated text. The draft itself goes out through the guard (which records what it redacts).
             draft = self._guard.redact(self._draft)[0] if self._guard.policy == "redact" else self._draft
             noctx = local_prompt(gen.local, "", self._instruction, draft)
         attribution = attribution or AttributionConfig()
-        remote_vocab = getattr(gen.remote_tokenizer, "native", None)
         with gen.local.pooled_session() as session:
             self._engine = co = _native.CoGeneration(
                 session, prompt, noctx_prompt=noctx, public_prefix=remote_prompt + self._draft,
-                provider=self._provider, bridge=gen._bridge, remote_vocab=remote_vocab, max_tokens=max_tokens,
+                provider=self._provider, bridge=gen._bridge, remote_vocab=gen.remote_tokenizer, max_tokens=max_tokens,
                 lookahead=gen.lookahead, remote_top_k=gen.top_k or 0, overlap=gen.overlap,
                 batch_verify=gen.batch_verify, schedule=fusion.schedule, rule=fusion.rule, fill=fusion.fill,
                 weight=fusion.weight, alpha=fusion.alpha, plausible=fusion.plausible, gate=fusion.gate,
@@ -417,17 +441,23 @@ class CoStream:
                     self._fallback = co.fallback_reason
 
     def _remote_prompt(self, instruction: str) -> str | None:
-        """The remote's prompt (public instruction only), after probing it; None if there is no usable remote."""
+        """The remote's prompt (public instruction only), after probing it; None if there is no usable
+        remote. A server that cannot supply next-token scores is a configuration error, not a fault."""
         remote = self._gen.remote
         if remote is None:
             return None
         try:
             prompt = remote.prompt([{"role": "user", "content": instruction}])
-            remote.capabilities  # probe before the loop, so a failure falls back cleanly
-            return prompt
+            caps = remote.capabilities  # probe before the loop, so a failure falls back cleanly
         except RemoteError as exc:
+            if exc.kind == "config":
+                raise
             self._remote_failed(exc)
             return None
+        if not caps.next_token_scores:
+            raise RemoteError(f"logits mode needs next-token scores, and the server at {remote.base_url} "
+                              f"{caps.missing()}; use mode='sketch' or mode='auto'", kind="unsupported")
+        return prompt
 
 
 def _token_info(token: "_native.CoToken", text: str) -> TokenInfo:
@@ -440,9 +470,8 @@ class _RemoteProvider:
     """A RemoteModel as the engine's remote provider (see _native.CoGeneration): every request goes
     through the job's guard, with what attribution withheld from it recorded beside it."""
 
-    def __init__(self, remote: RemoteModel, guard: EgressGuard, *, records_attribution: bool, tokenizer=None):
+    def __init__(self, remote: RemoteModel, guard: EgressGuard, *, records_attribution: bool):
         self._remote, self._guard, self._records_attribution = remote, guard, records_attribution
-        self._tokenizer = tokenizer  # the remote's, when known: reads vLLM's 'token_id:N' tokens
         self._in_flight: set[concurrent.futures.Future] = set()
         self.wait_ms = 0.0  # blocked on the network (the engine's wait_ms also counts handing the steps over)
 
@@ -466,7 +495,7 @@ class _RemoteProvider:
             raise RemoteError("the request was cancelled", kind="cancelled") from None
         finally:
             self.wait_ms += (time.perf_counter() - start) * 1000.0
-        return with_token_bytes(steps, self._tokenizer)
+        return steps
 
     def release(self, future: concurrent.futures.Future) -> None:
         future.cancel()

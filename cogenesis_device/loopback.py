@@ -1,9 +1,10 @@
 """Loopback stand-ins for the network: a real OpenAI-compatible server and a fault-injecting proxy.
 
-LoopbackServer runs `python -m llama_cpp.server` on 127.0.0.1 with a registry model. FaultProxy
-sits in front of it and adds round-trip delay, jitter and faults (dropped connections, 5xx/429,
-garbage bodies, truncated bodies and streams, answers without logprobs, stalls). The demo, the
-tests and the benchmarks use both; nothing here talks to anything but 127.0.0.1.
+LoopbackServer runs llama.cpp's own server (xllamacpp) or llama_cpp.server on 127.0.0.1 with a
+registry model, in a child process. FaultProxy sits in front of it and adds round-trip delay, jitter
+and faults (dropped connections, 5xx/429, garbage bodies, truncated bodies and streams, answers
+without logprobs, stalls). ScriptedRemote plays a hostile remote. The demo, the tests and the
+benchmarks use them; nothing here talks to anything but 127.0.0.1.
 """
 from __future__ import annotations
 
@@ -12,12 +13,15 @@ import collections
 import json
 import os
 import random
+import secrets
+import select
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -26,11 +30,38 @@ from .registry import DEFAULT_MODEL, resolve_model
 FAULTS = ("drop", "status", "garbage", "truncate", "strip_logprobs", "stall")
 
 
-# Runs llama_cpp.server, and exits when its stdin reaches EOF: the parent holds the write end, so
-# the server goes away however the parent ends (even SIGKILL), on Linux and macOS alike.
-_SERVE_WHILE_PARENT_LIVES = (
-    "import os, runpy, sys, threading\n"
+SERVERS = ("llama.cpp", "llama-cpp-python")
+
+# The child's first act: a thread that exits when stdin reaches EOF. The parent holds the write end,
+# so the server goes away however the parent ends (even SIGKILL), on Linux and macOS alike.
+_DIE_WITH_PARENT = (
+    "import os, sys, threading\n"
     "threading.Thread(target=lambda: (sys.stdin.buffer.read(), os._exit(0)), daemon=True).start()\n"
+)
+
+# llama.cpp's own server (the xllamacpp wheel). It binds port 0 itself and reports the address on
+# the handshake pipe (the child's original stdout), so no other process can take the port first;
+# its logs go to stderr. argv: model path, alias, n_ctx, n_parallel, threads.
+_SERVE_LLAMA_CPP = _DIE_WITH_PARENT + (
+    "import json, time, xllamacpp\n"
+    "handshake = os.fdopen(os.dup(1), 'w')\n"
+    "os.dup2(2, 1)\n"
+    "model, alias, n_ctx, n_parallel, threads = sys.argv[1:6]\n"
+    "p = xllamacpp.CommonParams()\n"
+    "p.model.path, p.model_alias = model, {alias}\n"
+    "p.hostnames, p.port = ['127.0.0.1'], 0\n"
+    "p.n_ctx, p.n_parallel, p.kv_unified = int(n_ctx) * int(n_parallel), int(n_parallel), True\n"
+    "p.cpuparams.n_threads = p.cpuparams_batch.n_threads = int(threads)\n"
+    "p.endpoint_props = False\n"
+    "server = xllamacpp.Server(p)\n"
+    "handshake.write(json.dumps({'address': server.listening_address}) + '\\n')\n"
+    "handshake.flush()\n"
+    "while True: time.sleep(3600)\n"
+)
+
+# llama-cpp-python's server (FastAPI + uvicorn), on a port the parent names.
+_SERVE_LLAMA_CPP_PYTHON = _DIE_WITH_PARENT + (
+    "import runpy\n"
     "runpy.run_module('llama_cpp.server', run_name='__main__', alter_sys=True)\n"
 )
 
@@ -42,13 +73,26 @@ def free_port() -> int:
 
 
 class LoopbackServer:
-    """llama-cpp-python's OpenAI-compatible server on 127.0.0.1, in a child process."""
+    """A real OpenAI-compatible server on 127.0.0.1, in a child process that dies with its parent.
 
-    def __init__(self, model: str = DEFAULT_MODEL, *, n_ctx: int = 2048, n_threads: int | None = None,
-                 startup_timeout: float = 120.0):
+    server: "llama.cpp" (llama.cpp's own C++ server, from the xllamacpp wheel; the default) or
+        "llama-cpp-python" (llama_cpp.server, a Python server that builds logprobs in Python).
+    n_ctx: context tokens per concurrent request; n_parallel: requests served at once.
+    The server serves the model under a name with a random suffix (`model_name`), and start() returns
+    only once a GET /v1/models on its port answers with that name: the server is loaded, and it is
+    this process's child, not another local process holding the port.
+    """
+
+    def __init__(self, model: str = DEFAULT_MODEL, *, server: str = "llama.cpp", n_ctx: int = 2048,
+                 n_parallel: int = 2, n_threads: int | None = None, startup_timeout: float = 120.0):
+        if server not in SERVERS:
+            raise ValueError(f"unknown server {server!r}; one of {', '.join(SERVERS)}")
         self.model_path = str(resolve_model(model))
-        self.n_ctx, self.n_threads = n_ctx, n_threads or min(2, os.cpu_count() or 1)
+        self.server = server
+        self.n_ctx, self.n_parallel = n_ctx, n_parallel
+        self.n_threads = n_threads or min(2, os.cpu_count() or 1)
         self.startup_timeout = startup_timeout
+        self.model_name = f"{os.path.basename(self.model_path)}@{secrets.token_hex(8)}"
         self.port = 0
         self._process: subprocess.Popen | None = None
         self._log = None
@@ -58,24 +102,47 @@ class LoopbackServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self) -> "LoopbackServer":
-        self.port = free_port()
         self._log = tempfile.TemporaryFile()
-        command = [sys.executable, "-c", _SERVE_WHILE_PARENT_LIVES, "--model", self.model_path, "--host", "127.0.0.1",
-                   "--port", str(self.port), "--n_ctx", str(self.n_ctx), "--n_threads", str(self.n_threads),
-                   "--n_threads_batch", str(self.n_threads), "--flash_attn", "true", "--verbose", "false",
-                   # By default a new request aborts a streaming one; the server must queue them instead.
-                   "--interrupt_requests", "false"]
-        self._process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.PIPE)
         deadline = time.monotonic() + self.startup_timeout
+        if self.server == "llama.cpp":
+            command = [sys.executable, "-c", _SERVE_LLAMA_CPP, self.model_path, self.model_name, str(self.n_ctx),
+                       str(self.n_parallel), str(self.n_threads)]
+            self._process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self._log, stdin=subprocess.PIPE)
+            self.port = self._read_port(deadline)
+        else:
+            self.port = free_port()
+            command = [sys.executable, "-c", _SERVE_LLAMA_CPP_PYTHON, "--model", self.model_path, "--model_alias",
+                       self.model_name, "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(self.n_ctx),
+                       "--n_threads", str(self.n_threads), "--n_threads_batch", str(self.n_threads),
+                       "--flash_attn", "true", "--verbose", "false",
+                       # By default a new request aborts a streaming one; the server must queue them instead.
+                       "--interrupt_requests", "false"]
+            self._process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.PIPE)
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 self._fail(f"the loopback server exited with status {self._process.returncode}")
-            try:  # uvicorn listens only once the model is loaded; a bare connect sends no bytes
-                socket.create_connection(("127.0.0.1", self.port), timeout=2).close()
+            if self._answers():
                 return self
-            except OSError:
-                time.sleep(0.2)
+            time.sleep(0.2)
         self._fail(f"the loopback server did not answer within {self.startup_timeout:g} s")
+
+    def _read_port(self, deadline: float) -> int:
+        """The port from the child's handshake line."""
+        ready, _, _ = select.select([self._process.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        line = self._process.stdout.readline() if ready else b""
+        try:
+            return int(urlparse(json.loads(line)["address"]).port)
+        except (ValueError, KeyError, TypeError):
+            self._fail("the loopback server did not report its address" + (" in time" if not ready else ""))
+
+    def _answers(self) -> bool:
+        """Whether GET /v1/models on the port lists this server's model name."""
+        try:
+            with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as response:
+                listed = json.loads(response.read()).get("data", [])
+        except (OSError, ValueError, AttributeError):
+            return False
+        return any(isinstance(m, dict) and m.get("id") == self.model_name for m in listed)
 
     def _fail(self, problem: str) -> None:
         tail = self.log_tail()  # read before stop() closes the log
@@ -96,6 +163,9 @@ class LoopbackServer:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
+            if self._process.stdout is not None:
+                self._process.stdout.close()
+            self._process = None
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -314,63 +384,83 @@ def _strip_logprobs(body: bytes) -> bytes:
     return json.dumps(data).encode()
 
 
-class ScriptedRemote:
-    """An adversarial OpenAI-compatible remote on 127.0.0.1 that plays an attacker, for privacy tests.
+class ReplayServer:
+    """An HTTP server on 127.0.0.1 that answers from a table, for contract tests and hostile remotes.
 
-    It answers /v1/completions with logprobs chosen by `script(prompt, n) -> steps`, where each step is
-    (token, {token: logprob, ...}) and the top dict may be empty ("no scores"); a step list may be
-    shorter than n. Every request body it receives is kept in `bodies`, which is what an attacker
-    holds. /v1/models lists one model; the probe is answered with a plain greedy-looking script.
+    routes: {"METHOD /path": answer}, where answer is (status, body) or a callable(request) -> (status,
+    body) taking the parsed JSON request; a dict body is sent as JSON, a str body as an event stream
+    (text/event-stream). Unknown routes answer 404. Every request body received is kept in `bodies`.
     """
 
-    def __init__(self, script):
+    def __init__(self, routes: dict):
         import http.server
 
-        self.script = script
+        self.routes = dict(routes)
         self.bodies: list[str] = []
-        remote = self
+        server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def log_message(self, *args):  # keep test output clean
                 pass
 
-            def _answer(self, payload: dict, status: int = 200) -> None:
-                data = json.dumps(payload).encode()
+            def _route(self, method: str) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0"))).decode("utf-8", "replace")
+                if method == "POST":
+                    server.bodies.append(body)
+                answer = server.routes.get(f"{method} {self.path.split('?')[0]}")
+                if answer is None:
+                    status, payload = 404, {"error": {"message": f"no route {method} {self.path}"}}
+                else:
+                    status, payload = answer(json.loads(body) if body else {}) if callable(answer) else answer
+                stream = isinstance(payload, str)
+                data = (payload if stream else json.dumps(payload)).encode()
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", "text/event-stream" if stream else "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
 
             def do_GET(self):
-                self._answer({"object": "list", "data": [{"id": "attacker", "object": "model"}]})
+                self._route("GET")
 
             def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0"))).decode("utf-8", "replace")
-                remote.bodies.append(body)
-                request = json.loads(body)
-                if not self.path.endswith("/completions") or "messages" in request:
-                    self._answer({"error": {"message": "only /v1/completions"}}, 404)
-                    return
-                n = int(request.get("max_tokens", 1))
-                steps = list(remote.script(request["prompt"], n))[:n] or [("", {})]
-                tokens = [t for t, _ in steps]
-                logprobs = {"tokens": tokens, "token_logprobs": [top.get(t, 0.0) if top else 0.0 for t, top in steps],
-                            "top_logprobs": [top for _, top in steps], "text_offset": [0] * len(steps)}
-                self._answer({"object": "text_completion", "model": "attacker", "choices": [
-                    {"index": 0, "text": "".join(tokens), "finish_reason": "length", "logprobs": logprobs}]})
+                self._route("POST")
 
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="scripted-remote", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="replay-server", daemon=True)
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
 
-    def __enter__(self) -> "ScriptedRemote":
+    def __enter__(self):
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class ScriptedRemote(ReplayServer):
+    """An adversarial OpenAI-compatible remote on 127.0.0.1 that plays an attacker, for privacy tests.
+
+    It answers /v1/completions with logprobs chosen by `script(prompt, n) -> steps`, where each step is
+    (token, {token: logprob, ...}) and the top dict may be empty ("no scores"); a step list may be
+    shorter than n. Every request body it receives is kept in `bodies`, which is what an attacker
+    holds. /v1/models lists one model; the probe is answered by the script too.
+    """
+
+    def __init__(self, script):
+        self.script = script
+        super().__init__({"GET /v1/models": (200, {"object": "list", "data": [{"id": "attacker", "object": "model"}]}),
+                          "POST /v1/completions": self._complete})
+
+    def _complete(self, request: dict):
+        n = int(request.get("max_tokens", 1))
+        steps = list(self.script(request["prompt"], n))[:n] or [("", {})]
+        tokens = [t for t, _ in steps]
+        logprobs = {"tokens": tokens, "token_logprobs": [top.get(t, 0.0) if top else 0.0 for t, top in steps],
+                    "top_logprobs": [top for _, top in steps], "text_offset": [0] * len(steps)}
+        return 200, {"object": "text_completion", "model": "attacker", "choices": [
+            {"index": 0, "text": "".join(tokens), "finish_reason": "length", "logprobs": logprobs}]}

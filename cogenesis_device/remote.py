@@ -39,11 +39,14 @@ _RETRY_STATUS = {408, 409, 429}
 class TokenScores:
     """The remote's distribution at one position: its chosen token and the top alternatives.
 
-    Keys are token strings as the server returns them ('' for a partial UTF-8 byte token)."""
+    A token is its bytes when the server names it by id (read through the remote's tokenizer) or
+    gives its bytes (llama.cpp), a control token is its name ('<|im_end|>'), and otherwise it is the
+    text the server returns (OpenAI's legacy shape). An alternative that cannot be read as a token
+    (a partial UTF-8 character sent as '' or U+FFFD) is left out; a chosen one is ''."""
 
-    token: str
+    token: bytes | str
     logprob: float
-    top: dict[str, float]
+    top: dict[bytes | str, float]
 
 
 @dataclass(frozen=True)
@@ -68,10 +71,19 @@ class RemoteCapabilities:
 
     model: str
     max_top_k: int  # largest `logprobs` the server accepted, up to the client's cap; 0 = none
-    token_ids: bool  # tokens come back as 'token_id:N' (vLLM return_tokens_as_token_ids)
+    token_identity: str  # how the server names tokens: 'ids' (llama.cpp id, vLLM token_id:N), 'bytes' or 'text'
     positions_ok: bool  # logprobs at generated position i describe token i (checked against greedy choices)
-    echo: bool  # prompt logprobs through echo are usable
-    echo_shift: int  # 0: entry i predicts token i (OpenAI); 1: entry i predicts token i+1 (corrected)
+
+    @property
+    def next_token_scores(self) -> bool:
+        """Whether the server supplies next-token scores (what logits mode needs)."""
+        return self.max_top_k > 0 and self.positions_ok
+
+    def missing(self) -> str:
+        """What the server lacks for logits mode, in words ('' when nothing)."""
+        if self.max_top_k == 0:
+            return "returns no next-token logprobs on /v1/completions"
+        return "" if self.positions_ok else "lists logprobs at the wrong positions"
 
 
 class _GuardedTransport(httpx2.AsyncBaseTransport):
@@ -128,13 +140,16 @@ class RemoteModel:
     template: how the remote prompt is formatted for next-token scores: an object with
         apply_chat_template (a LocalModel of the same family), a callable(messages) -> str, or "raw"
         (the instruction as plain text, for base models).
+    tokenizer: the remote's tokenizer (a LocalModel or _native.Model of the server's model), which
+        reads tokens the server names by id; by default the template's, when it is a LocalModel.
+        Without one, tokens are read from their bytes or text.
     max_top_k: the largest number of alternatives per position to ask for.
     audit_path: JSONL file recording requests made outside any job (the probe, for example).
     """
 
     def __init__(self, base_url: str | None = None, api_key: str | None = None, model: str | None = None, *,
                  timeout: float = 30.0, max_retries: int = 2, backoff: float = 0.25, max_backoff: float = 10.0,
-                 template: Any = None, max_top_k: int = 20, max_connections: int = 16, audit_path: str | None = None):
+                 template: Any = None, tokenizer: Any = "auto", max_top_k: int = 20, max_connections: int = 16, audit_path: str | None = None):
         base_url = base_url or os.environ.get("COGENESIS_REMOTE_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
         if not base_url:
             raise RemoteError("no remote base URL: pass base_url= or set COGENESIS_REMOTE_BASE_URL or OPENAI_BASE_URL",
@@ -154,6 +169,9 @@ class RemoteModel:
         self.backoff, self.max_backoff = float(backoff), float(max_backoff)
         self.max_top_k = int(max_top_k)
         self.template = template
+        if isinstance(tokenizer, str) and tokenizer == "auto":
+            tokenizer = template if hasattr(template, "native") else None
+        self.tokenizer = getattr(tokenizer, "native", tokenizer)
         self.guard = EgressGuard(audit_path=audit_path)
         self._model = model
         self._capabilities: RemoteCapabilities | None = None
@@ -276,34 +294,17 @@ class RemoteModel:
         gen, top_k = None, 0
         for k in sorted({self.max_top_k, min(self.max_top_k, 20), min(self.max_top_k, 5), 1}, reverse=True):
             try:
-                gen = await self._completion(model, _PROBE_PROMPT, n=2, top_k=k, temperature=0.0)
+                gen, raw = await self._completion(model, _PROBE_PROMPT, n=2, top_k=k, temperature=0.0, raw=True)
                 top_k = k
                 break
             except RemoteError as exc:
                 if exc.kind not in ("status", "missing_logprobs"):
                     raise
         if gen is None or not gen.steps:  # no logprobs, or (unlikely) nothing to judge them by
-            return RemoteCapabilities(model, 0, False, False, False, 0)
-        token_ids = all(s.token.startswith("token_id:") for s in gen.steps)
+            return RemoteCapabilities(model, 0, "text", False)
         # Greedy: the chosen token must be the best entry listed for its own position.
         positions_ok = all(s.logprob >= max(s.top.values()) - 1e-3 for s in gen.steps if s.top)
-        echo, shift = await self._probe_echo(model, gen, top_k)
-        return RemoteCapabilities(model, top_k, token_ids, positions_ok, echo, shift)
-
-    async def _probe_echo(self, model: str, gen: Continuation, top_k: int) -> tuple[bool, int]:
-        first = gen.steps[0]
-        try:
-            raw = await self._attempts("echo probe", lambda: self._client.completions.with_raw_response.create(
-                model=model, prompt=_PROBE_PROMPT + first.token, max_tokens=1, temperature=0.0, logprobs=top_k,
-                echo=True))
-            entries = _json(raw)["choices"][0]["logprobs"]["top_logprobs"]
-        except (RemoteError, KeyError, IndexError, TypeError, _Retryable):
-            return False, 0
-        # entries end with [..., first token, new token]; find which entry holds first's distribution.
-        for shift, index in ((0, -2), (1, -3)):
-            if len(entries) >= -index and _same_scores(entries[index], first.top):
-                return True, shift
-        return False, 0
+        return RemoteCapabilities(model, top_k, _token_identity(raw), positions_ok)
 
     # -- requests ----------------------------------------------------------------------------------
 
@@ -331,9 +332,8 @@ class RemoteModel:
 
         attribution: what on-device attribution withheld from the prompt, recorded with the request."""
         caps = self.capabilities
-        if caps.max_top_k == 0 or not caps.positions_ok:
-            problem = "returns no logprobs" if caps.max_top_k == 0 else "lists logprobs at the wrong positions"
-            raise RemoteError(f"the server at {self.base_url} {problem}; it cannot supply next-token scores",
+        if not caps.next_token_scores:
+            raise RemoteError(f"the server at {self.base_url} {caps.missing()}; it cannot supply next-token scores",
                               kind="unsupported")
         if n < 1:
             raise RemoteError(f"n must be at least 1, got {n}", kind="config")
@@ -342,11 +342,14 @@ class RemoteModel:
                             guard, attribution)
 
     async def _completion(self, model: str, prompt: str, *, n: int, top_k: int, temperature: float,
-                          seed: int | None = None) -> Continuation:
-        async def attempt() -> Continuation:
-            raw = await self._client.completions.with_raw_response.create(
+                          seed: int | None = None, raw: bool = False):
+        """The parsed Continuation, and with raw=True the JSON body beside it."""
+        async def attempt():
+            answer = await self._client.completions.with_raw_response.create(
                 model=model, prompt=prompt, max_tokens=n, temperature=temperature, logprobs=top_k, **_seed(seed))
-            return _parse_completion(_json(raw), n)
+            body = _json(answer)
+            continuation = _parse_completion(body, n, self.tokenizer)
+            return (continuation, body) if raw else continuation
 
         return await self._attempts("completion", attempt)
 
@@ -384,56 +387,140 @@ def _json(raw) -> Any:
         raise _Retryable(f"the answer is not JSON ({exc})", "malformed") from None
 
 
-def _parse_completion(body: Any, n: int) -> Continuation:
+def _parse_completion(body: Any, n: int, tokenizer: Any = None) -> Continuation:
+    """A /v1/completions answer with logprobs, in either shape servers use: OpenAI's legacy lists
+    (`tokens`, `token_logprobs`, `top_logprobs` dicts; llama_cpp.server, vLLM, SGLang) or the content
+    list of chat completions (`id`, `token`, `bytes`, `logprob`, `top_logprobs`; llama.cpp's server)."""
     try:
         choice = body["choices"][0]
         text, finish = choice.get("text", ""), choice.get("finish_reason") or "length"
     except (KeyError, IndexError, TypeError, AttributeError):
         raise _Retryable("the answer has no choices[0]", "malformed") from None
     lp = choice.get("logprobs")
-    if not isinstance(lp, dict) or not isinstance(lp.get("tokens"), list) or not isinstance(lp.get("top_logprobs"), list):
+    if isinstance(lp, dict) and isinstance(lp.get("content"), list):
+        steps = _content_steps(lp["content"], tokenizer)
+    elif isinstance(lp, dict) and isinstance(lp.get("tokens"), list) and isinstance(lp.get("top_logprobs"), list):
+        steps = _legacy_steps(lp, tokenizer)
+    else:
         raise _Retryable("the answer carries no logprobs", "missing_logprobs")
-    tokens, token_lps, tops = lp["tokens"], lp.get("token_logprobs") or [], lp["top_logprobs"]
-    if not tokens and not text and finish == "stop":
+    if not steps and not text and finish == "stop":
         # The remote's first choice is end-of-text, which llama_cpp.server reports as no tokens at all:
         # a valid answer that carries no scores for this position.
         return Continuation("", [], finish)
-    if not tokens or len(tops) != len(tokens) or len(token_lps) != len(tokens) or len(tokens) > n:
-        raise _Retryable(f"the logprobs list {len(tokens)} tokens, {len(tops)} distributions for max_tokens={n}",
-                         "missing_logprobs")
+    if not steps and lp.get("content") == [] and text:
+        raise _Retryable("the answer's logprobs list no tokens for its text", "missing_logprobs")
+    if len(steps) > n:
+        raise _Retryable(f"the logprobs list {len(steps)} tokens for max_tokens={n}", "missing_logprobs")
+    return Continuation(text, steps, finish)
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise _Retryable("a logprob is not a number", "malformed") from None
+
+
+def _legacy_steps(lp: dict, tokenizer: Any) -> list[TokenScores]:
+    tokens, token_lps, tops = lp["tokens"], lp.get("token_logprobs") or [], lp["top_logprobs"]
+    if len(tops) != len(tokens) or len(token_lps) != len(tokens):
+        raise _Retryable(f"the logprobs list {len(tokens)} tokens, {len(tops)} distributions and {len(token_lps)} "
+                         "logprobs", "missing_logprobs")
     steps = []
     for token, token_lp, top in zip(tokens, token_lps, tops):
         if not isinstance(top, dict) or not isinstance(token, str):
             raise _Retryable("a logprobs entry is not a token -> logprob mapping", "malformed")
+        scores: dict[bytes | str, float] = {}
+        for name, value in top.items():
+            _add(scores, _named_token(str(name), tokenizer), _number(value))
+        steps.append(TokenScores(_named_token(token, tokenizer) or "", _number(token_lp), scores))
+    return steps
+
+
+def _content_steps(content: list, tokenizer: Any) -> list[TokenScores]:
+    steps = []
+    for entry in content:
+        if not isinstance(entry, dict) or not isinstance(entry.get("top_logprobs"), list):
+            raise _Retryable("a logprobs content entry has no top_logprobs list", "malformed")
+        scores: dict[bytes | str, float] = {}
+        own_bytes = None  # the chosen token's bytes as listed among the alternatives
+        for alt in entry["top_logprobs"]:
+            if not isinstance(alt, dict):
+                raise _Retryable("a top_logprobs entry is not an object", "malformed")
+            key = _content_token(alt, tokenizer, check=True)
+            _add(scores, key, _number(alt.get("logprob")))
+            if alt.get("id") is not None and alt.get("id") == entry.get("id"):
+                own_bytes = _bytes(alt)
+        entry_bytes = _bytes(entry)
+        if own_bytes is None and tokenizer is not None and isinstance(entry.get("id"), int):
+            own_bytes = _piece(tokenizer, entry["id"])
+        if entry_bytes is not None and own_bytes is not None and entry_bytes != own_bytes:
+            # llama.cpp's server lists the tokens of a UTF-8 character as one entry with the last one's
+            # scores: the positions from here on are unknown, so the answer ends before them.
+            break
+        steps.append(TokenScores(_content_token(entry, tokenizer) or "", _number(entry.get("logprob")), scores))
+    return steps
+
+
+# A control token the server names by id without its bytes, when the remote's tokenizer is unknown:
+# the only control token a completion ends on is its end of text, which the bridge maps to the local one.
+_UNNAMED_CONTROL_TOKEN = "<|endoftext|>"
+
+
+def _content_token(entry: dict, tokenizer: Any, check: bool = False) -> bytes | str | None:
+    """A content-list token: by id through the remote's tokenizer, else its bytes, else its text.
+    check: compare the tokenizer's bytes with the server's (alternatives are never merged entries)."""
+    token_id, raw = entry.get("id"), _bytes(entry)
+    if tokenizer is not None and isinstance(token_id, int) and not isinstance(token_id, bool):
+        piece = _piece(tokenizer, token_id)
+        if check and raw and piece != raw:
+            raise RemoteError(f"the remote's tokenizer is not the server's: token {token_id} is {raw!r} there and "
+                              f"{piece!r} here; pass the remote's own family as template=", kind="config")
+        return piece or tokenizer.token_to_piece(token_id, special=True)
+    if raw is not None:
+        return raw or (_UNNAMED_CONTROL_TOKEN if token_id is not None else None)
+    token = entry.get("token")
+    return _named_token(token, tokenizer) if isinstance(token, str) else None
+
+
+def _named_token(token: str, tokenizer: Any) -> bytes | str | None:
+    """A token the server names by text: vLLM's 'token_id:N' through the remote's tokenizer; None for
+    text that names no token (a partial UTF-8 character sent as '' or U+FFFD)."""
+    if token.startswith("token_id:"):
+        if tokenizer is None:
+            raise RemoteError("the server names tokens by id (token_id:N) and the remote's tokenizer is unknown: "
+                              "pass template= a LocalModel of the remote's family", kind="unsupported")
         try:
-            scores = {str(k): float(v) for k, v in top.items()}
-            chosen = float(token_lp)
-        except (TypeError, ValueError):
-            raise _Retryable("a logprob is not a number", "malformed") from None
-        steps.append(TokenScores(token, chosen, scores))
-    return Continuation(text, steps, finish)
+            token_id = int(token[len("token_id:"):])
+        except ValueError:
+            raise _Retryable(f"the server named a token {token!r}", "malformed") from None
+        return _piece(tokenizer, token_id) or tokenizer.token_to_piece(token_id, special=True)
+    return None if not token or "\ufffd" in token else token
 
 
-def with_token_bytes(steps: list[TokenScores], tokenizer: Any) -> list[TokenScores]:
-    """Steps whose tokens are vLLM's 'token_id:N' (return_tokens_as_token_ids) as the remote's token
-    bytes, read from its tokenizer (a model with token_to_piece, e.g. a LocalModel's `native`), so the
-    vocabulary bridge never sees an id as text. Other steps are returned as they are."""
-    if not any(s.token.startswith("token_id:") or any(k.startswith("token_id:") for k in s.top) for s in steps):
-        return steps
-    if tokenizer is None:
-        raise RemoteError("the server names tokens by id (token_id:N) and the remote's tokenizer is unknown: "
-                          "pass template= a LocalModel of the remote's family", kind="unsupported")
+def _piece(tokenizer: Any, token_id: int) -> bytes:
+    if not 0 <= token_id < tokenizer.n_vocab:
+        raise RemoteError(f"the server named token {token_id}, which the remote's tokenizer does not have "
+                          f"({tokenizer.n_vocab} tokens)", kind="config")
+    return tokenizer.token_to_piece(token_id)
 
-    def piece(token: str) -> bytes:
-        if not token.startswith("token_id:"):
-            return token.encode("utf-8")
-        try:
-            return tokenizer.token_to_piece(int(token[len("token_id:"):]))
-        except (ValueError, TypeError, IndexError):
-            raise RemoteError(f"the server named a token {token!r} that the remote's tokenizer does not have",
-                              kind="malformed") from None
 
-    return [TokenScores(piece(s.token), s.logprob, {piece(k): v for k, v in s.top.items()}) for s in steps]
+def _bytes(entry: dict) -> bytes | None:
+    raw = entry.get("bytes")
+    if raw is None:
+        return None
+    try:
+        return bytes(raw)
+    except (TypeError, ValueError):
+        raise _Retryable("a token's bytes are not a list of bytes", "malformed") from None
+
+
+def _add(scores: dict, key: bytes | str | None, logprob: float) -> None:
+    """Adds a token's probability; two entries naming one token (bytes of one UTF-8 string) share it."""
+    if key is None:
+        return
+    held = scores.get(key)
+    scores[key] = logprob if held is None else max(held, logprob) + math.log1p(math.exp(-abs(held - logprob)))
 
 
 def _parse_chat_stream(body: str) -> ChatReply:
@@ -463,11 +550,13 @@ def _parse_chat_stream(body: str) -> ChatReply:
     return ChatReply("".join(parts) or "".join(reasoning), finish)
 
 
-def _same_scores(entry: Any, top: dict[str, float]) -> bool:
-    if not isinstance(entry, dict) or not entry:
-        return False
-    best = max(entry, key=entry.get)
-    return best == max(top, key=top.get) and abs(float(entry[best]) - top[best]) < 0.05
+def _token_identity(body: Any) -> str:
+    """How an answer names its tokens: 'ids', 'bytes' or 'text'."""
+    lp = body["choices"][0]["logprobs"]
+    if isinstance(lp.get("content"), list):
+        first = lp["content"][0] if lp["content"] else {}
+        return "ids" if isinstance(first.get("id"), int) else "bytes" if "bytes" in first else "text"
+    return "ids" if any(str(t).startswith("token_id:") for t in lp["tokens"]) else "text"
 
 
 def _seed(seed: int | None) -> dict:

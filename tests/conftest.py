@@ -31,16 +31,41 @@ def gemma_path(tmp_path_factory):
         del os.environ["COGENESIS_CACHE_DIR"]
 
 
+@pytest.fixture(scope="session")
+def pieces(model) -> dict[bytes, int]:
+    """Local token bytes -> lowest id: the references' own map from server tokens to local ids."""
+    out = {}
+    for i in range(model.n_vocab):
+        out.setdefault(model.native.token_to_piece(i), i)
+    return out
+
+
 GREEDY = dict(temperature=0.0)
 
 
 @pytest.fixture(scope="session")
 def loopback_server():
-    """python -m llama_cpp.server on 127.0.0.1 with the bundled model: the real "remote"."""
+    """llama.cpp's own server (xllamacpp) on 127.0.0.1 with the bundled model: the real "remote"."""
     from cogenesis_device.loopback import LoopbackServer
 
     with LoopbackServer(n_ctx=2048, n_threads=THREADS) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def python_server():
+    """llama-cpp-python's server (llama_cpp.server) with the bundled model: the second real server."""
+    pytest.importorskip("uvicorn", reason="llama-cpp-python[server] is not installed (pip install '.[test]')")
+    from cogenesis_device.loopback import LoopbackServer
+
+    with LoopbackServer(server="llama-cpp-python", n_ctx=2048, n_threads=THREADS) as server:
+        yield server
+
+
+@pytest.fixture(params=["llama.cpp", "llama-cpp-python"])
+def real_server(request):
+    """Each real loopback server in turn."""
+    return request.getfixturevalue("loopback_server" if request.param == "llama.cpp" else "python_server")
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ import json
 import math
 import os
 import threading
-import urllib.request
 
 import numpy as np
 import pytest
@@ -13,8 +12,10 @@ import cogenesis_device as cg
 from cogenesis_device import _native
 from cogenesis_device.errors import InvalidParameterError
 from cogenesis_device.fusion import fuse_reference
-from cogenesis_device.remote import TokenScores
+from cogenesis_device.loopback import FaultProxy
+from cogenesis_device.remote import RemoteModel, TokenScores
 from providers import SecondModelProvider
+from reference import next_token_scores
 
 DEV = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "context-aware", "dev.json")
 DEMO = os.path.join(os.path.dirname(cg.__file__), "data", "demo.json")
@@ -35,21 +36,6 @@ def prompts(n=6):
     return out
 
 
-@pytest.fixture(scope="module")
-def pieces(model):
-    """Local token bytes -> lowest id: the reference's own map from server token strings to ids."""
-    out = {}
-    for i in range(model.n_vocab):
-        out.setdefault(model.native.token_to_piece(i), i)
-    return out
-
-
-def post(url, body):
-    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=60) as response:
-        return json.load(response)
-
-
 def per_token_reference(model, base_url, pieces, instruction, context, tokens, *, schedule=None):
     """Checks that `tokens` is what the paper's per-token protocol writes greedily: at each position the
     local scores (a fresh session fed the prompt, then one token at a time) fused by fuse_reference
@@ -67,41 +53,40 @@ def per_token_reference(model, base_url, pieces, instruction, context, tokens, *
         row = session.logits(0)
         ids, lps = [], []
         if schedule is None or _native.schedule_consult(*schedule, i):
-            body = post(f"{base_url}/completions", {
-                "prompt": remote_prompt + model.detokenize(tokens[:i]), "max_tokens": 1, "temperature": 0,
-                "logprobs": 20})
-            tops = body["choices"][0]["logprobs"]["top_logprobs"]
-            merged = {}
-            for text, lp in (tops[0].items() if tops else ()):
-                local = pieces.get(text.encode()) if text else None
-                if local is not None:
-                    merged[local] = merged.get(local, 0.0) + math.exp(lp)
-            ids, lps = list(merged), [math.log(min(p, 1.0)) for p in merged.values()]
+            scores = next_token_scores(base_url, remote_prompt + model.detokenize(tokens[:i]), pieces)
+            ids, lps = list(scores), list(scores.values())
         fused = fuse_reference(row, ids, lps, weight=0.5, fill="mask", plausible=0.1)
         worst = max(worst, float(fused.max() - fused[tokens[i]]))
     return worst
 
 
-def test_engine_loop_writes_what_the_per_token_protocol_writes(model, loopback_server, remote, proxy, pieces):
-    """Six prompts, lookahead 1, 4 and 8: identical greedy text, and every token is the reference's argmax."""
-    remote.connect()
-    for instruction, context in prompts():
-        texts = {}
-        for lookahead in (1, 4, 8):
-            proxy.clear()
-            result = cg.CoGenerator(model, remote, lookahead=lookahead, **AS_WRITTEN).generate(
-                instruction, context, max_tokens=N_TOKENS, temperature=0.0)
-            assert not result.fallback, result.fallback_reason
-            # Round trips and bytes are the HTTP traffic the proxy saw.
-            assert result.stats.round_trips == len(proxy.records) == len(result.audit)
-            assert result.stats.bytes_sent == sum(len(r.body) for r in proxy.records)
-            texts[lookahead] = (result.tokens, result.stats.round_trips)
-        assert texts[1][0] == texts[4][0] == texts[8][0]
-        tokens, per_token_trips = texts[1]
-        assert per_token_trips == len(tokens)
-        assert texts[8][1] <= texts[4][1] <= per_token_trips
-        gap = per_token_reference(model, loopback_server.base_url, pieces, instruction, context, tokens)
-        assert gap < 1e-4, f"a token {gap:.3f} nats below the reference's choice for {instruction!r}"
+def test_engine_loop_writes_what_the_per_token_protocol_writes(model, real_server, pieces):
+    """Lookahead 1, 4 and 8: identical greedy text, and every token is the reference's argmax. Six
+    prompts against llama.cpp's server, three against the slower llama_cpp.server."""
+    with FaultProxy(real_server.base_url) as proxy, RemoteModel(proxy.base_url, template=model) as remote:
+        remote.connect()
+        for instruction, context in prompts(6 if real_server.server == "llama.cpp" else 3):
+            _check_against_the_protocol(model, remote, proxy, real_server.base_url, pieces, instruction, context)
+
+
+def _check_against_the_protocol(model, remote, proxy, base_url, pieces, instruction, context):
+    """One prompt: the loop at lookahead 1, 4 and 8 against the per-token reference."""
+    texts = {}
+    for lookahead in (1, 4, 8):
+        proxy.clear()
+        result = cg.CoGenerator(model, remote, lookahead=lookahead, **AS_WRITTEN).generate(
+            instruction, context, max_tokens=N_TOKENS, temperature=0.0)
+        assert not result.fallback, result.fallback_reason
+        # Round trips and bytes are the HTTP traffic the proxy saw.
+        assert result.stats.round_trips == len(proxy.records) == len(result.audit)
+        assert result.stats.bytes_sent == sum(len(r.body) for r in proxy.records)
+        texts[lookahead] = (result.tokens, result.stats.round_trips)
+    assert texts[1][0] == texts[4][0] == texts[8][0]
+    tokens, per_token_trips = texts[1]
+    assert per_token_trips == len(tokens)
+    assert texts[8][1] <= texts[4][1] <= per_token_trips
+    gap = per_token_reference(model, base_url, pieces, instruction, context, tokens)
+    assert gap < 1e-4, f"a token {gap:.3f} nats below the reference's choice for {instruction!r}"
 
 
 def test_the_schedule_consults_the_remote_on_its_steps_only(model, loopback_server, remote, pieces):

@@ -8,6 +8,7 @@ import pytest
 import cogenesis_device as cg
 from cogenesis_device import leakscan
 from cogenesis_device.errors import InvalidParameterError, PrivacyBlockedError
+from reference import next_token_scores
 
 DEV = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "context-aware", "dev.json")
 CONTEXT = ("Name: Odalys Brennecke\nLocation: Tromsø, Norway\nOccupation: marine biologist\n"
@@ -47,16 +48,16 @@ def test_weight_one_is_the_local_model_alone(model, remote):
     assert alone.stats.round_trips == 0 and all(a.source == "local" for a in alone.attribution)
 
 
-def test_weight_zero_follows_the_remote_alone(model, remote):
+def test_weight_zero_follows_the_remote_alone(model, remote, loopback_server, pieces):
     # The paper's fusion (no plausibility limit) and the text as written (no attribution placeholders).
     fused = cg.CoGenerator(model, remote, fusion={"weight": 0.0, "plausible": 0.0}, lookahead=1,
                            attribution=False).generate(INSTRUCTION, CONTEXT, max_tokens=12, temperature=0.0)
-    # The reference: ask the remote for its top token, one step at a time, on the same public prompt.
-    text = ""
+    # The reference: the remote's top token, one raw HTTP request at a time, on the same public prompt.
+    public, tokens = model.apply_chat_template([{"role": "user", "content": INSTRUCTION}]), []
     for _ in range(12):
-        step = remote.next_tokens(remote.prompt([{"role": "user", "content": INSTRUCTION}]) + text).steps[0]
-        text += max(step.top, key=step.top.get)
-    assert fused.text == text
+        scores = next_token_scores(loopback_server.base_url, public + model.detokenize(tokens), pieces)
+        tokens.append(max(scores, key=scores.get))
+    assert fused.tokens == tokens
     assert all(a.remote_share == 1.0 for a in fused.attribution)
 
 
@@ -199,7 +200,7 @@ def test_a_server_naming_tokens_by_id_is_read_through_the_remote_tokenizer(model
         with ScriptedRemote(script) as server, cg.RemoteModel(server.base_url, template=model, timeout=30) as remote:
             result = cg.CoGenerator(model, remote, lookahead=4, privacy="audit").generate(
                 INSTRUCTION, CONTEXT, max_tokens=16, temperature=0.0)
-            assert remote.capabilities.token_ids == (naming == "token_id")
+            assert remote.capabilities.token_identity == ("ids" if naming == "token_id" else "text")
         assert not result.fallback, result.fallback_reason
         assert result.stats.remote_tokens_accepted > 0 and any(a.source == "fused" for a in result.attribution)
         texts[naming] = result.text
