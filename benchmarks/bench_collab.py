@@ -1,14 +1,20 @@
-"""Logits mode over a simulated network: remote lookahead vs the paper's per-token protocol.
+"""Logits mode over a simulated network: local-only decode, the paper's per-token protocol, fixed
+lookahead depths and the default (adaptive) depth, in one run.
 
-    python benchmarks/bench_collab.py [--repeats 3] [--tokens 48] [--rtts 0,20,50,100] [--lookaheads 4,8,16]
+    python benchmarks/bench_collab.py [--repeats 2] [--tokens 48] [--rtts 0,20,50,100] [--lookaheads 2,4,8,16]
 
-A loopback llama_cpp.server (the bundled SmolLM2) is the remote, behind the fault proxy, which
-adds the round-trip time. Both protocols run in this one script, interleaved, on the same prompts
-with greedy decoding (so both write the same text):
-  - baseline: one request per token, prompt resent each time, max_tokens=1 (the paper's protocol);
-  - ours: lookahead k tokens per request, decoding locally while the request is in flight.
+The remote is llama.cpp's own server (the bundled SmolLM2, 2 threads) behind the fault proxy, which
+adds the round-trip time. Every protocol runs in this one script, interleaved, on the same prompts
+with greedy decoding (so all of them write the same text):
+  - local only: the local model alone (the speed logits mode is measured against);
+  - per-token (paper): one request per token, max_tokens=1, no overlap;
+  - per-token + overlap: the same, decoding locally while the request is in flight;
+  - lookahead k: k tokens per request, with overlap;
+  - default: the depth chosen per request from measurements (lookahead=None).
 The local prefill of the private context is warmed up first and excluded: tokens/s counts the
-generation after the first token. Writes results/collab.json and results/collab.md.
+generation after the first token. A second table splits the default's time per token into local
+decode, fusion and sampling, attribution, waiting on the remote, and the client's guard, HTTP and
+parsing. Writes results/collab.json and results/collab.md.
 """
 from __future__ import annotations
 
@@ -24,6 +30,8 @@ from cogenesis_device.loopback import FaultProxy, LoopbackServer  # noqa: E402
 from report import fmt, summarize, write  # noqa: E402
 
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "context-aware" / "dev.json"
+DEFAULT = "default (adaptive)"
+PROFILE = ("decode_ms", "sample_ms", "attribution_ms", "wait_ms", "guard_ms", "http_ms", "parse_ms", "other_ms")
 
 
 def prompts(n: int) -> list[tuple[str, str]]:
@@ -37,74 +45,118 @@ def prompts(n: int) -> list[tuple[str, str]]:
     return [(sample["instruction"], sample["context"])]
 
 
-def run_once(generator: cg.CoGenerator, instruction: str, context: str, tokens: int) -> dict:
-    result = generator.generate(instruction, context, max_tokens=tokens, temperature=0.0)
-    s = result.stats
-    return {
-        "tokens_per_s": s.decode_tokens_per_s,
-        "round_trips_per_token": s.round_trips_per_token,
-        "network_wait_share": s.network_wait_ms / s.total_ms,
-        "text": result.text,
-        "fallback": result.fallback,
-    }
+def run_once(generator: cg.CoGenerator, remote: cg.RemoteModel, instruction: str, context: str, tokens: int) -> dict:
+    before = dict(remote.timings)
+    stream = generator.stream(instruction, context, max_tokens=tokens, temperature=0.0)
+    for _ in stream:
+        pass
+    result, s = stream.result, stream.result.stats
+    row = {"tokens_per_s": s.decode_tokens_per_s, "round_trips_per_token": s.round_trips_per_token,
+           "wasted_per_accepted": s.wasted_per_accepted,
+           "depth": s.remote_tokens_asked / s.round_trips if s.round_trips else 0.0,
+           "text": result.text, "fallback": result.fallback}
+    engine = stream.engine_stats
+    if engine is not None:  # the time per generated token, by where it went
+        n = max(s.n_tokens, 1)
+        client = {k: (remote.timings[k] - before[k]) / n for k in ("guard_ms", "http_ms", "parse_ms")}
+        parts = {"decode_ms": engine.decode_ms / n, "sample_ms": engine.sample_ms / n,
+                 "attribution_ms": engine.attribution_ms / n, "wait_ms": engine.wait_ms / n, **client}
+        parts["other_ms"] = s.total_ms / n - sum(parts[k] for k in ("decode_ms", "sample_ms", "attribution_ms",
+                                                                     "wait_ms"))
+        parts["total_ms"] = s.total_ms / n
+        row["profile"] = parts
+    return row
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--prompts", type=int, default=3)
     ap.add_argument("--rtts", default="0,20,50,100")
-    ap.add_argument("--lookaheads", default="4,8,16")
-    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--lookaheads", default="2,4,8,16")
+    ap.add_argument("--threads", type=int, default=1, help="threads of the local model and of the server each")
     args = ap.parse_args()
     rtts = [float(x) for x in args.rtts.split(",")]
     lookaheads = [int(x) for x in args.lookaheads.split(",")]
     pairs = prompts(args.prompts)
 
     local = cg.LocalModel(n_ctx=2048, n_threads=args.threads)
-    protocols = {"per-token (paper)": dict(lookahead=1, overlap=False)}
+    protocols = {"per-token (paper)": dict(lookahead=1, overlap=False), "per-token + overlap": dict(lookahead=1)}
     protocols.update({f"lookahead {k}": dict(lookahead=k) for k in lookaheads})
-    rows = []
+    protocols[DEFAULT] = {}
+    rows, profiles = [], []
     with LoopbackServer(n_ctx=2048, n_threads=args.threads) as server, FaultProxy(server.base_url) as proxy, \
             cg.RemoteModel(proxy.base_url, template=local) as remote:
         remote.connect()
-        generators = {name: cg.CoGenerator(local, remote, **options) for name, options in protocols.items()}
+        generators = {"local only": cg.CoGenerator(local, None)}
+        generators.update({name: cg.CoGenerator(local, remote, mode="logits", **options)
+                           for name, options in protocols.items()})
         for rtt in rtts:
             proxy.rtt_ms = rtt
-            samples = {name: [] for name in protocols}
+            samples = {name: [] for name in generators}
             for _ in range(args.repeats):
                 for instruction, context in pairs:
                     texts = set()
-                    for name, generator in generators.items():  # interleaved: same noise for all
-                        run_once(generator, instruction, context, 2)  # warm the local prefix cache
-                        sample = run_once(generator, instruction, context, args.tokens)
+                    for name, generator in generators.items():  # interleaved: the same noise for all
+                        run_once(generator, remote, instruction, context, 2)  # warm the local prefix cache
+                        sample = run_once(generator, remote, instruction, context, args.tokens)
                         samples[name].append(sample)
-                        texts.add(sample["text"])
+                        if name != "local only":
+                            texts.add(sample["text"])
                     if len(texts) != 1:
                         print(f"warning: protocols wrote different texts for {instruction[:40]!r}", file=sys.stderr)
             for name, runs in samples.items():
                 row = {"rtt_ms": rtt, "protocol": name,
                        **{key: summarize([r[key] for r in runs]) for key in
-                          ("tokens_per_s", "round_trips_per_token", "network_wait_share")}}
+                          ("tokens_per_s", "round_trips_per_token", "wasted_per_accepted", "depth")},
+                       "fallbacks": sum(r["fallback"] for r in runs)}
                 rows.append(row)
-                print(f"rtt {rtt:5.0f} ms  {name:18} {fmt(row['tokens_per_s'])} tok/s  "
-                      f"{fmt(row['round_trips_per_token'], 2)} RT/tok", file=sys.stderr)
+                print(f"rtt {rtt:5.0f} ms  {name:20} {fmt(row['tokens_per_s'])} tok/s  "
+                      f"{fmt(row['round_trips_per_token'], 2)} RT/tok  depth {fmt(row['depth'])}", file=sys.stderr)
+            profiles.append({"rtt_ms": rtt, **{k: summarize([r["profile"][k] for r in samples[DEFAULT]])["mean"]
+                                                for k in (*PROFILE, "total_ms")}})
 
     lines = ["# Logits mode over a simulated network", "",
              f"`python benchmarks/bench_collab.py --repeats {args.repeats} --tokens {args.tokens} "
-             f"--prompts {len(pairs)} --rtts {args.rtts} --lookaheads {args.lookaheads}`", "",
-             "Remote: llama_cpp.server (SmolLM2-135M, 2 threads) behind the delay proxy; local: SmolLM2-135M with "
-             "the private context; greedy, weighted w=0.5. Tokens/s after the first token; mean ± sd over "
-             f"{args.repeats} repeats x {len(pairs)} prompts.", "",
-             "| RTT ms | protocol | tok/s | round trips/token | share of time waiting on the network | speed-up |",
-             "|---|---|---|---|---|---|"]
+             f"--prompts {len(pairs)} --rtts {args.rtts} --lookaheads {args.lookaheads} --threads {args.threads}`", "",
+             f"Remote: llama.cpp's server (SmolLM2-135M, {args.threads} thread(s)) behind the delay proxy; local: "
+             f"SmolLM2-135M with the private context ({args.threads} thread(s)); greedy, the default fusion and "
+             f"attribution. Tokens/s after the first token; mean ± sd over {args.repeats} repeats x {len(pairs)} "
+             "prompts. Ratios are of mean tokens/s in this run.", "",
+             "| RTT ms | protocol | tok/s | vs local only | vs per-token (paper) | round trips/token | "
+             "mean depth | remote tokens wasted per accepted |", "|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        base = next(r for r in rows if r["rtt_ms"] == row["rtt_ms"] and r["protocol"].startswith("per-token"))
-        ratio = row["tokens_per_s"]["mean"] / base["tokens_per_s"]["mean"]
+        same = [r for r in rows if r["rtt_ms"] == row["rtt_ms"]]
+        mean = row["tokens_per_s"]["mean"]
+        local_only = next(r for r in same if r["protocol"] == "local only")["tokens_per_s"]["mean"]
+        paper = next(r for r in same if r["protocol"] == "per-token (paper)")["tokens_per_s"]["mean"]
+        remote_row = row["protocol"] != "local only"
         lines.append(f"| {row['rtt_ms']:.0f} | {row['protocol']} | {fmt(row['tokens_per_s'])} | "
-                     f"{fmt(row['round_trips_per_token'], 2)} | {fmt(row['network_wait_share'], 2)} | {ratio:.2f}x |")
-    path = write("collab", {"args": vars(args), "rows": rows}, "\n".join(lines))
+                     f"{mean / local_only:.2f}x | {mean / paper:.2f}x | "
+                     + (f"{fmt(row['round_trips_per_token'], 2)} | {fmt(row['depth'])} | "
+                        f"{fmt(row['wasted_per_accepted'], 2)} |" if remote_row else "- | - | - |"))
+    lines += ["", "The default against the best fixed depth in the same run:", "",
+              "| RTT ms | default tok/s | best fixed | its tok/s | default / best |", "|---|---|---|---|---|"]
+    for rtt in rtts:
+        same = [r for r in rows if r["rtt_ms"] == rtt]
+        fixed = [r for r in same if r["protocol"].startswith(("lookahead", "per-token +"))]
+        best = max(fixed, key=lambda r: r["tokens_per_s"]["mean"])
+        default = next(r for r in same if r["protocol"] == DEFAULT)
+        lines.append(f"| {rtt:.0f} | {default['tokens_per_s']['mean']:.1f} | {best['protocol']} | "
+                     f"{best['tokens_per_s']['mean']:.1f} | "
+                     f"{default['tokens_per_s']['mean'] / best['tokens_per_s']['mean']:.2f}x |")
+    lines += ["", "Where the default's time goes, ms per generated token (engine: decode, fusion and sampling, "
+              "attribution, blocked waiting on the remote; client, on its own thread and overlapping the "
+              "engine: guard, HTTP send-to-answer, parsing; other: the rest of the engine loop and the Python "
+              "handoff):", "",
+              "| RTT ms | total | decode | fusion+sampling | attribution | wait | other | guard | HTTP | parse |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for p in profiles:
+        lines.append(f"| {p['rtt_ms']:.0f} | {p['total_ms']:.2f} | {p['decode_ms']:.2f} | {p['sample_ms']:.2f} | "
+                     f"{p['attribution_ms']:.2f} | {p['wait_ms']:.2f} | {p['other_ms']:.2f} | {p['guard_ms']:.2f} | "
+                     f"{p['http_ms']:.2f} | {p['parse_ms']:.2f} |")
+    path = write("collab", {"args": vars(args), "rows": rows, "profile": profiles}, "\n".join(lines))
     print(f"wrote {path}", file=sys.stderr)
 
 

@@ -70,7 +70,8 @@ def _add_collaboration(p) -> None:
     p.add_argument("--rule", default="weighted", choices=["weighted", "max", "context_delta"], help="fusion rule")
     p.add_argument("--weight", type=float, default=0.5, help="local weight of the weighted rule (default 0.5)")
     p.add_argument("--fill", default="mask", choices=["mask", "tail"], help="remote scores outside its top-k")
-    p.add_argument("--lookahead", type=int, default=8, help="remote tokens per round trip (1: per-token protocol)")
+    p.add_argument("--lookahead", type=int, default=None,
+                   help="remote tokens per round trip (1: per-token protocol; default: adaptive)")
     p.add_argument("--threshold", type=float, default=2.0,
                    help="attribution: withhold generated tokens the context explains by more than this many nats (2)")
     p.add_argument("--no-attribution", action="store_true",

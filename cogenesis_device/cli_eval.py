@@ -21,7 +21,7 @@ def add_eval(sub) -> None:
                         "append ':text-only' to turn on-device attribution off (e.g. redact:text-only)")
     p.add_argument("--limit", type=int, default=None, help="first N samples only")
     p.add_argument("-n", "--max-tokens", type=int, default=128, help="tokens generated per answer (default 128)")
-    p.add_argument("--lookahead", type=int, default=8)
+    p.add_argument("--lookahead", type=int, default=None, help="remote tokens per round trip (default: adaptive)")
     p.add_argument("-m", "--model", default=DEFAULT_MODEL, help="local model")
     p.add_argument("--n-ctx", type=int, default=4096, help="local context window (default 4096: the profiles are long)")
     p.add_argument("--remote-url", default=None, help="OpenAI-compatible remote (default: a loopback server)")

@@ -95,6 +95,8 @@ class CoStats:
     withheld_tokens: int = 0  # generated tokens the remote received as placeholders (last request)
     context_bits: float = 0.0  # context information in the generated text the remote received
     local_decode_ms: float = 0.0  # evaluating generated tokens on the device (logits mode: both sequences)
+    remote_tokens_asked: int = 0  # positions asked of the remote, over all requests (logits mode)
+    remote_tokens_used: int = 0  # positions fused with the remote's scores (logits mode)
 
     @property
     def tokens_per_s(self) -> float:
@@ -109,6 +111,11 @@ class CoStats:
     @property
     def round_trips_per_token(self) -> float:
         return self.round_trips / self.n_tokens if self.n_tokens else 0.0
+
+    @property
+    def wasted_per_accepted(self) -> float:
+        """Remote tokens asked and never used, per token the fused choice took from the remote (at least 1)."""
+        return (self.remote_tokens_asked - self.remote_tokens_used) / max(self.remote_tokens_accepted, 1)
 
     def summary(self) -> str:
         return (f"{self.n_tokens} tok in {self.total_ms:.0f} ms ({self.tokens_per_s:.1f} tok/s), first token "
@@ -173,7 +180,9 @@ class CoGenerator:
     fusion: a FusionConfig (or its fields as a dict).
     privacy: 'redact' (default), 'block' or 'audit', or a dict of EgressGuard arguments
         (policy, min_span, entities, audit_path).
-    lookahead: tokens asked of the remote per call in logits mode (1 = the paper's per-token protocol).
+    lookahead: tokens asked of the remote per call in logits mode (1 = the paper's per-token protocol);
+        None (default): chosen per request from the measured request latency, the remote's cost per
+        token, the local speed and the recent acceptance.
     overlap: decode locally while a request is in flight.
     outline_tokens: longest outline asked of the remote in sketch mode.
     batch_verify: score the remote's lookahead tokens in one batched decode (True), or one at a time
@@ -189,14 +198,14 @@ class CoGenerator:
     """
 
     def __init__(self, local: LocalModel, remote: RemoteModel | None = None, *, mode: str = "auto",
-                 fusion: FusionConfig | dict | None = None, privacy: str | dict = "redact", lookahead: int = 8,
+                 fusion: FusionConfig | dict | None = None, privacy: str | dict = "redact", lookahead: int | None = None,
                  overlap: bool = True, batch_verify: bool = False, top_k: int | None = None,
                  remote_tokenizer: object = "auto", outline_tokens: int = 200,
                  attribution: bool | dict | AttributionConfig = True):
         if mode not in MODES:
             raise InvalidParameterError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        if not 1 <= lookahead <= 31:
-            raise InvalidParameterError(f"lookahead must be between 1 and 31 tokens, got {lookahead}")
+        if lookahead is not None and not 1 <= lookahead <= 31:
+            raise InvalidParameterError(f"lookahead must be between 1 and 31 tokens (None: adaptive), got {lookahead}")
         self.local, self.remote, self.mode = local, remote, mode
         self.fusion = fusion if isinstance(fusion, FusionConfig) else FusionConfig(**(fusion or {}))
         self.privacy = {"policy": privacy} if isinstance(privacy, str) else dict(privacy)
@@ -334,6 +343,8 @@ class CoStream:
             n_tokens=len(tokens), round_trips=audit["requests"] - audit["blocked"], bytes_sent=audit["bytes_sent"],
             bytes_received=audit["bytes_received"], network_wait_ms=self._network_ms,
             remote_tokens_accepted=self._accepted, withheld_tokens=audit["withheld_tokens"],
+            remote_tokens_asked=self.engine_stats.n_asked if self.engine_stats else 0,
+            remote_tokens_used=self.engine_stats.n_scored if self.engine_stats else 0,
             context_bits=audit["context_bits"], local_decode_ms=self._decode_ms)
         self.result = CoResult(self._text, self._mode, tokens, self._attribution, records, stats,
                                self._finish, self._fallback is not None, self._fallback, self._outline,
@@ -418,7 +429,7 @@ class CoStream:
             self._engine = co = _native.CoGeneration(
                 session, prompt, noctx_prompt=noctx, public_prefix=remote_prompt + self._draft,
                 provider=self._provider, bridge=gen._bridge, remote_vocab=gen.remote_tokenizer, max_tokens=max_tokens,
-                lookahead=gen.lookahead, remote_top_k=gen.top_k or 0, overlap=gen.overlap,
+                lookahead=gen.lookahead or 0, remote_top_k=gen.top_k or 0, overlap=gen.overlap,
                 batch_verify=gen.batch_verify, schedule=fusion.schedule, rule=fusion.rule, fill=fusion.fill,
                 weight=fusion.weight, alpha=fusion.alpha, plausible=fusion.plausible, gate=fusion.gate,
                 attribution=gen.attribution is not None, threshold=attribution.threshold,

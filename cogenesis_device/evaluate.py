@@ -66,7 +66,7 @@ class EvalSettings:
     rules: Sequence[str] = ("weighted:mask", "weighted:tail", "max:tail", "context_delta:tail")
     policies: Sequence[str] = ("redact",)
     max_tokens: int = 128
-    lookahead: int = 8
+    lookahead: int | None = None  # None: adaptive
     gold: bool = True
     gate_records: bool = False
     embeddings: bool = True

@@ -89,14 +89,17 @@ class RemoteCapabilities:
 class _GuardedTransport(httpx2.AsyncBaseTransport):
     """The choke point: every request body passes the current job's guard, then is recorded."""
 
-    def __init__(self, inner: httpx2.AsyncBaseTransport, default_guard: EgressGuard):
+    def __init__(self, inner: httpx2.AsyncBaseTransport, default_guard: EgressGuard, timings: dict):
         self._inner = inner
         self._default_guard = default_guard
+        self._timings = timings
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         guard = _current_guard.get() or self._default_guard
+        checked = time.perf_counter()
         body, record = guard.check_body(request.method, request.url.path, await request.aread(),
                                         _current_attribution.get())
+        self._timings["guard_ms"] += (time.perf_counter() - checked) * 1000.0
         headers = [(k, v) for k, v in request.headers.items() if k.lower() != "content-length"]
         headers.append(("content-length", str(len(body))))
         outgoing = httpx2.Request(request.method, request.url, headers=headers, content=body,
@@ -107,6 +110,7 @@ class _GuardedTransport(httpx2.AsyncBaseTransport):
             content = await response.aread()  # a truncated body fails here, inside the attempt
         finally:
             record.duration_ms = (time.perf_counter() - start) * 1000.0
+            self._timings["http_ms"] += record.duration_ms
         record.status = response.status_code
         record.bytes_received = len(content)
         return httpx2.Response(response.status_code, headers=response.headers, content=content,
@@ -173,6 +177,10 @@ class RemoteModel:
             tokenizer = template if hasattr(template, "native") else None
         self.tokenizer = getattr(tokenizer, "native", tokenizer)
         self.guard = EgressGuard(audit_path=audit_path)
+        # Where the client's time goes, summed over requests (updated on the client's own thread):
+        # guard_ms checking bodies, http_ms from sending a request to its whole answer, parse_ms
+        # reading answers (JSON and logprobs).
+        self.timings = {"guard_ms": 0.0, "http_ms": 0.0, "parse_ms": 0.0}
         self._model = model
         self._capabilities: RemoteCapabilities | None = None
         self._probe_lock = threading.Lock()
@@ -180,7 +188,7 @@ class RemoteModel:
         self._thread = threading.Thread(target=self._loop.run_forever, name="cogenesis-remote", daemon=True)
         self._thread.start()
         limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        transport = _GuardedTransport(httpx2.AsyncHTTPTransport(limits=limits), self.guard)
+        transport = _GuardedTransport(httpx2.AsyncHTTPTransport(limits=limits), self.guard, self.timings)
         http = httpx2.AsyncClient(transport=transport, timeout=self.timeout)
         self._client = openai.AsyncOpenAI(base_url=self.base_url, api_key=api_key, timeout=self.timeout,
                                           max_retries=0, http_client=http)
@@ -347,8 +355,10 @@ class RemoteModel:
         async def attempt():
             answer = await self._client.completions.with_raw_response.create(
                 model=model, prompt=prompt, max_tokens=n, temperature=temperature, logprobs=top_k, **_seed(seed))
+            parsing = time.perf_counter()
             body = _json(answer)
             continuation = _parse_completion(body, n, self.tokenizer)
+            self.timings["parse_ms"] += (time.perf_counter() - parsing) * 1000.0
             return (continuation, body) if raw else continuation
 
         return await self._attempts("completion", attempt)

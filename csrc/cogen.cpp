@@ -271,6 +271,9 @@ void register_cogen(py::module_ & m) {
         .def_readonly("n_generated", &cg_cogen_stats::n_generated)
         .def_readonly("n_requests", &cg_cogen_stats::n_requests)
         .def_readonly("n_accepted", &cg_cogen_stats::n_accepted, "positions where the fused token was the remote's own")
+        .def_readonly("n_asked", &cg_cogen_stats::n_asked, "positions asked of the remote, over all requests")
+        .def_readonly("n_scored", &cg_cogen_stats::n_scored,
+                      "positions fused with the remote's scores (n_asked - n_scored were wasted)")
         .def_readonly("n_withheld", &cg_cogen_stats::n_withheld)
         .def_readonly("context_bits", &cg_cogen_stats::context_bits);
 
@@ -283,7 +286,7 @@ void register_cogen(py::module_ & m) {
         "None generates local-only. The session is reserved until the generation finishes or close().")
         .def(py::init(&start), py::arg("session"), py::arg("prompt"), py::kw_only(), py::arg("noctx_prompt") = py::none(),
              py::arg("public_prefix") = "", py::arg("provider") = py::none(), py::arg("bridge") = nullptr,
-             py::arg("remote_vocab") = nullptr, py::arg("max_tokens") = 256, py::arg("lookahead") = 8,
+             py::arg("remote_vocab") = nullptr, py::arg("max_tokens") = 256, py::arg("lookahead") = 0,
              py::arg("remote_top_k") = 0, py::arg("overlap") = true, py::arg("batch_verify") = false,
              py::arg("schedule") = py::none(), py::arg("stop") = std::vector<std::string>{},
              py::arg("rule") = "weighted", py::arg("fill") = "mask", py::arg("weight") = 0.5f, py::arg("alpha") = 1.0f,

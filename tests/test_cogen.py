@@ -4,6 +4,7 @@ import json
 import math
 import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -213,10 +214,47 @@ def test_cancel_from_another_thread_stops_a_provider_wait(model):
     assert co.fallback_reason is None  # a cancelled wait is not a remote failure
 
 
+class SlowProvider(SecondModelProvider):
+    """A provider whose every answer takes `latency` seconds more, like a remote across a network."""
+
+    def __init__(self, model, latency):
+        super().__init__(model)
+        self.latency, self.depths = latency, []
+
+    def submit(self, text, tokens, may_leave, n_steps, top_k, context_bits):
+        self.depths.append(n_steps)
+        return super().submit(text, tokens, may_leave, n_steps, top_k, context_bits)
+
+    def wait(self, request):
+        time.sleep(self.latency)
+        return super().wait(request)
+
+
+def test_the_default_depth_follows_the_measured_latency(model):
+    """lookahead=0 (the default): the first two requests ask 2 and 6 tokens to fit the latency line;
+    then a remote with 300 ms per request is asked for more tokens at a time than one with none,
+    whose cost is its time per token. Both write the text of the per-token protocol."""
+    depths, texts = {}, {}
+    for latency in (0.0, 0.3):
+        provider = SlowProvider(model, latency)
+        with model.pooled_session() as session:
+            co = co_generation(model, session, provider, max_tokens=40, attribution=False)
+            texts[latency] = [t.token for t in run(co)]
+            stats = co.stats
+        assert provider.depths[:2] == [2, 6] and stats.n_asked == sum(provider.depths)
+        assert stats.n_scored <= stats.n_asked and stats.n_accepted <= stats.n_scored
+        depths[latency] = np.mean(provider.depths[2:])
+    with model.pooled_session() as session:
+        reference = [t.token for t in run(co_generation(model, session, SecondModelProvider(model), max_tokens=40,
+                                                        attribution=False, lookahead=1))]
+    assert texts[0.0] == texts[0.3] == reference
+    assert depths[0.3] > depths[0.0] + 1, depths
+
+
 def test_bad_loop_arguments_are_named(model):
     with model.pooled_session() as session:
         with pytest.raises(InvalidParameterError, match="lookahead"):
-            co_generation(model, session, None, lookahead=0)
+            co_generation(model, session, None, lookahead=-1)
         with pytest.raises(InvalidParameterError, match="context_delta"):
             co_generation(model, session, SecondModelProvider(model), rule="context_delta")
         with pytest.raises(InvalidParameterError, match="window"):

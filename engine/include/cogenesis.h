@@ -450,7 +450,7 @@ int32_t cg_vocab_bridge_map(cg_vocab_bridge * bridge, const char * const * token
  *
  * Usage:
  *   struct cg_cogen_params p = cg_cogen_default_params();
- *   p.max_tokens = 128; p.lookahead = 8;
+ *   p.max_tokens = 128;  // p.lookahead stays 0: adaptive
  *   struct cg_remote_provider prov = { my_submit, my_wait, my_release, my_state };
  *   cg_cogen * co;
  *   cg_cogen_init(session, prompt, n_prompt, noctx, n_noctx, public_prefix, &p, &prov, &co);
@@ -519,7 +519,9 @@ typedef struct cg_remote_provider {
 
 struct cg_cogen_params {
     int32_t max_tokens;      /* tokens to generate (>= 1) */
-    int32_t lookahead;       /* positions asked per request, 1..31 (1 = the paper's per-token protocol) */
+    int32_t lookahead;       /* positions asked per request, 1..31 (1 = the paper's per-token protocol);
+                                0 (default) = adaptive: each request's depth is chosen from the measured
+                                latency per request and per token, local speed and acceptance */
     int32_t top_k;           /* alternatives asked per position (0 = the provider's default) */
     bool    overlap;         /* decode the pending token while a request is in flight */
     bool    batch_verify;    /* score the remote's lookahead tokens in one batch (exact only on
@@ -575,6 +577,8 @@ struct cg_cogen_stats {
     int32_t n_generated;     /* tokens generated (excluding a final end-of-generation token) */
     int32_t n_requests;      /* requests submitted */
     int32_t n_accepted;      /* positions where the fused token was the remote's own */
+    int32_t n_asked;         /* positions asked of the remote, over all requests */
+    int32_t n_scored;        /* positions fused with the remote's scores (n_asked - n_scored: wasted) */
     int32_t n_withheld;      /* generated tokens withheld (as of the latest request) */
     float   context_bits;    /* context information in the tokens sent (latest request) */
 };

@@ -133,6 +133,9 @@ struct Egress {
 // One request, copied out of the provider's buffers as soon as it is answered.
 struct Call {
     int64_t                 handle = 0;
+    int32_t                 asked = 0;        // positions asked
+    int32_t                 accepted = 0;     // positions whose fused token was the remote's own
+    double                  t_submit = 0.0;
     bool                    live = false;     // submitted and not yet released
     bool                    answered = false;
     std::string             text;             // what the remote continues
@@ -142,6 +145,55 @@ struct Call {
     std::vector<std::vector<float>>    top_lps;
     std::vector<cg_token>   text_tokens;      // the remote's tokenization of text (canonical check), lazily
     bool                    tokenized = false;
+};
+
+// The adaptive lookahead (params.lookahead == 0): each request's depth k minimizes the expected time
+// per token, (max(L(k), d) + (s(k) - 1) d) / s(k) with overlap and (L(k) + s(k) d) / s(k) without,
+// where L(k) = fixed + per_token * k is the request's latency (fitted to the measured latencies),
+// d the local time per token (measured), and s(k) = (1 - a^k) / (1 - a) the positions a request
+// serves when each of the remote's tokens is accepted with probability a (measured). Old
+// measurements fade, so the depth follows the network and the text.
+struct Pace {
+    static constexpr double  kFade = 0.8;
+    static constexpr int32_t kMaxDepth = 16;
+    static constexpr int32_t kProbes[2] = {2, 6};  // two depths first, to fit the latency line
+
+    double  w = 0, sk = 0, skk = 0, sl = 0, skl = 0;  // faded sums for the latency fit
+    double  fixed_ms = 0, per_token_ms = 0;
+    double  accepted = 1, rejected = 1;               // faded counts, with a uniform prior
+    int32_t n_observed = 0;
+
+    void observe_latency(int32_t k, double ms) {
+        w = w * kFade + 1;
+        sk = sk * kFade + k;
+        skk = skk * kFade + (double) k * k;
+        sl = sl * kFade + ms;
+        skl = skl * kFade + k * ms;
+        const double mk = sk / w, ml = sl / w, var = skk / w - mk * mk;
+        if (var > 0.25) per_token_ms = std::max(0.0, (skl / w - mk * ml) / var);  // else keep the last slope
+        fixed_ms = std::max(0.0, ml - per_token_ms * mk);
+        ++n_observed;
+    }
+
+    void observe_run(int32_t n_accepted, bool rejected_one) {
+        accepted = accepted * kFade + n_accepted;
+        rejected = rejected * kFade + (rejected_one ? 1 : 0);
+    }
+
+    int32_t choose(double local_ms, bool overlap) const {
+        if (n_observed < 2) return kProbes[n_observed];
+        const double a = std::min(accepted / (accepted + rejected), 0.99);
+        int32_t best = 1;
+        double best_cost = INFINITY;
+        for (int32_t k = 1; k <= kMaxDepth; ++k) {
+            const double served = (1.0 - std::pow(a, k)) / (1.0 - a);
+            const double latency = fixed_ms + per_token_ms * k;
+            const double cost = overlap ? (std::max(latency, local_ms) + (served - 1.0) * local_ms) / served
+                                        : latency / served + local_ms;
+            if (cost < best_cost - 1e-9) best_cost = cost, best = k;
+        }
+        return best;
+    }
 };
 
 std::vector<cg_token> tokenize(const cg_model * model, const std::string & text) {
@@ -186,6 +238,7 @@ struct cg_cogen {
     std::vector<float> rows;           // main-sequence scores of the run's positions, n_vocab each
     int32_t            n_rows = 0;
 
+    Pace           pace;
     cg_cogen_stats st{};
     double         t_start = 0.0;
     std::string    error;  // scratch for provider messages
@@ -287,7 +340,9 @@ int32_t submit(cg_cogen * co) {
     req.tokens = co->tokens.data();
     req.may_leave = may_leave.data();
     req.n_tokens = (int32_t) co->tokens.size();
-    req.n_steps = std::min(co->p.lookahead, co->p.max_tokens - produced);
+    const double local_ms = (co->st.decode_ms + co->st.sample_ms + co->st.attribution_ms) / std::max(produced, 1);
+    const int32_t depth = co->p.lookahead > 0 ? co->p.lookahead : co->pace.choose(local_ms, co->p.overlap);
+    req.n_steps = std::min(depth, co->p.max_tokens - produced);
     req.top_k = co->p.top_k;
     co->error.assign(512, '\0');
     const int32_t rc = co->provider.submit(co->provider.user, &req, &c.handle, &co->error[0], (int32_t) co->error.size());
@@ -298,8 +353,11 @@ int32_t submit(cg_cogen * co) {
         return CG_OK;
     }
     c.live = true;
+    c.asked = req.n_steps;
+    c.t_submit = cg::now_ms();
     co->has_call = true;
     ++co->st.n_requests;
+    co->st.n_asked += req.n_steps;
     return CG_OK;
 }
 
@@ -370,7 +428,8 @@ int32_t await(cg_cogen * co) {
     std::string problem = co->error.c_str();
     bool ok = rc == CG_OK;
     if (ok && (n < 0 || (n > 0 && !steps))) { ok = false; problem = "the provider returned a malformed answer"; }
-    for (int32_t i = 0; ok && i < std::min(n, co->p.lookahead); ++i) ok = take_step(co, steps[i], problem);
+    for (int32_t i = 0; ok && i < std::min(n, c.asked); ++i) ok = take_step(co, steps[i], problem);
+    if (ok) co->pace.observe_latency(c.asked, cg::now_ms() - c.t_submit);
     co->provider.release(co->provider.user, c.handle);  // everything needed is copied
     c.live = false;
     if (rc == CG_ERR_REFUSED) return cg::fail(rc, problem);
@@ -408,10 +467,16 @@ bool continues(cg_cogen * co, cg_token token) {
     const int32_t j = co->j;
     if (!co->has_call || j >= (int32_t) c.ids.size() || token != c.ids[j]) return false;
     ++co->st.n_accepted;
+    ++co->call.accepted;
     return j + 1 < (int32_t) c.ids.size() && canonical(co, j + 1);
 }
 
-void end_run(cg_cogen * co, cg_token token) {
+void end_run(cg_cogen * co, cg_token token, bool full) {
+    if (co->has_call && !co->call.ids.empty()) {
+        // Ended before the answer's last position, and not by max_tokens: the remote's token was
+        // rejected (or its tokenization would differ).
+        co->pace.observe_run(co->call.accepted, !full && co->j + 1 < (int32_t) co->call.ids.size());
+    }
     cg_session_seq_truncate(co->s, kMainSeq, co->base + 1 + co->j);
     co->pending = token;
     co->in_run = false;
@@ -441,6 +506,7 @@ int32_t sample(cg_cogen * co, cg_cogen_token * t) {
     const Call & c = co->call;
     const bool scored = co->has_call && co->j < (int32_t) c.ids.size() && consults(co, (int32_t) co->tokens.size());
     if (scored) {
+        ++co->st.n_scored;
         const auto & ids = c.top_ids[co->j];
         const cg_sparse_dist dist{ids.data(), c.top_lps[co->j].data(), (int32_t) ids.size()};
         if (int32_t rc = cg_fusion_sampler_set_remote(co->fusion, &dist, nullptr)) return rc;
@@ -470,7 +536,7 @@ int32_t sample(cg_cogen * co, cg_cogen_token * t) {
 int32_t check_params(const cg_session * s, const cg_cogen_params * p, bool attributing) {
     auto bad = [](const std::string & m) { return cg::fail(CG_ERR_INVALID_ARGUMENT, m); };
     if (p->max_tokens < 1) return bad("max_tokens must be at least 1, got " + std::to_string(p->max_tokens));
-    if (p->lookahead < 1 || p->lookahead > 31) return bad("lookahead must be between 1 and 31 tokens, got " + std::to_string(p->lookahead));
+    if (p->lookahead < 0 || p->lookahead > 31) return bad("lookahead must be between 1 and 31 tokens (0: adaptive), got " + std::to_string(p->lookahead));
     if (p->top_k < 0) return bad("top_k must be >= 0, got " + std::to_string(p->top_k));
     if (p->n_stop < 0 || (p->n_stop > 0 && !p->stop)) return bad("invalid stop strings");
     if (p->fusion.rule == CG_FUSION_CONTEXT_DELTA) {
@@ -492,7 +558,7 @@ extern "C" {
 struct cg_cogen_params cg_cogen_default_params(void) {
     cg_cogen_params p{};
     p.max_tokens = 256;
-    p.lookahead = 8;
+    p.lookahead = 0;
     p.top_k = 0;
     p.overlap = true;
     p.batch_verify = false;
@@ -650,7 +716,7 @@ int32_t cg_cogen_next(cg_cogen * co, struct cg_cogen_token * token, const char *
     // A withheld token does not end the run: the remote wrote the scores that follow its own token,
     // so using them tells it nothing.
     if (full || !continues(co, tok)) {
-        end_run(co, tok);
+        end_run(co, tok, full);
     } else if (co->n_rows == co->j + 1) {
         const int32_t room = co->s->n_ctx - used(co) - 1;
         std::vector<cg_token> batch;
@@ -662,7 +728,7 @@ int32_t cg_cogen_next(cg_cogen * co, struct cg_cogen_token * token, const char *
         const int32_t fits = std::min(room, co->s->n_outputs_max);
         if ((int32_t) batch.size() > fits) batch.resize(std::max(fits, 0));
         if (batch.empty()) {
-            end_run(co, tok);
+            end_run(co, tok, full);
         } else {
             const int32_t rc = decode_main(co, batch);
             if (rc == CG_ERR_CANCELLED) {
