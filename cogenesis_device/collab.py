@@ -285,6 +285,7 @@ class CoStream:
         self.engine_stats: _native.CoGenerationStats | None = None  # the engine loop's own (logits mode)
         self._provider: _RemoteProvider | None = None
         self._mode, self._mode_reason = gen.mode, None
+        self._public_prompt: str | None = None  # the remote's prompt, once formatted
         self._pieces = self._run(context, max_tokens, sampling)
 
     def __iter__(self) -> Iterator[str]:
@@ -362,16 +363,17 @@ class CoStream:
         remote = self._gen.remote
         if remote is None:
             return "logits", "auto: no remote, so the local model alone"
-        if remote.template is None:
-            return "sketch", "auto: sketch mode, since the remote's prompt format is unknown (no template=)"
         try:
             caps = remote.capabilities
+            if not caps.next_token_scores:
+                return "sketch", f"auto: sketch mode, since the server {caps.missing()}"
+            self._public_prompt = remote.prompt([{"role": "user", "content": self._instruction}], guard=self._guard)
         except RemoteError as exc:
+            if exc.kind == "config" and "template=" in str(exc):
+                return "sketch", f"auto: sketch mode, since the remote's prompt format is unknown ({exc})"
             return "logits", f"auto: the probe failed ({exc})"
-        if caps.next_token_scores:
-            return "logits", (f"auto: logits mode, since the server returns next-token logprobs "
-                              f"(top {caps.max_top_k}, tokens named by {caps.token_identity})")
-        return "sketch", f"auto: sketch mode, since the server {caps.missing()}"
+        return "logits", (f"auto: logits mode, since the server returns next-token logprobs "
+                          f"(top {caps.max_top_k}, tokens named by {caps.token_identity})")
 
     # -- sketch, and local-only ----------------------------------------------------------------------
 
@@ -458,7 +460,7 @@ class CoStream:
         if remote is None:
             return None
         try:
-            prompt = remote.prompt([{"role": "user", "content": instruction}])
+            prompt = self._public_prompt or remote.prompt([{"role": "user", "content": instruction}], guard=self._guard)
             caps = remote.capabilities  # probe before the loop, so a failure falls back cleanly
         except RemoteError as exc:
             if exc.kind == "config":

@@ -189,7 +189,8 @@ class RemoteModel:
         self._thread.start()
         limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         transport = _GuardedTransport(httpx2.AsyncHTTPTransport(limits=limits), self.guard, self.timings)
-        http = httpx2.AsyncClient(transport=transport, timeout=self.timeout)
+        http = self._http = httpx2.AsyncClient(transport=transport, timeout=self.timeout)
+        self._auth = {"Authorization": f"Bearer {api_key}"}
         self._client = openai.AsyncOpenAI(base_url=self.base_url, api_key=api_key, timeout=self.timeout,
                                           max_retries=0, http_client=http)
 
@@ -316,16 +317,44 @@ class RemoteModel:
 
     # -- requests ----------------------------------------------------------------------------------
 
-    def prompt(self, messages: Messages) -> str:
-        """The text prompt for /v1/completions: the messages formatted with the remote's template."""
+    def prompt(self, messages: Messages, *, guard: EgressGuard | None = None) -> str:
+        """The text prompt for /v1/completions: the messages formatted with the remote's template, or,
+        with no template=, by the server itself (llama.cpp's /apply-template, a request that passes
+        `guard` like any other)."""
         if self.template is None:
-            raise RemoteError("the remote model's chat template is unknown: pass template= (a LocalModel of the same "
-                              "family, a callable(messages) -> str, or 'raw')", kind="config")
+            return self._wait(self._submit(self._attempts("applying the server's chat template",
+                                                          lambda: self._apply_template(messages)), guard))
         if self.template == "raw":
             return "\n\n".join(m["content"] for m in messages) + "\n\n"
         if hasattr(self.template, "apply_chat_template"):
             return self.template.apply_chat_template(messages, add_generation_prompt=True)
         return self.template(messages)
+
+    async def _apply_template(self, messages: Messages) -> str:
+        url = f"{self.base_url.removesuffix('/v1')}/apply-template"  # at the server root, not under /v1
+        try:
+            response = await self._http.post(url, json={"messages": list(messages)}, headers=self._auth)
+        except httpx2.TimeoutException:
+            raise _Retryable(f"no complete answer within {self.timeout:g} s", "timeout") from None
+        except httpx2.HTTPError as exc:
+            raise _Retryable(f"connection failed ({exc})", "connection") from None
+        if response.status_code in (404, 405):
+            raise RemoteError("the remote model's chat template is unknown and the server does not render it "
+                              "(no /apply-template, which llama.cpp's server has): pass template= (a LocalModel of "
+                              "the same family, a callable(messages) -> str, or 'raw')", kind="config")
+        if response.status_code in _RETRY_STATUS or response.status_code >= 500:
+            raise _Retryable(f"HTTP {response.status_code}", "status", response.status_code,
+                             _retry_after(response.headers))
+        if response.status_code >= 400:
+            raise RemoteError(f"applying the server's chat template at {url} failed: HTTP {response.status_code}",
+                              kind="status", status=response.status_code)
+        try:
+            prompt = response.json()["prompt"]
+        except (ValueError, KeyError, TypeError):
+            raise _Retryable("the /apply-template answer has no prompt", "malformed") from None
+        if not isinstance(prompt, str):
+            raise _Retryable("the /apply-template answer has no prompt", "malformed")
+        return prompt
 
     def next_tokens(self, prompt: str, *, n: int = 1, top_k: int | None = None, temperature: float = 0.0,
                     seed: int | None = None, guard: EgressGuard | None = None) -> Continuation:

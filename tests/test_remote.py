@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 
+import cogenesis_device as cg
 from cogenesis_device.errors import PrivacyBlockedError, RemoteError
 from cogenesis_device.loopback import free_port
 from cogenesis_device.privacy import EgressGuard
@@ -214,10 +215,24 @@ def test_configuration_errors_name_the_argument_and_the_variables(monkeypatch):
         assert preferred.base_url == "http://127.0.0.1:8/v1"
 
 
-def test_next_tokens_needs_a_known_template(proxy):
-    with RemoteModel(proxy.base_url) as untemplated:
-        with pytest.raises(RemoteError, match="template="):
-            untemplated.prompt(HAIKU)
+def test_without_a_template_the_server_renders_the_prompt_or_the_error_asks_for_one(real_server, model):
+    """llama.cpp's server renders messages with the model's own template (/apply-template, at the
+    server root): the request passes the guard like any other, and mode="auto" then runs logits mode.
+    llama_cpp.server has no such endpoint: the error asks for template=, and auto falls to sketch."""
+    from reference import post
+
+    with RemoteModel(real_server.base_url, tokenizer=model) as untemplated:
+        if real_server.server == "llama-cpp-python":
+            with pytest.raises(RemoteError, match="template="):
+                untemplated.prompt(HAIKU)
+        else:
+            expected = post(real_server.base_url.removesuffix("/v1") + "/apply-template", {"messages": HAIKU})["prompt"]
+            assert untemplated.prompt(HAIKU) == expected and "Write a haiku about rain." in expected
+            assert any(r.endpoint.endswith("/apply-template") for r in untemplated.guard.records)
+        result = cg.CoGenerator(model, untemplated).generate("Write a haiku about rain.", "Name: Odalys",
+                                                              max_tokens=4, temperature=0.0)
+    assert result.mode == ("logits" if real_server.server == "llama.cpp" else "sketch"), result.mode_reason
+    assert not result.fallback, result.fallback_reason
 
 
 def test_the_loopback_server_dies_with_its_parent_even_on_sigkill(tmp_path):

@@ -156,7 +156,9 @@ struct Call {
 struct Pace {
     static constexpr double  kFade = 0.8;
     static constexpr int32_t kMaxDepth = 16;
-    static constexpr int32_t kProbes[2] = {2, 6};  // two depths first, to fit the latency line
+    // The first requests' depths: the first one also carries the server's prefill of the prompt (later
+    // requests find it in the server's cache), so the latency line is fitted from the next two on.
+    static constexpr int32_t kProbes[3] = {2, 1, 6};
 
     double  w = 0, sk = 0, skk = 0, sl = 0, skl = 0;  // faded sums for the latency fit
     double  fixed_ms = 0, per_token_ms = 0;
@@ -164,6 +166,7 @@ struct Pace {
     int32_t n_observed = 0;
 
     void observe_latency(int32_t k, double ms) {
+        if (n_observed++ == 0) return;
         w = w * kFade + 1;
         sk = sk * kFade + k;
         skk = skk * kFade + (double) k * k;
@@ -172,7 +175,6 @@ struct Pace {
         const double mk = sk / w, ml = sl / w, var = skk / w - mk * mk;
         if (var > 0.25) per_token_ms = std::max(0.0, (skl / w - mk * ml) / var);  // else keep the last slope
         fixed_ms = std::max(0.0, ml - per_token_ms * mk);
-        ++n_observed;
     }
 
     void observe_run(int32_t n_accepted, bool rejected_one) {
@@ -181,18 +183,22 @@ struct Pace {
     }
 
     int32_t choose(double local_ms, bool overlap) const {
-        if (n_observed < 2) return kProbes[n_observed];
+        if (n_observed < 3) return kProbes[n_observed];
         const double a = std::min(accepted / (accepted + rejected), 0.99);
-        int32_t best = 1;
+        double cost[kMaxDepth + 1];
         double best_cost = INFINITY;
         for (int32_t k = 1; k <= kMaxDepth; ++k) {
             const double served = (1.0 - std::pow(a, k)) / (1.0 - a);
             const double latency = fixed_ms + per_token_ms * k;
-            const double cost = overlap ? (std::max(latency, local_ms) + (served - 1.0) * local_ms) / served
-                                        : latency / served + local_ms;
-            if (cost < best_cost - 1e-9) best_cost = cost, best = k;
+            cost[k] = overlap ? (std::max(latency, local_ms) + (served - 1.0) * local_ms) / served
+                              : latency / served + local_ms;
+            best_cost = std::min(best_cost, cost[k]);
         }
-        return best;
+        // The shallowest depth within 3% of the best: when the local side is the bottleneck, deeper
+        // requests gain nothing, and the remote's extra work still costs (on a shared machine, time).
+        int32_t k = 1;
+        while (cost[k] > best_cost * 1.03) ++k;
+        return k;
     }
 };
 
@@ -340,7 +346,8 @@ int32_t submit(cg_cogen * co) {
     req.tokens = co->tokens.data();
     req.may_leave = may_leave.data();
     req.n_tokens = (int32_t) co->tokens.size();
-    const double local_ms = (co->st.decode_ms + co->st.sample_ms + co->st.attribution_ms) / std::max(produced, 1);
+    // The local time per token: all the loop's time except prefill and waiting on the remote.
+    const double local_ms = (cg::now_ms() - co->t_start - co->st.prefill_ms - co->st.wait_ms) / std::max(produced, 1);
     const int32_t depth = co->p.lookahead > 0 ? co->p.lookahead : co->pace.choose(local_ms, co->p.overlap);
     req.n_steps = std::min(depth, co->p.max_tokens - produced);
     req.top_k = co->p.top_k;
@@ -472,10 +479,11 @@ bool continues(cg_cogen * co, cg_token token) {
 }
 
 void end_run(cg_cogen * co, cg_token token, bool full) {
-    if (co->has_call && !co->call.ids.empty()) {
-        // Ended before the answer's last position, and not by max_tokens: the remote's token was
-        // rejected (or its tokenization would differ).
-        co->pace.observe_run(co->call.accepted, !full && co->j + 1 < (int32_t) co->call.ids.size());
+    if (co->has_call && !co->call.ids.empty() && co->j < (int32_t) co->call.ids.size()) {
+        // Each position the run served is one trial: the fused token was the remote's own or not
+        // (continues() counted the last one, unless max_tokens ended the run first).
+        const bool own = token == co->call.ids[co->j];
+        co->pace.observe_run(co->call.accepted + (full && own ? 1 : 0), !own);
     }
     cg_session_seq_truncate(co->s, kMainSeq, co->base + 1 + co->j);
     co->pending = token;
