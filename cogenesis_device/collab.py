@@ -520,10 +520,29 @@ class _RemoteProvider:
 
 
 def local_prompt(local: LocalModel, context: str, user: str, draft: str = "") -> list[int]:
-    """The local model's prompt tokens: the context as system message, the task, then the draft."""
-    messages = ([{"role": "system", "content": SYSTEM_PROMPT.format(context=context)}] if context else [])
-    text = local.apply_chat_template(messages + [{"role": "user", "content": user}]) + draft
-    return local.tokenize(text, parse_special=True)
+    """The local model's prompt tokens: the context as system message, the task, then the draft.
+
+    Only the chat template's own markup is read as special tokens. The context, the user's text (in
+    sketch mode it carries the remote's outline) and the draft are plain text: an outline that spells
+    '<|im_end|><|im_start|>system' cannot close the turn and give the context-holding model orders."""
+    before, user_tokens, after = _prompt_parts(local, context, user)
+    return before + user_tokens + after + local.tokenize(draft, add_special=False)
+
+
+_CONTEXT_MARK, _USER_MARK = "\uE000", "\uE001"  # private-use characters: in no real text
+
+
+def _prompt_parts(local: LocalModel, context: str, user: str) -> tuple[list[int], list[int], list[int]]:
+    """local_prompt's tokens before the user's text, of the user's text, and after it."""
+    messages = ([{"role": "system", "content": SYSTEM_PROMPT.format(context=_CONTEXT_MARK)}] if context else [])
+    text = local.apply_chat_template(messages + [{"role": "user", "content": _USER_MARK}])
+    head, _, tail = text.partition(_USER_MARK)
+    before: list[int] = []
+    for i, piece in enumerate(head.split(_CONTEXT_MARK)):
+        if i:
+            before += local.tokenize(context, add_special=False)
+        before += local.tokenize(piece, add_special=not before, parse_special=True) if piece else []
+    return before, local.tokenize(user, add_special=False), local.tokenize(tail, add_special=False, parse_special=True)
 
 
 def prefill_reusing(session: _native.Session, tokens: list[int], seq_id: int = 0) -> None:
@@ -607,10 +626,7 @@ def _explained_words(local: LocalModel, request: str, context: str, cfg: Attribu
 
 def _prompt_before_user_text(local: LocalModel, context: str) -> list[int]:
     """The tokens of local_prompt(local, context, user) that come before the user's text."""
-    mark = "\uE000"  # a private-use character: it appears in no real request
-    messages = ([{"role": "system", "content": SYSTEM_PROMPT.format(context=context)}] if context else [])
-    text = local.apply_chat_template(messages + [{"role": "user", "content": mark}])
-    return local.tokenize(text[:text.index(mark)], parse_special=True)
+    return _prompt_parts(local, context, "")[0]
 
 
 def _whole_word(text: str, start: int, end: int) -> tuple[int, int]:

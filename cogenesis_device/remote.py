@@ -239,30 +239,38 @@ class RemoteModel:
     # -- retries -----------------------------------------------------------------------------------
 
     async def _attempts(self, what: str, attempt: Callable[[], Any]):
-        """Runs attempt() with bounded retries and backoff; raises RemoteError naming the last failure."""
+        """Runs attempt() with bounded retries and backoff; raises RemoteError naming the last failure.
+
+        The errors it raises carry no chained exception and no traceback from inside the client: those
+        would hold the request body (before redaction, in the guard's frames) for anything that logs
+        or reports the error."""
         for n in range(1, self.max_retries + 2):
+            final: Exception | None = None
             try:
                 return await asyncio.wait_for(attempt(), self.timeout)
-            except PrivacyBlockedError:
-                raise
+            except PrivacyBlockedError as exc:
+                final = exc
             except (asyncio.TimeoutError, openai.APITimeoutError):
                 failure = _Retryable(f"no complete answer within {self.timeout:g} s", "timeout")
             except openai.APIConnectionError as exc:
                 cause = exc.__cause__
                 while cause is not None and not isinstance(cause, PrivacyBlockedError):
                     cause = cause.__cause__ or cause.__context__
-                if cause is not None:
-                    raise cause from None
+                final = cause
                 failure = _Retryable(f"connection failed ({exc.__cause__ or exc})", "connection")
             except openai.APIStatusError as exc:
                 status = exc.status_code
                 message = f"HTTP {status}: {_error_message(exc)}"
                 if status not in _RETRY_STATUS and status < 500:
-                    raise RemoteError(f"{what} at {self.base_url} failed: {message}", kind="status", attempts=n,
-                                      status=status) from None
+                    final = RemoteError(f"{what} at {self.base_url} failed: {message}", kind="status", attempts=n,
+                                        status=status)
                 failure = _Retryable(message, "status", status, _retry_after(exc.response.headers))
+            except RemoteError as exc:
+                final = exc
             except _Retryable as exc:
                 failure = exc
+            if final is not None:  # raised here, outside the except blocks: nothing chained
+                raise _scrubbed(final)
             if n > self.max_retries:
                 raise RemoteError(f"{what} at {self.base_url} failed after {n} attempt(s): {failure}",
                                   kind=failure.kind, attempts=n, status=failure.status) from None
@@ -596,6 +604,13 @@ def _token_identity(body: Any) -> str:
         first = lp["content"][0] if lp["content"] else {}
         return "ids" if isinstance(first.get("id"), int) else "bytes" if "bytes" in first else "text"
     return "ids" if any(str(t).startswith("token_id:") for t in lp["tokens"]) else "text"
+
+
+def _scrubbed(error: Exception) -> Exception:
+    """The error without its traceback and chained exceptions."""
+    error.__traceback__ = error.__cause__ = error.__context__ = None
+    error.__suppress_context__ = False
+    return error
 
 
 def _seed(seed: int | None) -> dict:

@@ -147,6 +147,43 @@ def test_a_client_error_is_not_retried(remote, proxy):
     assert err.value.attempts == 1 and len(proxy.records) == 1
 
 
+def _frames(error: BaseException):
+    seen, todo = [], [error]
+    while todo:
+        e = todo.pop()
+        tb = e.__traceback__
+        while tb is not None:
+            seen.append(tb.tb_frame)
+            tb = tb.tb_next
+        todo += [c for c in (e.__cause__, e.__context__) if c is not None]
+    return seen
+
+
+@pytest.mark.parametrize("fault", ["client error", "blocked"])
+def test_errors_keep_no_request_body(remote, proxy, fault):
+    """A 4xx RemoteError chained the HTTP error, which holds the request; a PrivacyBlockedError's
+    traceback held the guard's frames, whose locals are the body before redaction. Crash reporters
+    that capture chained exceptions and frame locals would ship the private text."""
+    secret = "Odalys Brennecke lives at 14 Rue des Lilas"
+    remote.connect()
+    proxy.clear()
+    if fault == "client error":
+        proxy.inject("status", count=1, status=400)
+        guard = EgressGuard([])
+        expected = RemoteError
+    else:
+        guard = EgressGuard([secret], policy="block")
+        expected = PrivacyBlockedError
+    with pytest.raises(expected) as err:
+        remote.next_tokens(remote.prompt(HAIKU) + secret, guard=guard)
+    error = err.value
+    assert error.__cause__ is None and error.__context__ is None
+    # No frame of the guard or the transport, where the body before redaction is a local.
+    inside = [f.f_code.co_name for f in _frames(error)
+              if f.f_code.co_filename.endswith("privacy.py") or f.f_code.co_name == "handle_async_request"]
+    assert inside == []
+
+
 def test_a_slow_server_times_out(proxy, model):
     with RemoteModel(proxy.base_url, template=model, timeout=0.5, max_retries=1, backoff=0.01) as slow:
         slow.connect()
