@@ -149,14 +149,24 @@ class RemoteModel:
         Without one, tokens are read from their bytes or text.
     max_top_k: the largest number of alternatives per position to ask for.
     audit_path: JSONL file recording requests made outside any job (the probe, for example).
+    allow_plain_http: accept an http:// URL to a host other than this machine. Off by default: the
+        instruction, the generated text and the API key would cross the network in clear.
     """
 
     def __init__(self, base_url: str | None = None, api_key: str | None = None, model: str | None = None, *,
                  timeout: float = 30.0, max_retries: int = 2, backoff: float = 0.25, max_backoff: float = 10.0,
-                 template: Any = None, tokenizer: Any = "auto", max_top_k: int = 20, max_connections: int = 16, audit_path: str | None = None):
+                 template: Any = None, tokenizer: Any = "auto", max_top_k: int = 20, max_connections: int = 16,
+                 audit_path: str | None = None, allow_plain_http: bool = False):
         base_url = base_url or os.environ.get("COGENESIS_REMOTE_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
         if not base_url:
             raise RemoteError("no remote base URL: pass base_url= or set COGENESIS_REMOTE_BASE_URL or OPENAI_BASE_URL",
+                              kind="config")
+        scheme = urlparse(base_url).scheme
+        if scheme not in ("http", "https"):
+            raise RemoteError(f"the remote base URL {base_url!r} is not http(s)", kind="config")
+        if scheme == "http" and not _is_loopback(base_url) and not allow_plain_http:
+            raise RemoteError(f"{base_url} is plain http to another machine: the instruction, the generated text and "
+                              "the API key would cross the network in clear. Use https, or pass allow_plain_http=True",
                               kind="config")
         api_key = api_key or os.environ.get("OPENAI_API_KEY")
         if not api_key:
@@ -394,7 +404,7 @@ class RemoteModel:
                 model=model, prompt=prompt, max_tokens=n, temperature=temperature, logprobs=top_k, **_seed(seed))
             parsing = time.perf_counter()
             body = _json(answer)
-            continuation = _parse_completion(body, n, self.tokenizer)
+            continuation = _parse_completion(body, n, self.tokenizer, top_k)
             self.timings["parse_ms"] += (time.perf_counter() - parsing) * 1000.0
             return (continuation, body) if raw else continuation
 
@@ -434,7 +444,7 @@ def _json(raw) -> Any:
         raise _Retryable(f"the answer is not JSON ({exc})", "malformed") from None
 
 
-def _parse_completion(body: Any, n: int, tokenizer: Any = None) -> Continuation:
+def _parse_completion(body: Any, n: int, tokenizer: Any = None, top_k: int | None = None) -> Continuation:
     """A /v1/completions answer with logprobs, in either shape servers use: OpenAI's legacy lists
     (`tokens`, `token_logprobs`, `top_logprobs` dicts; llama_cpp.server, vLLM, SGLang) or the content
     list of chat completions (`id`, `token`, `bytes`, `logprob`, `top_logprobs`; llama.cpp's server)."""
@@ -444,20 +454,25 @@ def _parse_completion(body: Any, n: int, tokenizer: Any = None) -> Continuation:
     except (KeyError, IndexError, TypeError, AttributeError):
         raise _Retryable("the answer has no choices[0]", "malformed") from None
     lp = choice.get("logprobs")
-    if isinstance(lp, dict) and isinstance(lp.get("content"), list):
-        steps = _content_steps(lp["content"], tokenizer)
+    content = lp.get("content") if isinstance(lp, dict) else None
+    if isinstance(content, list):
+        tops = [e.get("top_logprobs") if isinstance(e, dict) else None for e in content]
     elif isinstance(lp, dict) and isinstance(lp.get("tokens"), list) and isinstance(lp.get("top_logprobs"), list):
-        steps = _legacy_steps(lp, tokenizer)
+        tops = lp["top_logprobs"]
     else:
         raise _Retryable("the answer carries no logprobs", "missing_logprobs")
+    # OpenAI: "up to logprobs+1 elements" (the sampled token is always listed). More is not an answer
+    # to this request, and a hostile server's way to make the client work; checked before reading them.
+    if len(tops) > n or (top_k is not None and any(hasattr(t, "__len__") and len(t) > top_k + 1 for t in tops)):
+        raise _Retryable(f"the logprobs list more than the {n} positions and {top_k} alternatives asked for",
+                         "malformed")
+    steps = _content_steps(content, tokenizer) if isinstance(content, list) else _legacy_steps(lp, tokenizer)
     if not steps and not text and finish == "stop":
         # The remote's first choice is end-of-text, which llama_cpp.server reports as no tokens at all:
         # a valid answer that carries no scores for this position.
         return Continuation("", [], finish)
-    if not steps and lp.get("content") == [] and text:
+    if not steps and content == [] and text:
         raise _Retryable("the answer's logprobs list no tokens for its text", "missing_logprobs")
-    if len(steps) > n:
-        raise _Retryable(f"the logprobs list {len(steps)} tokens for max_tokens={n}", "missing_logprobs")
     return Continuation(text, steps, finish)
 
 

@@ -26,7 +26,11 @@ class SecondModelProvider:
 
     def continue_text(self, text, n_steps):
         """Greedy continuation of text: per position (token id, its logprob, [(id, logprob)] top-k)."""
-        prompt = np.asarray(self.model.tokenize(text, parse_special=True), dtype=np.int32)
+        return self.continue_tokens(self.model.tokenize(text, parse_special=True), n_steps)
+
+    def continue_tokens(self, tokens, n_steps):
+        """Greedy continuation of a token prompt, as continue_text."""
+        prompt = np.asarray(tokens, dtype=np.int32)
         self.session.truncate(0)
         self.session.prefill(prompt)
         steps = []

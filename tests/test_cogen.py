@@ -214,41 +214,62 @@ def test_cancel_from_another_thread_stops_a_provider_wait(model):
     assert co.fallback_reason is None  # a cancelled wait is not a remote failure
 
 
-class SlowProvider(SecondModelProvider):
-    """A provider whose every answer takes `latency` seconds more, like a remote across a network."""
+class AgreeingProvider(SecondModelProvider):
+    """The same model with the same private context, `latency` seconds away: its tokens are the
+    fused ones, so every one it writes is accepted."""
 
-    def __init__(self, model, latency):
+    def __init__(self, model, latency, prompt, public_prefix):
         super().__init__(model)
-        self.latency, self.depths = latency, []
+        self.latency, self.prompt, self.public_prefix, self.depths = latency, prompt, public_prefix, []
 
     def submit(self, text, tokens, may_leave, n_steps, top_k, context_bits):
         self.depths.append(n_steps)
-        return super().submit(text, tokens, may_leave, n_steps, top_k, context_bits)
+        return text, n_steps
 
     def wait(self, request):
         time.sleep(self.latency)
-        return super().wait(request)
+        text, n_steps = request
+        written = self.model.tokenize(text[len(self.public_prefix):], add_special=False)
+        piece = self.model.native.token_to_piece
+        return [TokenScores(piece(t), lp, {piece(k): v for k, v in top})
+                for t, lp, top in self.continue_tokens(self.prompt + written, n_steps)]
 
 
-def test_the_default_depth_follows_the_measured_latency(model):
+class RejectedProvider(SecondModelProvider):
+    """A remote whose own token is never the fused one: it always 'writes' a word the local model
+    never would, and lists nothing else."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.depths = []
+
+    def submit(self, text, tokens, may_leave, n_steps, top_k, context_bits):
+        self.depths.append(n_steps)
+        return text, n_steps
+
+    def wait(self, request):
+        return [TokenScores(b" zebra", -0.1, {b" zebra": -0.1})] * request[1]
+
+
+def test_the_default_depth_follows_latency_and_acceptance(model):
     """lookahead=0 (the default): the first requests ask 2, 1 and 6 tokens to fit the latency line;
-    then a remote with 300 ms per request is asked for more tokens at a time than one with none,
-    whose cost is its time per token. Both write the text of the per-token protocol."""
-    depths, texts = {}, {}
-    for latency in (0.0, 0.3):
-        provider = SlowProvider(model, latency)
+    then a remote 300 ms away whose every token is accepted is asked for the most tokens at a time
+    (16), and one whose tokens are never accepted for one."""
+    from cogenesis_device.collab import local_prompt
+
+    instruction, context = prompts(1)[0]
+    prefix = model.apply_chat_template([{"role": "user", "content": instruction}])
+    agreeing = AgreeingProvider(model, 0.3, local_prompt(model, context, instruction), prefix)
+    rejected = RejectedProvider(model)
+    for provider in (agreeing, rejected):
         with model.pooled_session() as session:
-            co = co_generation(model, session, provider, max_tokens=40, attribution=False)
-            texts[latency] = [t.token for t in run(co)]
+            co = co_generation(model, session, provider, max_tokens=48, attribution=False)
+            run(co)
             stats = co.stats
         assert provider.depths[:3] == [2, 1, 6] and stats.n_asked == sum(provider.depths)
-        assert stats.n_scored <= stats.n_asked and stats.n_accepted <= stats.n_scored
-        depths[latency] = np.mean(provider.depths[3:])
-    with model.pooled_session() as session:
-        reference = [t.token for t in run(co_generation(model, session, SecondModelProvider(model), max_tokens=40,
-                                                        attribution=False, lookahead=1))]
-    assert texts[0.0] == texts[0.3] == reference
-    assert depths[0.3] > depths[0.0] + 1, depths
+        assert stats.n_accepted <= stats.n_scored <= stats.n_asked
+    assert agreeing.depths[3] == 16 and len(agreeing.depths) > 3
+    assert set(rejected.depths[3:]) == {1} and len(rejected.depths) > 10
 
 
 def test_bad_loop_arguments_are_named(model):

@@ -84,3 +84,17 @@ def test_a_tokenizer_that_is_not_the_servers_is_refused(gemma_path, model):
     with ReplayServer(spec["routes"]) as server, RemoteModel(server.base_url, template=gemma, timeout=5) as remote:
         with pytest.raises(RemoteError, match="tokenizer is not the server's"):
             remote.connect()
+
+
+def test_more_alternatives_than_asked_is_refused_before_it_is_read(model):
+    """A hostile server that lists 5000 alternatives per position makes the client work; OpenAI's own
+    limit is logprobs + 1 (the sampled token is always listed)."""
+    from contracts import legacy_completion, models
+
+    flood = {f"w{i}": -float(i) for i in range(5000)}
+    routes = {"GET /v1/models": (200, models("m")),
+              "POST /v1/completions": (200, legacy_completion("m", ["w0"], [flood]))}
+    with ReplayServer(routes) as server, RemoteModel(server.base_url, template=model, timeout=5, max_retries=0,
+                                                     max_top_k=20) as remote:
+        with pytest.raises(RemoteError, match="more than the 2 positions and 20 alternatives"):
+            remote.connect()

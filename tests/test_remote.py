@@ -252,6 +252,18 @@ def test_configuration_errors_name_the_argument_and_the_variables(monkeypatch):
         assert preferred.base_url == "http://127.0.0.1:8/v1"
 
 
+def test_plain_http_to_another_machine_is_refused_unless_allowed():
+    """The instruction, the generated text and the API key would cross the network in clear."""
+    with pytest.raises(RemoteError, match="plain http to another machine.*allow_plain_http=True"):
+        RemoteModel("http://api.example.com/v1", api_key="k")
+    with pytest.raises(RemoteError, match="not http"):
+        RemoteModel("ftp://api.example.com/v1", api_key="k")
+    with RemoteModel("http://api.example.com/v1", api_key="k", allow_plain_http=True) as allowed:
+        assert allowed.base_url == "http://api.example.com/v1"  # no request is made here
+    with RemoteModel("http://localhost:9/v1") as loopback:
+        assert loopback.base_url == "http://localhost:9/v1"
+
+
 def test_without_a_template_the_server_renders_the_prompt_or_the_error_asks_for_one(real_server, model):
     """llama.cpp's server renders messages with the model's own template (/apply-template, at the
     server root): the request passes the guard like any other, and mode="auto" then runs logits mode.
