@@ -11,8 +11,11 @@ struct cg_vocab_bridge {
     std::unordered_map<std::string, cg_token> specials;  // control-token text -> local id (exact match only)
     size_t                                    max_len = 0;
     std::mutex                                mu;
-    std::unordered_map<std::string, cg_token> cache;     // remote token -> local id (or -1)
+    std::unordered_map<std::string, cg_token> cache;     // remote token -> local id (or -1), bounded
 };
+
+// Entries the lookup cache may hold: a remote that names ever new tokens cannot grow it without bound.
+constexpr size_t kMaxCached = 1 << 16;
 
 extern "C" {
 
@@ -68,6 +71,7 @@ cg_token cg_vocab_bridge_lookup(cg_vocab_bridge * b, const char * text, int32_t 
         if (it != b->by_bytes.end()) id = it->second;
     }
     std::lock_guard<std::mutex> lock(b->mu);
+    if (b->cache.size() >= kMaxCached) b->cache.clear();
     b->cache.emplace(std::move(key), id);
     return id;
 }
@@ -78,24 +82,13 @@ int32_t cg_vocab_bridge_map(cg_vocab_bridge * b, const char * const * tokens, co
         cg::fail(CG_ERR_INVALID_ARGUMENT, "cg_vocab_bridge_map: NULL argument");
         return -1;
     }
-    std::vector<std::pair<cg_token, double>> merged;  // local id -> probability
+    cg::RemoteMass mass;
     for (int32_t i = 0; i < n; ++i) {
-        const float lp = logprobs[i];
-        if (std::isnan(lp) || lp <= -9999.0f || lens[i] <= 0) continue;
+        if (lens[i] <= 0) continue;
         const cg_token id = cg_vocab_bridge_lookup(b, tokens[i], lens[i]);
-        if (id < 0) continue;
-        const double p = std::exp((double) std::min(lp, 0.0f));
-        if (p <= 0.0) continue;  // -inf: no mass to carry
-        auto it = std::find_if(merged.begin(), merged.end(), [id](const auto & m) { return m.first == id; });
-        if (it == merged.end()) merged.emplace_back(id, p);
-        else it->second += p;
+        if (id >= 0) mass.add(id, logprobs[i]);
     }
-    std::sort(merged.begin(), merged.end(), [](const auto & a, const auto & c) { return a.second > c.second; });
-    for (size_t j = 0; j < merged.size(); ++j) {
-        out_ids[j] = merged[j].first;
-        out_logprobs[j] = (float) std::log(std::min(merged[j].second, 1.0));
-    }
-    return (int32_t) merged.size();
+    return mass.write(out_ids, out_logprobs);
 }
 
 }  // extern "C"

@@ -391,22 +391,16 @@ bool take_step(cg_cogen * co, const cg_remote_step & step, std::string & problem
     std::vector<float> lps(ids.size());
     int32_t k = 0;
     if (id_form) {
-        std::vector<std::pair<cg_token, double>> merged;  // id -> probability, duplicates added
+        cg::RemoteMass mass;
         for (int32_t i = 0; i < step.n_top; ++i) {
             const cg_token id = step.top_ids[i];
-            const float lp = step.top_logprobs[i];
             if (id < 0 || id >= co->n_vocab) {
                 problem = "the provider listed token id " + std::to_string(id) + ", outside the vocabulary";
                 return false;
             }
-            if (std::isnan(lp) || lp <= -9999.0f) continue;
-            const double prob = std::exp((double) std::min(lp, 0.0f));
-            if (prob <= 0.0) continue;
-            auto it = std::find_if(merged.begin(), merged.end(), [id](const auto & m) { return m.first == id; });
-            if (it == merged.end()) merged.emplace_back(id, prob);
-            else it->second += prob;
+            mass.add(id, step.top_logprobs[i]);
         }
-        for (const auto & m : merged) { ids[k] = m.first; lps[k] = (float) std::log(std::min(m.second, 1.0)); ++k; }
+        k = mass.write(ids.data(), lps.data());
     } else if (step.n_top > 0) {
         k = cg_vocab_bridge_map(co->bridge, step.top_text, step.top_len, step.top_logprobs, step.n_top, ids.data(), lps.data());
         if (k < 0) { problem = "the provider returned a malformed step"; return false; }

@@ -4,9 +4,12 @@
 #include "cogenesis.h"
 #include "llama.h"
 
+#include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cctype>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 namespace cg {
@@ -104,4 +107,33 @@ int32_t prefill_reusing(cg_session * s, int32_t seq, const cg_token * tokens, in
 cg_sampler * wrap_sampler(Sampler * s);
 // The built-in sampler behind a handle, or nullptr for a custom one.
 Sampler * builtin_sampler(const cg_sampler * s);
+// The remote's alternatives at one position, as local ids: repeated ids (several remote tokens that
+// map onto one local token, or a provider that lists one twice) add their probabilities. NaN and
+// logprobs at or below -9999 (how servers write -inf) are dropped; positive ones count as 0. O(n).
+class RemoteMass {
+  public:
+    void add(cg_token id, float logprob) {
+        if (std::isnan(logprob) || logprob <= -9999.0f) return;
+        const double p = std::exp((double) std::min(logprob, 0.0f));
+        if (p <= 0.0) return;  // -inf: no mass to carry
+        const auto at = where_.emplace(id, items_.size());
+        if (at.second) items_.emplace_back(id, p);
+        else items_[at.first->second].second += p;
+    }
+
+    // Writes the merged alternatives, most probable first; returns how many.
+    int32_t write(cg_token * ids, float * logprobs) {
+        std::sort(items_.begin(), items_.end(), [](const auto & a, const auto & b) { return a.second > b.second; });
+        for (size_t j = 0; j < items_.size(); ++j) {
+            ids[j] = items_[j].first;
+            logprobs[j] = (float) std::log(std::min(items_[j].second, 1.0));
+        }
+        return (int32_t) items_.size();
+    }
+
+  private:
+    std::vector<std::pair<cg_token, double>> items_;
+    std::unordered_map<cg_token, size_t>     where_;
+};
+
 }  // namespace cg
