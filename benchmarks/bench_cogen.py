@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cogenesis_device as cg  # noqa: E402
 from bench_collab import prompts  # noqa: E402
-from cogenesis_device.loopback import LoopbackServer  # noqa: E402
+from cogenesis_device.loopback import SERVERS, LoopbackServer  # noqa: E402
 from cogenesis_device.remote import RemoteModel  # noqa: E402
 from report import fmt, summarize, write  # noqa: E402
 
@@ -86,6 +86,9 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--before", default="ef6ae8c", help="commit of the Python loop")
     ap.add_argument("--threads", type=int, default=2)
+    # The Python loop of --before reads tokens as text, which llama_cpp.server sends (llama.cpp's
+    # server sends bytes and ids, which that loop predates).
+    ap.add_argument("--server", default="llama-cpp-python", choices=SERVERS, help="the loopback remote")
     args = ap.parse_args()
 
     before = load_before(args.before)
@@ -93,7 +96,7 @@ def main() -> None:
     pairs = prompts(args.prompts)
     metrics = ("overhead_ms_per_token", "fusion_and_attribution_ms_per_token", "decode_ms_per_token",
                "wait_ms_per_token", "tokens_per_s")
-    with LoopbackServer(n_ctx=2048, n_threads=args.threads) as server, \
+    with LoopbackServer(server=args.server, n_ctx=2048, n_threads=args.threads) as server, \
             RemoteModel(server.base_url, template=local, timeout=120) as remote:
         remote.connect()
         loops = {f"Python loop ({args.before})": before.CoGenerator(local, remote, lookahead=8),

@@ -27,7 +27,7 @@ import cogenesis_device as cg  # noqa: E402
 from bench_collab import DEV, prompts, run_once  # noqa: E402
 from cogenesis_device import leakscan  # noqa: E402
 from cogenesis_device.datasets import public_part  # noqa: E402
-from cogenesis_device.loopback import FaultProxy, LoopbackServer  # noqa: E402
+from cogenesis_device.loopback import SERVERS, FaultProxy, LoopbackServer  # noqa: E402
 from cogenesis_device.metrics import rouge_l  # noqa: E402
 from report import fmt, summarize, write  # noqa: E402
 
@@ -43,8 +43,8 @@ def speed(local, remote, proxy, args) -> list[dict]:
         for _ in range(args.repeats):
             for instruction, context in pairs:
                 for name, generator in generators.items():  # interleaved: the same noise for both
-                    run_once(generator, instruction, context, 2)  # warm the local prefix cache
-                    samples[name].append(run_once(generator, instruction, context, args.tokens))
+                    run_once(generator, remote, instruction, context, 2)  # warm the local prefix cache
+                    samples[name].append(run_once(generator, remote, instruction, context, args.tokens))
         for name, runs in samples.items():
             rows.append({"rtt_ms": rtt, "setting": name, "tokens_per_s": summarize([r["tokens_per_s"] for r in runs])})
             print(f"rtt {rtt:4.0f} ms  {name:16} {fmt(rows[-1]['tokens_per_s'])} tok/s", file=sys.stderr)
@@ -100,10 +100,11 @@ def main() -> None:
     ap.add_argument("--thresholds", default="1,2,3,4")
     ap.add_argument("--sweep-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--server", default="llama.cpp", choices=SERVERS, help="the loopback remote")
     args = ap.parse_args()
 
     local = cg.LocalModel(n_ctx=2048, n_threads=args.threads)
-    with LoopbackServer(n_ctx=2048, n_threads=args.threads) as server, FaultProxy(server.base_url) as proxy, \
+    with LoopbackServer(server=args.server, n_ctx=2048, n_threads=args.threads) as server, FaultProxy(server.base_url) as proxy, \
             cg.RemoteModel(proxy.base_url, template=local) as remote:
         remote.connect()
         speed_rows = speed(local, remote, proxy, args)
