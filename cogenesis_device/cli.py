@@ -88,19 +88,25 @@ def _add_run(sub) -> None:
     p.add_argument("--instruction", default=None, help="the public instruction (or positional)")
     p.add_argument("--request", default=None,
                    help="the user's whole request, private: the public instruction is derived from it on the device")
-    p.add_argument("--context-file", default=None, help="file with the private context (never sent)")
-    p.add_argument("--context", default="", help="private context as text")
-    p.add_argument("--draft", default="", help="text the response must start with (private)")
+    p.add_argument("--context-file", default=None,
+                   help="file with the private context, never sent ('-': standard input)")
+    p.add_argument("--context", default="", help="private context as text (visible in the process list: "
+                   "prefer --context-file)")
+    p.add_argument("--draft-file", default=None, help="file with the text the response must start with (private)")
+    p.add_argument("--draft", default="", help="text the response must start with, private (visible in the "
+                   "process list: prefer --draft-file)")
     p.add_argument("--mode", default="auto", choices=["auto", "logits", "sketch"],
                    help="auto (default): logits where the server returns next-token logprobs, else sketch")
     p.add_argument("--remote-url", default=None, help="OpenAI-compatible base URL (default: "
                    "$COGENESIS_REMOTE_BASE_URL or $OPENAI_BASE_URL)")
     p.add_argument("--remote-model", default=None, help="remote model name (default: the only one served)")
-    p.add_argument("--api-key", default=None, help="API key (default $OPENAI_API_KEY)")
-    p.add_argument("--template", default="local", choices=["local", "raw"],
-                   help="remote prompt format for logits mode: the local model's chat template (same family) or raw")
+    p.add_argument("--api-key", default=None, help="API key (default $OPENAI_API_KEY, which keeps it out of the "
+                   "process list)")
+    p.add_argument("--template", default="local", choices=["local", "raw", "server"],
+                   help="remote prompt format for logits mode: the local model's chat template (same family), raw, "
+                        "or the server's own rendering (llama.cpp's /apply-template)")
     p.add_argument("--loopback", default=None, metavar="MODEL",
-                   help="start a loopback llama_cpp.server with this registry model as the remote")
+                   help="start a loopback llama.cpp server with this registry model as the remote")
     _add_collaboration(p)
 
 
@@ -146,6 +152,19 @@ def _collaborate(args, remote, local, instruction: str | None, context: str, mod
         print(f"[{mode}] token attribution written to {args.html}", file=sys.stderr)
 
 
+def _read_text(path: str, what: str) -> str:
+    """A private text from a file ('-': standard input), or a one-line error."""
+    try:
+        if path == "-":
+            return sys.stdin.buffer.read().decode("utf-8")
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as exc:
+        raise CogenesisIOError(f"cannot read the {what} file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise CogenesisIOError(f"the {what} file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+
+
 def _run(args) -> int:
     from .local import LocalModel
     from .loopback import LoopbackServer
@@ -157,25 +176,23 @@ def _run(args) -> int:
                                     "private request with --request")
     if instruction and args.request:
         raise InvalidParameterError("give an instruction or --request, not both")
-    context = args.context
-    if args.context_file:
-        try:
-            with open(args.context_file, encoding="utf-8") as f:
-                context = f.read()
-        except OSError as exc:
-            raise CogenesisIOError(f"cannot read the context file {args.context_file}: {exc.strerror}") from None
-        except UnicodeDecodeError as exc:
-            raise CogenesisIOError(f"the context file {args.context_file} is not UTF-8 text (byte {exc.start}); "
-                                   "save it as UTF-8") from None
+    for option, value, instead in (("--context", args.context, "--context-file"), ("--draft", args.draft, "--draft-file"),
+                                   ("--request", args.request, "a public instruction, with --context-file for the private part"),
+                                   ("--api-key", args.api_key, "$OPENAI_API_KEY")):
+        if value:
+            print(f"cogenesis: warning: {option} is visible to other users in the process list and kept in shell "
+                  f"history; prefer {instead}", file=sys.stderr)
+    context = _read_text(args.context_file, "context") if args.context_file else args.context
+    draft = _read_text(args.draft_file, "draft") if args.draft_file else args.draft
     local = LocalModel(args.model, n_ctx=args.n_ctx, n_threads=args.threads)
     with ExitStack() as stack:
         url = args.remote_url
         if args.loopback:
             print(f"starting a loopback remote ({args.loopback}) ...", file=sys.stderr)
             url = stack.enter_context(LoopbackServer(args.loopback, n_threads=args.threads)).base_url
-        template = local if args.template == "local" else "raw"
+        template = {"local": local, "raw": "raw", "server": None}[args.template]
         remote = stack.enter_context(RemoteModel(url, args.api_key, args.remote_model, template=template))
-        _collaborate(args, remote, local, instruction or None, context, args.mode, args.draft, args.request)
+        _collaborate(args, remote, local, instruction or None, context, args.mode, draft, args.request)
     return 0
 
 

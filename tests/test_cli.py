@@ -71,6 +71,22 @@ def test_run_streams_the_text_and_writes_the_audit(tmp_path, loopback_server):
     assert any(r["action"] == "redacted" for r in records)
 
 
+def test_private_text_can_stay_out_of_the_process_list(tmp_path, loopback_server):
+    """The context from standard input and the draft from a file: nothing private in argv. Private
+    text given in argv works, with a warning that names the safe way."""
+    draft = tmp_path / "draft.txt"
+    draft.write_text("Odalys here:")
+    context = "Name: Odalys Brennecke\nI run a small bakery in Tromsø."
+    args = ["run", "Write a two-line shop announcement", "--remote-url", loopback_server.base_url, "-n", "4"]
+    safe = run_cli(*args, "--context-file", "-", "--draft-file", str(draft), stdin=context)
+    assert safe.returncode == 0, safe.stderr
+    assert safe.stdout.startswith("Odalys here:") and "warning" not in safe.stderr
+    exposed = run_cli(*args, "--context", context)
+    assert exposed.returncode == 0, exposed.stderr
+    assert "warning: --context is visible to other users in the process list" in exposed.stderr
+    assert "prefer --context-file" in exposed.stderr
+
+
 @pytest.mark.parametrize("args, message", [
     (["run", "Hi", "--context-file", "/nonexistent/profile.txt"], "cannot read the context file"),
     (["run", "--context", "x"], "no instruction"),
