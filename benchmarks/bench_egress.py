@@ -57,7 +57,8 @@ def sweep(local, remote, proxy, args) -> list[dict]:
     settings = {"off": False, **{f"{t:g} nats": {"threshold": t} for t in map(float, args.thresholds.split(","))}}
     rows = []
     for label, attribution in settings.items():
-        generator = cg.CoGenerator(local, remote, lookahead=8, attribution=attribution, privacy="audit")
+        generator = cg.CoGenerator(local, remote, lookahead=8, attribution=attribution,
+                                   privacy={"policy": "audit", "record_bodies": True})
         jobs = []
         for item in data:
             instruction = public_part(item["conversations"][0]["value"])

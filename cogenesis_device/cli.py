@@ -115,6 +115,22 @@ def _add_demo(sub) -> None:
     _add_collaboration(p)
 
 
+def _warn_on_audit(args) -> None:
+    if args.privacy == "audit":
+        print("cogenesis: warning: --privacy audit sends private spans as they are and only counts them (for leakage "
+              "measurements); the default, redact, replaces them", file=sys.stderr)
+
+
+def _check_context(local, context: str, args) -> None:
+    """A one-line error for a context that is empty or leaves no room to write in the window."""
+    if args.context_file and not context.strip():
+        raise InvalidParameterError(f"the context file {args.context_file} is empty")
+    n = len(local.tokenize(context, add_special=False))
+    if n + args.max_tokens > local.n_ctx:
+        raise InvalidParameterError(f"the context holds {n} tokens, and with {args.max_tokens} to write that is more "
+                                    f"than the context window of {local.n_ctx} (raise --n-ctx or shorten the context)")
+
+
 def _collaborate(args, remote, local, instruction: str | None, context: str, mode: str, draft: str = "",
                  request: str | None = None) -> None:
     from .collab import CoGenerator
@@ -182,9 +198,11 @@ def _run(args) -> int:
         if value:
             print(f"cogenesis: warning: {option} is visible to other users in the process list and kept in shell "
                   f"history; prefer {instead}", file=sys.stderr)
+    _warn_on_audit(args)
     context = _read_text(args.context_file, "context") if args.context_file else args.context
     draft = _read_text(args.draft_file, "draft") if args.draft_file else args.draft
     local = LocalModel(args.model, n_ctx=args.n_ctx, n_threads=args.threads)
+    _check_context(local, context, args)
     with ExitStack() as stack:
         url = args.remote_url
         if args.loopback:
@@ -201,6 +219,7 @@ def _demo(args) -> int:
     from .loopback import LoopbackServer
     from .remote import RemoteModel
 
+    _warn_on_audit(args)
     sample = json.loads(resources.files("cogenesis_device").joinpath("data/demo.json").read_text(encoding="utf-8"))
     print(f"starting a loopback OpenAI-compatible server as the remote ({DEFAULT_MODEL}) ...", file=sys.stderr)
     local = LocalModel(args.model, n_ctx=args.n_ctx, n_threads=args.threads)

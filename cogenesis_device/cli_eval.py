@@ -34,6 +34,9 @@ def add_eval(sub) -> None:
                         "(default: the --loopback model); 'none' skips gold bits/byte")
     p.add_argument("--judge", default="none", help="'none', 'remote' (the remote endpoint) or an OpenAI-compatible URL")
     p.add_argument("--judge-model", default=None)
+    p.add_argument("--trust-judge", action="store_true",
+                   help="with --judge remote: send every profile to the remote under evaluation, the party the method "
+                        "keeps it from (its requests are recorded and reported as sent by design)")
     p.add_argument("--gate", default=None, help="gate weights file for the 'gate' rule")
     p.add_argument("--gate-records", action="store_true", help="also save per-position gate training records")
     p.add_argument("--no-embeddings", action="store_true", help="skip the embedding metrics")
@@ -50,6 +53,10 @@ def run_eval(args) -> int:
     from .loopback import LoopbackServer
     from .remote import RemoteModel
 
+    if args.judge == "remote" and not args.trust_judge:
+        raise InvalidParameterError("--judge remote sends each user's profile to the remote under evaluation, the party "
+                                    "the method keeps it from; add --trust-judge to do it anyway, or give the judge "
+                                    "an endpoint of its own")
     samples = datasets.load(args.data, limit=args.limit)
     split = lambda text: [x.strip() for x in text.split(",") if x.strip()]  # noqa: E731
     settings = EvalSettings(modes=[] if args.modes == "none" else split(args.modes), rules=split(args.rules), policies=split(args.privacy),

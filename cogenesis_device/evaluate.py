@@ -124,7 +124,8 @@ class Evaluation:
             kind = "sketch" if mode == "sketch" else "logits"
             fusion = parse_rule(mode.partition(":")[2] or "weighted", self.gate) if mode.startswith("logits") else None
             gen = CoGenerator(self.local, None if mode == "local" else self.remote, mode=kind, fusion=fusion,
-                              privacy=policy.removesuffix(TEXT_ONLY), lookahead=s.lookahead,
+                              privacy={"policy": policy.removesuffix(TEXT_ONLY), "record_bodies": True},
+                              lookahead=s.lookahead,
                               attribution=not policy.endswith(TEXT_ONLY))
             result = gen.generate(sample.instruction, context, max_tokens=s.max_tokens, temperature=0.0)
             text, fallback, audit = result.text, result.fallback_reason, result.audit
@@ -151,7 +152,8 @@ class Evaluation:
         remote_replies: dict[str, tuple[Future, EgressGuard]] = {}
         for mode, policy in jobs:
             if mode == "remote":
-                guard = EgressGuard(sample.context, public=[sample.instruction], policy=policy.removesuffix(TEXT_ONLY))
+                guard = EgressGuard(sample.context, public=[sample.instruction], policy=policy.removesuffix(TEXT_ONLY),
+                                    record_bodies=True)  # the leak scan reads them; they are not written out
                 future = self.remote.submit_chat([{"role": "user", "content": sample.instruction}],
                                                  max_tokens=self.settings.max_tokens, guard=guard)
                 remote_replies[policy] = (future, guard)
@@ -186,7 +188,7 @@ class Evaluation:
                     print(f"judge failed on {sample.tid} / {label}: {exc}", file=sys.stderr)
                     continue
                 self.judge_log.add({"tid": sample.tid, "mode": label, "scores": verdict.scores,
-                                    "replies": list(verdict.replies)})
+                                    "replies": list(verdict.replies), "audit": verdict.audit})
 
     def _derive(self, sample: Sample) -> dict:
         """What the instruction derived on the device from the full request leaks, next to the paper's split."""
@@ -284,7 +286,12 @@ def aggregate(out: Path, tids: list[str], modes: list[str], rules: list[str]) ->
                 "words": _mean_sd([len(r[name].split()) for r in derived]),
             }
         instructions["_samples"] = len(derived)
-    return {"samples": len(tids), "modes": table, "gold_bpb": bpb, "instructions": instructions}
+    judge_audits = [j["audit"] for j in judged if "audit" in j]
+    judge_sent = {"requests": sum(a["requests"] for a in judge_audits),
+                  "bytes_sent": sum(a["bytes_sent"] for a in judge_audits),
+                  "private_spans": sum(a["leaked_spans"] for a in judge_audits)} if judge_audits else None
+    return {"samples": len(tids), "modes": table, "gold_bpb": bpb, "instructions": instructions,
+            "judge_sent": judge_sent}
 
 
 def _ratio(a: float, b: float) -> float:
@@ -323,6 +330,11 @@ def to_markdown(results: dict) -> str:
                          f"{lk['jobs_leaking_profile']}/{e['samples']} | {100 * lk['profile_fact_share']:.2f}% | "
                          f"{lk['canaries_leaked']}/{lk['canaries']} | {_fmt(lk['context_bits'], 1)} | "
                          f"{lk['withheld_tokens']} |")
+        judge = results.get("judge_sent")
+        if judge:
+            lines += ["", f"Sent by design: the judge's {judge['requests']} requests ({judge['bytes_sent']} B) carried "
+                          f"{judge['private_spans']} private spans of the profiles it grades with. They went to the "
+                          "judge's endpoint, not through the collaboration."]
     inst = results.get("instructions") or {}
     if inst:
         lines += ["", f"## The public instruction ({inst['_samples']} samples): what each version sends of the profile", "",

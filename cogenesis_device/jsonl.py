@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Callable, Hashable
 
@@ -35,5 +36,7 @@ class KeyedLog:
 
     def add(self, record: dict) -> None:
         self.records[self.key(record)] = record
-        with open(self.path, "a", encoding="utf-8") as f:
+        # Readable by this user only: an eval's generations are personalized text, written from private data.
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "a", encoding="utf-8") as f:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")

@@ -6,7 +6,10 @@
 Each is 1-10. The with-profile call sees the profile facts (or the
 start of the writing history when there are none) and the user's full request; the without-profile
 call sees only the public instruction. The judge reads private data by design, so point it at an
-endpoint you trust with the evaluation set; its requests are recorded (policy 'audit'), not redacted.
+endpoint you trust with the evaluation set (never, unless you say so, the remote under evaluation:
+`cogenesis eval --judge remote` needs --trust-judge). Its requests go through a guard that knows the
+sample's private context under policy 'audit': they are sent as they are, and each verdict carries
+the audit summary, which the evaluation shows as "sent by design".
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 from .datasets import Sample
-from .privacy import EgressGuard
+from .privacy import EgressGuard, summarize
 from .remote import RemoteModel
 
 CRITERIA = ("overall_with_profile", "personalization", "overall_without_profile")
@@ -62,10 +65,12 @@ _SCORE = re.compile(r"(overall|personali[sz]ation)\W{0,4}(?:score\W{0,3})?(10|[1
 
 @dataclass(frozen=True)
 class Verdict:
-    """Scores per criterion (None where the judge's reply held no readable score) and the raw replies."""
+    """Scores per criterion (None where the judge's reply held no readable score), the raw replies,
+    and what the two requests sent (privacy.summarize of their audit records)."""
 
     scores: dict[str, float | None]
     replies: tuple[str, str]
+    audit: dict
 
 
 def parse_scores(reply: str) -> dict[str, float]:
@@ -92,7 +97,7 @@ class Judge:
 
     def submit(self, sample: Sample, response: str) -> "Future[Verdict]":
         """Both judge calls start at once; the returned future resolves to the Verdict."""
-        guard = EgressGuard(policy="audit")
+        guard = EgressGuard(sample.context, public=[sample.instruction], policy="audit")
         with_profile = self.remote.submit_chat(
             [{"role": "user", "content": WITH_PROFILE.format(profile=_profile(sample), task=sample.task, response=response)}],
             max_tokens=self.max_tokens, guard=guard)
@@ -115,7 +120,8 @@ class Judge:
             first, second = parse_scores(a), parse_scores(b)
             verdict.set_result(Verdict({"overall_with_profile": first.get("overall"),
                                         "personalization": first.get("personalization"),
-                                        "overall_without_profile": second.get("overall")}, (a, b)))
+                                        "overall_without_profile": second.get("overall")}, (a, b),
+                                       summarize(guard.records)))
 
         with_profile.add_done_callback(done)
         without.add_done_callback(done)

@@ -1,7 +1,10 @@
 """The local model: generation through the engine's native loop."""
 from __future__ import annotations
 
+import hashlib
 import os
+import secrets
+import tempfile
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -10,6 +13,7 @@ from typing import Iterator, Sequence, Union
 import numpy as np
 
 from . import _native
+from .errors import InvalidParameterError, MissingFileError, StateError
 from .registry import DEFAULT_MODEL, resolve_model
 
 Prompt = Union[str, Sequence[int], np.ndarray]
@@ -142,9 +146,11 @@ class LocalModel:
         self.name = os.fspath(model)
         self._model = _native.Model(str(self.path))
         self._session_args = dict(n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads or 0)
-        self._idle: list[_native.Session] = []
+        # Idle sessions with the scope their cache holds; borrowed sessions' scopes by id().
+        self._idle: list[tuple[object, _native.Session]] = []
+        self._busy: dict[int, object] = {}
         self._lock = threading.Lock()
-        self._idle.append(self._pool_session())  # validates n_ctx & co now
+        self._idle.append((_EMPTY, self._pool_session()))  # validates n_ctx & co now
 
     # -- tokenizer ---------------------------------------------------------
 
@@ -186,36 +192,88 @@ class LocalModel:
         # Two sequences: the main one, and in logits mode the remote's view of the text (attribution.py).
         return self.new_session(n_seq_max=2)
 
-    def _acquire(self) -> _native.Session:
+    @staticmethod
+    def scope_for(context: str) -> str:
+        """The privacy scope of a private context: a keyed hash (the key lives in this process only),
+        so equal contexts share a scope and nothing about the context can be read back from it."""
+        return hashlib.blake2b(context.encode("utf-8"), key=_SCOPE_KEY, digest_size=16).hexdigest()
+
+    def _acquire(self, scope: str | None) -> _native.Session:
+        """An idle session, preferring one whose cache holds this scope's prompt. A session that last
+        served another scope is cleared first: its tokens are another user's, and reusing a shared
+        prefix would tell this job (by n_reused or by the first-token time) what that user's began with."""
         with self._lock:
-            if self._idle:
-                return self._idle.pop()
-        return self._pool_session()
+            pick = next((i for i, (held, _) in enumerate(self._idle) if held == scope), None)
+            held, session = self._idle.pop(len(self._idle) - 1 if pick is None else pick) if self._idle else (None, None)
+            if session is not None:
+                self._busy[id(session)] = scope
+        if session is None:
+            session = self._pool_session()
+            with self._lock:
+                self._busy[id(session)] = scope
+        elif held != scope:
+            _clear(session)
+        return session
 
     def _release(self, session: _native.Session) -> None:
         with self._lock:
-            self._idle.append(session)
+            scope = self._busy.pop(id(session), _EMPTY)
+        if scope is _FORGOTTEN:
+            _clear(session)
+            scope = _EMPTY
+        with self._lock:
+            self._idle.append((scope, session))
 
     @contextmanager
-    def pooled_session(self):
-        """Borrow an idle session from the pool for the duration of a `with` block."""
-        session = self._acquire()
+    def pooled_session(self, *, scope: str | None = None):
+        """Borrow an idle session from the pool for the duration of a `with` block. scope: whose
+        private context the session will hold (see generate)."""
+        session = self._acquire(scope)
         try:
             yield session
         finally:
             self._release(session)
 
-    def cache_prefix(self, prefix: Prompt, path: str | os.PathLike, *, chat: bool = False) -> int:
+    def forget(self, *state_files: str | os.PathLike, context: str | None = None, scope: str | None = None) -> None:
+        """Delete a user's cached private context: the given state files (missing ones are ignored), and
+        the KV cache of the pooled sessions that hold `context` (or `scope`); with neither, of every
+        pooled session. A session in use is cleared when its job ends."""
+        for path in state_files:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        everything = context is None and scope is None
+        scope = self.scope_for(context) if context is not None else scope
+        with self._lock:
+            idle = [(held, session) for held, session in self._idle if everything or held == scope]
+            self._idle = [(_EMPTY, session) if everything or held == scope else (held, session)
+                          for held, session in self._idle]
+            for key, held in self._busy.items():
+                if everything or held == scope:
+                    self._busy[key] = _FORGOTTEN
+        for _, session in idle:
+            _clear(session)
+
+    def cache_prefix(self, prefix: Prompt, path: str | os.PathLike, *, chat: bool = False,
+                     key: bytes | None = None) -> int:
         """Prefill a prompt prefix (e.g. the private context) once and save its KV state to `path`.
 
         Pass `prefix_cache=path` to generate() later: the prompt's leading tokens that
         match are restored from the file instead of being evaluated. Returns the token count.
+        The file is readable by this user only (0600) and holds the prefix's tokens in clear unless
+        `key` (16, 24 or 32 bytes, kept by the app) is given: then it is sealed with AES-GCM, and
+        generate() needs the same key as `cache_key`. forget(path) deletes it.
         """
         tokens = self._prompt_tokens(prefix, chat=chat, add_generation_prompt=False)
-        with self.pooled_session() as session:
+        with self.pooled_session(scope=_EMPTY) as session:
             session.truncate(0)
             session.prefill(tokens)
-            session.save_state(os.fspath(path))
+            if key is None:
+                session.save_state(os.fspath(path))
+            else:
+                _write_private(path, _seal(key, session.state_bytes()))
+            session.truncate(0)
         return len(tokens)
 
     # -- generation --------------------------------------------------------
@@ -241,7 +299,11 @@ class LocalModel:
         repeat_penalty=1.0, repeat_last_n=64, seed=None (random), stop=None (list of strings),
         ignore_eos=False, chat=False (wrap the prompt as a user turn with the model's chat
         template), system=None (system message when chat=True), prefix_cache=None
-        (a file written by cache_prefix).
+        (a file written by cache_prefix), cache_key=None (its key, if it was written with one),
+        scope=None: whose private data the prompt holds (a user id, or scope_for(context)). A pooled
+        session keeps its KV cache for the next job of the same scope only, so jobs of one user skip
+        the prefill of their shared prefix and jobs of another user never learn of it. Calls without
+        a scope are one scope together.
         """
         gen, session = self._start(prompt, **options)
         return CompletionStream(gen, session, self._release)
@@ -263,16 +325,18 @@ class LocalModel:
         chat: bool = False,
         system: str | None = None,
         prefix_cache: str | os.PathLike | None = None,
+        cache_key: bytes | None = None,
+        scope: str | None = None,
     ):
         sampler = _native.Sampler(
             temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
             repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, seed=seed,
         )
         tokens = self._prompt_tokens(prompt, chat=chat, system=system)
-        session = self._acquire()
+        session = self._acquire(scope)
         try:
             if prefix_cache is not None:
-                session.load_state(os.fspath(prefix_cache))
+                _load_state(session, prefix_cache, cache_key)
             gen = _native.Generation(
                 session, tokens, sampler, max_tokens=max_tokens, stop=list(stop or []), ignore_eos=ignore_eos,
             )
@@ -291,3 +355,88 @@ class LocalModel:
         messages = ([("system", system)] if system else []) + [("user", prompt)]
         text = self._model.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
         return self._model.tokenize(text, parse_special=True)
+
+
+# -- pooled sessions and state files -------------------------------------------------------------------
+
+_SCOPE_KEY = secrets.token_bytes(32)
+_EMPTY = object()  # the scope of a session that holds nothing
+_FORGOTTEN = object()  # a borrowed session to clear when it comes back
+
+
+def _clear(session: _native.Session) -> None:
+    for seq_id in range(session.n_seq_max):
+        session.truncate(0, seq_id=seq_id)
+
+
+_SEALED_MAGIC = b"CGKE\x01"  # an encrypted state file: magic and version, nonce, AES-GCM ciphertext
+_NONCE = 12
+_TAG = 16
+
+
+def _aead(key: bytes):
+    try:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    except ImportError:  # pragma: no cover - a dependency of the package
+        raise InvalidParameterError("encrypted state files need the 'cryptography' package: pip install cryptography") from None
+    if not isinstance(key, (bytes, bytearray)) or len(key) not in (16, 24, 32):
+        raise InvalidParameterError("a state file key must be 16, 24 or 32 bytes (AES-128/192/256), "
+                                    f"got {type(key).__name__} of length {len(key) if hasattr(key, '__len__') else '?'}")
+    return AESGCM(bytes(key))
+
+
+def _seal(key: bytes, state: bytes) -> bytes:
+    nonce = secrets.token_bytes(_NONCE)
+    return _SEALED_MAGIC + nonce + _aead(key).encrypt(nonce, state, _SEALED_MAGIC)
+
+
+def _write_private(path: str | os.PathLike, data: bytes) -> None:
+    """Writes data to a new 0600 file under a unique name beside path, then renames it over path."""
+    target = os.path.abspath(os.fspath(path))
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=os.path.basename(target) + ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _load_state(session: _native.Session, path: str | os.PathLike, key: bytes | None) -> None:
+    """Loads a state file into the session's main sequence, decrypting it with key when given."""
+    if key is None:
+        try:
+            with open(path, "rb") as f:
+                sealed = f.read(len(_SEALED_MAGIC)) == _SEALED_MAGIC
+        except OSError:
+            sealed = False  # the engine names the problem
+        if sealed:
+            raise StateError(f"state file '{os.fspath(path)}' is encrypted: pass its key as cache_key=")
+        session.load_state(os.fspath(path))
+        return
+    aead = _aead(key)
+    limit = session.state_max_size + len(_SEALED_MAGIC) + _NONCE + _TAG
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > limit:  # checked before reading, like the engine does for plain files
+                raise StateError(f"state file of {size} bytes is larger than this session can hold ({limit} bytes) "
+                                 f"(state file '{os.fspath(path)}')")
+            blob = f.read(size)
+    except FileNotFoundError:
+        raise MissingFileError(f"state file not found: '{os.fspath(path)}'") from None
+    if not blob.startswith(_SEALED_MAGIC):
+        raise StateError(f"state file '{os.fspath(path)}' is not encrypted, but a cache_key was given")
+    nonce = blob[len(_SEALED_MAGIC):len(_SEALED_MAGIC) + _NONCE]
+    try:
+        from cryptography.exceptions import InvalidTag
+        state = aead.decrypt(nonce, blob[len(_SEALED_MAGIC) + _NONCE:], _SEALED_MAGIC)
+    except (InvalidTag, ValueError):
+        raise StateError(f"cannot decrypt state file '{os.fspath(path)}': wrong key, or the file was altered") from None
+    session.load_state_bytes(state)

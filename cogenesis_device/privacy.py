@@ -17,11 +17,12 @@ Text the user chose to send is public by whole words only ("Ann" stays private i
 policy "redact" replaces findings with placeholders, "block" refuses to send, "audit" sends the body
 unchanged and only records what was found (for leakage measurements; never the default). Every
 request is recorded: time, endpoint, bytes out and in, the findings, what on-device attribution
-withheld (collab.py), and the body as sent.
+withheld (collab.py), and the SHA-256 of the body as sent (the body itself with record_bodies=True).
 """
 from __future__ import annotations
 
 import calendar
+import hashlib
 import json
 import os
 import re
@@ -31,6 +32,7 @@ import unicodedata
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any, Callable, Iterable, Sequence
+from urllib.parse import urlsplit
 
 from .errors import InvalidParameterError, PrivacyBlockedError
 
@@ -362,7 +364,8 @@ class AuditRecord:
     bytes_sent: int
     action: str  # 'sent', 'redacted', 'blocked' or 'leaked' (policy 'audit' with findings)
     findings: list[dict] = field(default_factory=list)  # [{"kind": ..., "chars": ...}]
-    body: str = ""  # the body exactly as sent ("" when blocked)
+    body: str = ""  # the body exactly as sent, kept only with record_bodies=True ("" when blocked)
+    body_sha256: str = ""  # of the body as sent ("" when blocked): matches a body without keeping it
     status: int | None = None
     bytes_received: int = 0
     duration_ms: float = 0.0
@@ -388,12 +391,15 @@ class EgressGuard:
     min_span: shortest verbatim passage of the context, in normalized characters, that counts as private.
     tokenizer: the local model (tokenize/detokenize), to check prompts sent as token ids; without one,
         a body carrying token ids is refused.
-    audit_path: a JSONL file to append one record per request to.
+    audit_path: a JSONL file (created 0600) to append one record per request to.
+    record_bodies: keep each body as sent in its record (and so in the audit file). Off by default:
+        a record holds the body's SHA-256, its length and the findings; under policy 'audit' a body
+        holds private text as it is, so turn this on for leakage measurements only.
     """
 
     def __init__(self, context: str | Sequence[str] = "", *, public: str | Sequence[str] = (), policy: str = "redact",
                  min_span: int = 12, entities: Iterable[str] = (), audit_path: str | None = None,
-                 tokenizer: Any = None):
+                 tokenizer: Any = None, record_bodies: bool = False):
         if policy not in POLICIES:
             raise InvalidParameterError(f"privacy policy must be one of {', '.join(POLICIES)}, got {policy!r}")
         if min_span < 4:
@@ -401,6 +407,7 @@ class EgressGuard:
         self.policy = policy
         self.min_span = min_span
         self.audit_path = audit_path
+        self.record_bodies = record_bodies
         self.tokenizer = tokenizer
         self.records: list[AuditRecord] = []
         self._lock = threading.Lock()
@@ -426,6 +433,19 @@ class EgressGuard:
 
     # -- the choke point ---------------------------------------------------------------------------
 
+    def check_envelope(self, url: str, headers: Sequence[tuple[str, str]]) -> None:
+        """Raises PrivacyBlockedError if the URL or a header value holds private text, whatever the
+        policy: they cannot be redacted, and nothing private belongs there. The refusal is recorded."""
+        for what, value in (("the URL", url), *((f"header {name!r}", value) for name, value in headers)):
+            findings = self.find(value)
+            if findings:
+                record = AuditRecord(time=time.time(), method="", endpoint=urlsplit(url).path, bytes_sent=0,
+                                     action="blocked", findings=[{"kind": f.kind, "chars": f.chars} for f in findings])
+                self._record(record)
+                spans = ", ".join(f"{f['kind']} ({f['chars']} chars)" for f in record.findings)
+                raise PrivacyBlockedError(f"refused to send a request to {record.endpoint}: {what} holds private "
+                                          f"text ({spans})")
+
     def check_body(self, method: str, endpoint: str, body: bytes,
                    attribution: dict | None = None) -> tuple[bytes, AuditRecord]:
         """Returns the body to send and its audit record, or raises PrivacyBlockedError.
@@ -433,7 +453,18 @@ class EgressGuard:
         The body is read as one text: every string of a JSON body (keys included) joined in order,
         token-id prompts decoded; a body that is not JSON is read as text. attribution: what the
         job's on-device attribution withheld from this request (sent_tokens, withheld_tokens,
-        context_bits), recorded as given."""
+        context_bits), recorded as given. A refusal names the private spans by kind and length
+        only, and is raised from a frame that no longer holds the body: crash reporters that
+        capture frame locals get nothing private from it."""
+        sent, record, refusal = self._check(method, endpoint, body, attribution)
+        if refusal is not None:
+            del body, sent
+            raise PrivacyBlockedError(refusal)
+        return sent, record
+
+    def _check(self, method: str, endpoint: str, body: bytes,
+               attribution: dict | None) -> tuple[bytes, AuditRecord, str | None]:
+        """check_body's work: (body to send, record, None) or (b"", record, why it was refused)."""
         text = body.decode("utf-8", errors="replace")
         try:
             payload, is_json = (json.loads(text) if text else None), True
@@ -441,41 +472,39 @@ class EgressGuard:
             payload, is_json = text, False
         record = AuditRecord(time=time.time(), method=method, endpoint=endpoint, bytes_sent=len(body), action="sent",
                              **(attribution or {}))
+
+        def refuse(why: str) -> tuple[bytes, AuditRecord, str]:
+            record.action, record.bytes_sent = "blocked", 0
+            self._record(record)
+            return b"", record, f"refused to send a request to {endpoint}: {why}"
+
         try:
             parts = _Parts(payload, self.tokenizer)
         except PrivacyBlockedError as exc:
-            record.action, record.bytes_sent = "blocked", 0
-            self._record(record)
-            raise PrivacyBlockedError(f"refused to send a request to {endpoint}: {exc}") from None
+            return refuse(str(exc))
         findings = parts.find(self.find)
         record.findings = [{"kind": f.kind, "chars": f.chars} for f in findings if f.kind]
+        spans = ", ".join(f"{f['kind']} ({f['chars']} chars)" for f in record.findings)
         if findings and self.policy == "block":
-            record.action, record.bytes_sent = "blocked", 0
-            self._record(record)
-            kinds = ", ".join(sorted({f.kind for f in findings if f.kind}))
-            raise PrivacyBlockedError(
-                f"refused to send a request to {endpoint}: it contains {len(record.findings)} private span(s) of the "
-                f"context ({kinds}); policy is 'block'")
+            return refuse(f"it contains {len(record.findings)} private span(s) of the context: {spans}; "
+                          "policy is 'block'")
         if findings and self.policy == "redact" and any(parts.in_key(f) for f in findings):
-            record.action, record.bytes_sent = "blocked", 0
-            self._record(record)
-            raise PrivacyBlockedError(f"refused to send a request to {endpoint}: a JSON key holds private text, "
-                                      "and keys are not redacted")
+            return refuse("a JSON key holds private text, and keys are not redacted")
         if findings and self.policy == "redact":
             checked = parts.redacted([(f.start, f.end, PLACEHOLDERS.get(f.kind, "")) for f in findings])
             body = (json.dumps(checked, ensure_ascii=False) if is_json else checked).encode("utf-8")
             leftover = _Parts(checked, self.tokenizer).find(self.find, ignore_placeholders=True)
             if leftover:  # defence in depth: a placeholder next to text could re-form a span
-                record.action, record.bytes_sent = "blocked", 0
-                self._record(record)
-                raise PrivacyBlockedError(f"redaction left {len(leftover)} private span(s) in a request to {endpoint}")
+                return refuse(f"redaction left {len(leftover)} private span(s)")
             record.action = "redacted"
             record.bytes_sent = len(body)
         elif findings:
             record.action = "leaked"
-        record.body = body.decode("utf-8", errors="replace")
+        record.body_sha256 = hashlib.sha256(body).hexdigest()
+        if self.record_bodies:
+            record.body = body.decode("utf-8", errors="replace")
         self._record(record)
-        return body, record
+        return body, record, None
 
     def _record(self, record: AuditRecord) -> None:
         with self._lock:

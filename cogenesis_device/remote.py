@@ -87,16 +87,22 @@ class RemoteCapabilities:
 
 
 class _GuardedTransport(httpx2.AsyncBaseTransport):
-    """The choke point: every request body passes the current job's guard, then is recorded."""
+    """The choke point: every request (its URL, headers and body) passes the current job's guard, then
+    is recorded; every answer is read up to max_response_bytes."""
 
-    def __init__(self, inner: httpx2.AsyncBaseTransport, default_guard: EgressGuard, timings: dict):
+    def __init__(self, inner: httpx2.AsyncBaseTransport, default_guard: EgressGuard, timings: dict,
+                 max_response_bytes: int):
         self._inner = inner
         self._default_guard = default_guard
         self._timings = timings
+        self._max_response_bytes = max_response_bytes
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         guard = _current_guard.get() or self._default_guard
         checked = time.perf_counter()
+        # Headers (some come from the environment: OPENAI_ORG_ID, OPENAI_PROJECT_ID...) and the URL
+        # cannot be redacted: one that carries private text stops the request.
+        guard.check_envelope(str(request.url), [(k, v) for k, v in request.headers.items() if not _fixed_header(k)])
         body, record = guard.check_body(request.method, request.url.path, await request.aread(),
                                         _current_attribution.get())
         self._timings["guard_ms"] += (time.perf_counter() - checked) * 1000.0
@@ -107,7 +113,7 @@ class _GuardedTransport(httpx2.AsyncBaseTransport):
         start = time.perf_counter()
         try:
             response = await self._inner.handle_async_request(outgoing)
-            content = await response.aread()  # a truncated body fails here, inside the attempt
+            content = await _read_bounded(response, self._max_response_bytes)  # a truncated body fails here
         finally:
             record.duration_ms = (time.perf_counter() - start) * 1000.0
             self._timings["http_ms"] += record.duration_ms
@@ -118,6 +124,32 @@ class _GuardedTransport(httpx2.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+def _fixed_header(name: str) -> bool:
+    """Headers whose values the client sets itself (the key, the transport's, openai-python's
+    platform headers); every other header is checked."""
+    name = name.lower()
+    return name in ("authorization", "host", "accept", "accept-encoding", "connection", "content-type",
+                    "content-length", "user-agent") or name.startswith("x-stainless-")
+
+
+async def _read_bounded(response: httpx2.Response, limit: int) -> bytes:
+    """The whole answer, or RemoteError once it passes limit bytes (a hostile or broken server's way
+    to exhaust memory); nothing past the limit is read."""
+    declared = response.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        await response.aclose()
+        raise RemoteError(f"the answer is {int(declared)} bytes, more than max_response_bytes={limit}", kind="malformed")
+    chunks, size = [], 0
+    async for chunk in response.aiter_raw():
+        size += len(chunk)
+        if size > limit:
+            await response.aclose()
+            raise RemoteError(f"the answer passed max_response_bytes={limit}", kind="malformed")
+        chunks.append(chunk)
+    await response.aclose()
+    return b"".join(chunks)
 
 
 class _Retryable(Exception):
@@ -149,14 +181,19 @@ class RemoteModel:
         Without one, tokens are read from their bytes or text.
     max_top_k: the largest number of alternatives per position to ask for.
     audit_path: JSONL file recording requests made outside any job (the probe, for example).
-    allow_plain_http: accept an http:// URL to a host other than this machine. Off by default: the
+    allow_insecure_http: accept an http:// URL to a host other than this machine. Off by default: the
         instruction, the generated text and the API key would cross the network in clear.
+    max_response_bytes: the largest answer read; a longer one is a RemoteError (default 8 MiB).
+
+    Requests outside a collaboration job (chat, next_tokens, prompt with the server's template) need
+    either a job's `guard=` or `public=True`, the caller's statement that the text is not private.
     """
 
     def __init__(self, base_url: str | None = None, api_key: str | None = None, model: str | None = None, *,
                  timeout: float = 30.0, max_retries: int = 2, backoff: float = 0.25, max_backoff: float = 10.0,
                  template: Any = None, tokenizer: Any = "auto", max_top_k: int = 20, max_connections: int = 16,
-                 audit_path: str | None = None, allow_plain_http: bool = False):
+                 audit_path: str | None = None, allow_insecure_http: bool = False,
+                 max_response_bytes: int = 8 << 20):
         base_url = base_url or os.environ.get("COGENESIS_REMOTE_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
         if not base_url:
             raise RemoteError("no remote base URL: pass base_url= or set COGENESIS_REMOTE_BASE_URL or OPENAI_BASE_URL",
@@ -164,9 +201,9 @@ class RemoteModel:
         scheme = urlparse(base_url).scheme
         if scheme not in ("http", "https"):
             raise RemoteError(f"the remote base URL {base_url!r} is not http(s)", kind="config")
-        if scheme == "http" and not _is_loopback(base_url) and not allow_plain_http:
+        if scheme == "http" and not _is_loopback(base_url) and not allow_insecure_http:
             raise RemoteError(f"{base_url} is plain http to another machine: the instruction, the generated text and "
-                              "the API key would cross the network in clear. Use https, or pass allow_plain_http=True",
+                              "the API key would cross the network in clear. Use https, or pass allow_insecure_http=True",
                               kind="config")
         api_key = api_key or os.environ.get("OPENAI_API_KEY")
         if not api_key:
@@ -175,6 +212,8 @@ class RemoteModel:
             api_key = "no-key-loopback"
         if not (timeout > 0 and math.isfinite(timeout)):
             raise RemoteError(f"timeout must be a positive number of seconds, got {timeout}", kind="config")
+        if max_response_bytes < 1024:
+            raise RemoteError(f"max_response_bytes must be at least 1024, got {max_response_bytes}", kind="config")
         if max_retries < 0 or max_top_k < 1:
             raise RemoteError(f"max_retries must be >= 0 and max_top_k >= 1, got {max_retries}, {max_top_k}",
                               kind="config")
@@ -198,7 +237,8 @@ class RemoteModel:
         self._thread = threading.Thread(target=self._loop.run_forever, name="cogenesis-remote", daemon=True)
         self._thread.start()
         limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        transport = _GuardedTransport(httpx2.AsyncHTTPTransport(limits=limits), self.guard, self.timings)
+        transport = _GuardedTransport(httpx2.AsyncHTTPTransport(limits=limits), self.guard, self.timings,
+                                      int(max_response_bytes))
         http = self._http = httpx2.AsyncClient(transport=transport, timeout=self.timeout)
         self._auth = {"Authorization": f"Bearer {api_key}"}
         self._client = openai.AsyncOpenAI(base_url=self.base_url, api_key=api_key, timeout=self.timeout,
@@ -264,7 +304,7 @@ class RemoteModel:
                 failure = _Retryable(f"no complete answer within {self.timeout:g} s", "timeout")
             except openai.APIConnectionError as exc:
                 cause = exc.__cause__
-                while cause is not None and not isinstance(cause, PrivacyBlockedError):
+                while cause is not None and not isinstance(cause, (PrivacyBlockedError, RemoteError)):
                     cause = cause.__cause__ or cause.__context__
                 final = cause
                 failure = _Retryable(f"connection failed ({exc.__cause__ or exc})", "connection")
@@ -279,6 +319,8 @@ class RemoteModel:
                 final = exc
             except _Retryable as exc:
                 failure = exc
+            if final is not None or n > self.max_retries:
+                del attempt  # its closure holds the request as the caller gave it, before the guard
             if final is not None:  # raised here, outside the except blocks: nothing chained
                 raise _scrubbed(final)
             if n > self.max_retries:
@@ -335,11 +377,23 @@ class RemoteModel:
 
     # -- requests ----------------------------------------------------------------------------------
 
-    def prompt(self, messages: Messages, *, guard: EgressGuard | None = None) -> str:
+    def _job_guard(self, guard: EgressGuard | None, public: bool, call: str) -> EgressGuard:
+        """The guard a request goes through: the job's, or, for text the caller declared public, the
+        model's own (which records it). Free text with neither is refused: the model's guard knows no
+        context, so it would send anything and record it as clean."""
+        if guard is not None:
+            return guard
+        if not public:
+            raise RemoteError(f"{call}() outside a collaboration job needs guard= (the job's EgressGuard, which knows "
+                              "the private context) or public=True (the text holds nothing private)", kind="config")
+        return self.guard
+
+    def prompt(self, messages: Messages, *, guard: EgressGuard | None = None, public: bool = False) -> str:
         """The text prompt for /v1/completions: the messages formatted with the remote's template, or,
         with no template=, by the server itself (llama.cpp's /apply-template, a request that passes
-        `guard` like any other)."""
+        `guard` like any other, so it needs guard= or public=True)."""
         if self.template is None:
+            guard = self._job_guard(guard, public, "prompt")
             return self._wait(self._submit(self._attempts("applying the server's chat template",
                                                           lambda: self._apply_template(messages)), guard))
         if self.template == "raw":
@@ -375,17 +429,19 @@ class RemoteModel:
         return prompt
 
     def next_tokens(self, prompt: str, *, n: int = 1, top_k: int | None = None, temperature: float = 0.0,
-                    seed: int | None = None, guard: EgressGuard | None = None) -> Continuation:
-        """n tokens of the remote's continuation of prompt, with its top_k alternatives at each."""
+                    seed: int | None = None, guard: EgressGuard | None = None, public: bool = False) -> Continuation:
+        """n tokens of the remote's continuation of prompt, with its top_k alternatives at each.
+        guard: the job's EgressGuard; or public=True, stating that the prompt holds nothing private."""
         return self._wait(self.submit_next_tokens(prompt, n=n, top_k=top_k, temperature=temperature, seed=seed,
-                                                  guard=guard))
+                                                  guard=guard, public=public))
 
     def submit_next_tokens(self, prompt: str, *, n: int = 1, top_k: int | None = None, temperature: float = 0.0,
-                           seed: int | None = None, guard: EgressGuard | None = None,
+                           seed: int | None = None, guard: EgressGuard | None = None, public: bool = False,
                            attribution: dict | None = None) -> concurrent.futures.Future:
         """next_tokens in the background: returns a Future; cancel() aborts the request.
 
         attribution: what on-device attribution withheld from the prompt, recorded with the request."""
+        guard = self._job_guard(guard, public, "next_tokens")
         caps = self.capabilities
         if not caps.next_token_scores:
             raise RemoteError(f"the server at {self.base_url} {caps.missing()}; it cannot supply next-token scores",
@@ -396,9 +452,10 @@ class RemoteModel:
         return self._submit(self._completion(caps.model, prompt, n=n, top_k=k, temperature=temperature, seed=seed),
                             guard, attribution)
 
-    async def _completion(self, model: str, prompt: str, *, n: int, top_k: int, temperature: float,
-                          seed: int | None = None, raw: bool = False):
-        """The parsed Continuation, and with raw=True the JSON body beside it."""
+    def _completion(self, model: str, prompt: str, *, n: int, top_k: int, temperature: float,
+                    seed: int | None = None, raw: bool = False):
+        """A coroutine for the parsed Continuation, and with raw=True the JSON body beside it. A plain
+        function, so that no frame holding the prompt stays in the traceback of its errors."""
         async def attempt():
             answer = await self._client.completions.with_raw_response.create(
                 model=model, prompt=prompt, max_tokens=n, temperature=temperature, logprobs=top_k, **_seed(seed))
@@ -408,21 +465,24 @@ class RemoteModel:
             self.timings["parse_ms"] += (time.perf_counter() - parsing) * 1000.0
             return (continuation, body) if raw else continuation
 
-        return await self._attempts("completion", attempt)
+        return self._attempts("completion", attempt)
 
     def chat(self, messages: Messages, *, max_tokens: int = 256, temperature: float = 0.0, seed: int | None = None,
-             response_format: dict | None = None, guard: EgressGuard | None = None) -> ChatReply:
+             response_format: dict | None = None, guard: EgressGuard | None = None, public: bool = False) -> ChatReply:
         """A chat completion (streamed on the wire, so a truncated stream is detected and retried).
 
+        guard: the job's EgressGuard; or public=True, stating that the messages hold nothing private.
         response_format is passed through as the server expects it, e.g. OpenAI and vLLM's
         {"type": "json_schema", "json_schema": {"name": ..., "schema": ...}} or llama_cpp.server's
         {"type": "json_object", "schema": ...}."""
         return self._wait(self.submit_chat(messages, max_tokens=max_tokens, temperature=temperature, seed=seed,
-                                           response_format=response_format, guard=guard))
+                                           response_format=response_format, guard=guard, public=public))
 
     def submit_chat(self, messages: Messages, *, max_tokens: int = 256, temperature: float = 0.0,
                     seed: int | None = None, response_format: dict | None = None,
-                    guard: EgressGuard | None = None) -> concurrent.futures.Future:
+                    guard: EgressGuard | None = None, public: bool = False) -> concurrent.futures.Future:
+        guard = self._job_guard(guard, public, "chat")
+
         async def attempt() -> ChatReply:
             extra = {"response_format": response_format} if response_format else {}
             raw = await self._client.chat.completions.with_raw_response.create(

@@ -153,7 +153,7 @@ class GoldScorer:
         nll = {"local": 0.0, "remote": remote_nll, **{label: 0.0 for label in self.rules}}
         gate_rows: list[tuple] = []
         fused_positions, unfused_nll = 0, 0.0
-        with local.pooled_session() as session:
+        with local.pooled_session(scope=local.scope_for(sample.context)) as session:
             rows = teacher_forced_rows(session, prompt, gold_l)
             for i, (row, offset, target) in enumerate(zip(rows, _offsets(local, gold_l), gold_l)):
                 noctx = next(noctx_rows) if noctx_rows is not None else None

@@ -2,6 +2,8 @@
 #include "handles.h"
 
 #include <cstring>
+#include <string>
+#include <string_view>
 #include <thread>
 
 namespace cgpy {
@@ -103,6 +105,27 @@ void register_session(py::module_ & m) {
                 run_nogil(s, [&](cg_session * p) { return cg_session_state_load(p, seq_id, path.c_str()); });
             }, py::arg("path"), py::kw_only(), py::arg("seq_id") = 0,
              "Replace the sequence with a saved state. Raises StateError if the file is corrupt or from another model.")
+        .def("state_bytes", [](SessionHandle & s, int32_t seq_id) {
+                std::string buf;
+                size_t written = 0;
+                run_nogil(s, [&](cg_session * p) {
+                    buf.resize(cg_session_state_size(p, seq_id));
+                    return cg_session_state_get(p, seq_id, reinterpret_cast<uint8_t *>(&buf[0]), buf.size(), &written);
+                });
+                return py::bytes(buf.data(), written);
+            }, py::kw_only(), py::arg("seq_id") = 0,
+             "The sequence's KV state and tokens as bytes (what save_state writes), for storing or encrypting\n"
+             "the cache yourself. They hold the private context: keep them as carefully as the context.")
+        .def("load_state_bytes", [](SessionHandle & s, const py::bytes & data, int32_t seq_id) {
+                std::string_view view = data;
+                run_nogil(s, [&](cg_session * p) {
+                    return cg_session_state_set(p, seq_id, reinterpret_cast<const uint8_t *>(view.data()), view.size());
+                });
+            }, py::arg("data"), py::kw_only(), py::arg("seq_id") = 0,
+             "Replace the sequence with a state from state_bytes(). Raises StateError if it is corrupt, spliced or\n"
+             "from another model.")
+        .def_property_readonly("state_max_size", [](const SessionHandle & s) { return cg_session_state_max_size(s.ptr); },
+             "The largest state this session can hold, in bytes (larger files are refused unread).")
         .def("cancel", [](SessionHandle & s) { cg_session_cancel(s.ptr); },
              "Stop the running prefill or generation soon. Safe from any thread.");
 }

@@ -67,7 +67,8 @@ def test_run_streams_the_text_and_writes_the_audit(tmp_path, loopback_server):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("Odalys here:") and "[logits] finish=" in proc.stderr
     records = [json.loads(line) for line in audit.read_text().splitlines()]
-    assert records and all("Odalys" not in r["body"] for r in records)
+    # Without record_bodies the audit holds each body's hash and findings, not the body.
+    assert records and "Odalys" not in audit.read_text() and all(r["body"] == "" and r["body_sha256"] for r in records)
     assert any(r["action"] == "redacted" for r in records)
 
 
@@ -102,3 +103,24 @@ def test_a_context_file_that_is_not_utf8_is_a_one_line_error(tmp_path):
     proc = run_cli("run", "Hi", "--context-file", str(context))
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "is not UTF-8 text" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_context_files_that_cannot_serve_are_one_line_errors(tmp_path):
+    """An empty context file, and one too long for the window, are named before anything is sent; a
+    run under --privacy audit is warned that private spans go out as they are."""
+    empty, long = tmp_path / "empty.txt", tmp_path / "long.txt"
+    empty.write_text("  \n")
+    long.write_text("Name: Odalys Brennecke. I bake rye bread in Tromsø every dawn. " * 60)
+    for path, message in ((empty, "is empty"), (long, "more than the context window of 256")):
+        proc = run_cli("run", "Hi", "--context-file", str(path), "--n-ctx", "256", "--remote-url", "http://127.0.0.1:9/v1")
+        assert proc.returncode == 1 and message in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    audit = run_cli("run", "Hi", "--privacy", "audit", "--context-file", str(tmp_path / "missing.txt"))
+    assert "warning: --privacy audit sends private spans as they are" in audit.stderr
+
+
+def test_the_remote_under_evaluation_judges_only_when_trusted_explicitly(tmp_path, capsys):
+    from cogenesis_device.cli import main
+
+    assert main(["eval", "--data", str(tmp_path), "--out", str(tmp_path / "out"), "--judge", "remote"]) == 1
+    assert "add --trust-judge" in capsys.readouterr().err

@@ -32,7 +32,7 @@ def test_the_probe_reads_each_server(name, model):
 def test_next_token_scores_are_read_as_documented(name, model):
     spec = SERVERS[name]
     with ReplayServer(spec["routes"]) as server, _remote(server, spec, model) as remote:
-        answer = remote.next_tokens("The capital of France is", n=2)
+        answer = remote.next_tokens("The capital of France is", n=2, public=True)
         sent = json.loads(server.bodies[-1])
     assert [(s.token, s.top) for s in answer.steps] == [(t, pytest.approx(top)) for t, top in spec["steps"]]
     assert sent["max_tokens"] == 2 and sent["logprobs"] == 20 and sent["model"] == remote.model

@@ -138,7 +138,7 @@ def _log_softmax(row: np.ndarray, token: int) -> float:
 
 def test_withheld_tokens_are_those_whose_log_ratio_passes_the_threshold(model, remote):
     threshold = 1.5
-    generator = cg.CoGenerator(model, remote, lookahead=1, overlap=False,
+    generator = cg.CoGenerator(model, remote, lookahead=1, overlap=False, privacy={"record_bodies": True},
                                attribution={"threshold": threshold, "min_logprob": -1e9, "budget_bits": 1e9})
     instruction = "Write a short note to my sister about my dog"
     result = generator.generate(instruction, CONTEXT, max_tokens=24, temperature=0.0)

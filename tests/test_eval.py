@@ -59,6 +59,10 @@ def test_eval_writes_table_1_without_leaking_and_resumes(model, patient_remote, 
     assert results["modes"]["logits:weighted:tail"]["leak"]["requests"] > 0
     judged = [json.loads(line) for line in (out / "judge.jsonl").read_text().splitlines()]
     assert len(judged) == 2 * len(MODES)
+    # The judge reads the profiles by design: its requests are counted, and reported as such.
+    sent = results["judge_sent"]
+    assert sent["requests"] == 2 * len(judged) and sent["private_spans"] >= len(judged)
+    assert "Sent by design: the judge's" in (out / "table.md").read_text()
     bpb = results["gold_bpb"]
     assert bpb["_samples"] == 2 and {"local", "remote", "weighted:tail", "max:tail"} <= set(bpb)
     assert 0 < bpb["local"]["bpb"] < 8

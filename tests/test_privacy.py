@@ -84,7 +84,7 @@ def test_ordinary_words_of_a_title_are_not_names():
 
 def test_check_body_redacts_every_json_string_and_records_the_body_sent(tmp_path):
     audit = tmp_path / "audit.jsonl"
-    guard = EgressGuard(PROFILE, audit_path=str(audit))
+    guard = EgressGuard(PROFILE, audit_path=str(audit), record_bodies=True)
     body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "Say hi to Odalys Brennecke"}]}).encode()
     sent, record = guard.check_body("POST", "/v1/chat/completions", body)
     assert b"Odalys" not in sent and "[NAME]" in json.loads(sent)["messages"][0]["content"]

@@ -46,7 +46,7 @@ def test_next_token_scores_match_the_same_model_run_locally(real_server, model, 
         pytest.skip("llama_cpp.server does not name tokens by id")
     with RemoteModel(real_server.base_url, template=model, tokenizer=model if path == "ids" else None) as remote:
         prompt = remote.prompt(HAIKU)
-        continuation = remote.next_tokens(prompt, n=12)
+        continuation = remote.next_tokens(prompt, n=12, public=True)
     assert len(continuation.steps) == 12
     session = model.new_session()
     tokens = model.tokenize(prompt, parse_special=True)
@@ -77,7 +77,7 @@ def test_an_immediate_end_of_text_is_an_answer(real_server, model, tokenizer):
     with FaultProxy(real_server.base_url) as proxy, \
             RemoteModel(proxy.base_url, template=model, tokenizer=model if tokenizer else None) as remote:
         prompt = remote.prompt([{"role": "user", "content": "What is 2+2? Answer with a number only."}]) + "4"
-        answer = remote.next_tokens(prompt, n=8, top_k=20)
+        answer = remote.next_tokens(prompt, n=8, top_k=20, public=True)
         assert sum(b"2+2" in r.body for r in proxy.records) == 1  # answered once, not retried
     assert answer.text == "" and answer.finish_reason == "stop"
     if real_server.server == "llama-cpp-python":
@@ -89,7 +89,7 @@ def test_an_immediate_end_of_text_is_an_answer(real_server, model, tokenizer):
 
 
 def test_chat_completion(remote):
-    reply = remote.chat([{"role": "user", "content": "Say hello."}], max_tokens=8)
+    reply = remote.chat([{"role": "user", "content": "Say hello."}], max_tokens=8, public=True)
     assert reply.text and reply.finish_reason in ("length", "stop")
 
 
@@ -103,11 +103,11 @@ def test_chat_completion(remote):
 ])
 def test_a_transient_fault_is_retried_and_the_answer_is_right(remote, proxy, fault, params):
     prompt = remote.prompt(HAIKU)
-    expected = remote.next_tokens(prompt, n=3).text
+    expected = remote.next_tokens(prompt, n=3, public=True).text
     proxy.clear()
     proxy.inject(fault, **params)
     start = time.monotonic()
-    assert remote.next_tokens(prompt, n=3).text == expected
+    assert remote.next_tokens(prompt, n=3, public=True).text == expected
     assert [r.fault for r in proxy.records] == [fault, None]
     if "retry_after" in params:  # Retry-After is honoured, not the 10 ms backoff
         assert time.monotonic() - start >= 0.2
@@ -125,7 +125,7 @@ def test_a_persistent_fault_ends_in_a_remote_error_after_bounded_retries(remote,
     proxy.clear()
     proxy.inject(fault, count=3, **params)
     with pytest.raises(RemoteError) as err:
-        remote.next_tokens(remote.prompt(HAIKU), n=2)
+        remote.next_tokens(remote.prompt(HAIKU), n=2, public=True)
     assert err.value.kind == kind and err.value.attempts == 3
     assert len(proxy.records) == 3 and str(remote.base_url) in str(err.value)
 
@@ -134,7 +134,7 @@ def test_a_truncated_chat_stream_is_detected(remote, proxy):
     remote.connect()
     proxy.inject("truncate", count=3)
     with pytest.raises(RemoteError, match="stream ended") as err:
-        remote.chat([{"role": "user", "content": "Say hello."}], max_tokens=8)
+        remote.chat([{"role": "user", "content": "Say hello."}], max_tokens=8, public=True)
     assert err.value.kind == "truncated"
 
 
@@ -143,7 +143,7 @@ def test_a_client_error_is_not_retried(remote, proxy):
     proxy.clear()
     proxy.inject("status", count=3, status=400)
     with pytest.raises(RemoteError, match="HTTP 400") as err:
-        remote.next_tokens(remote.prompt(HAIKU))
+        remote.next_tokens(remote.prompt(HAIKU), public=True)
     assert err.value.attempts == 1 and len(proxy.records) == 1
 
 
@@ -182,6 +182,70 @@ def test_errors_keep_no_request_body(remote, proxy, fault):
     inside = [f.f_code.co_name for f in _frames(error)
               if f.f_code.co_filename.endswith("privacy.py") or f.f_code.co_name == "handle_async_request"]
     assert inside == []
+    # Nor is the text reachable from the locals of the library's frames that remain, closures included
+    # (the caller's own frames, which hold the prompt they passed, aside); the message names spans by
+    # kind and length only.
+    library = [f for f in _frames(error) if "cogenesis_device" in f.f_code.co_filename
+               and f.f_code.co_name not in ("next_tokens", "_wait")]
+    assert "Odalys" not in str(error) and "Brennecke" not in str(error)
+    assert not any("Odalys" in text for f in library for text in _reachable_text(f.f_locals))
+    if fault == "blocked":
+        assert "verbatim (42 chars)" in str(error)
+
+
+def _reachable_text(values: dict, depth: int = 3):
+    """repr of every value reachable from a frame's locals through containers and closure cells."""
+    todo = [(v, depth) for v in values.values()]
+    while todo:
+        value, left = todo.pop()
+        yield repr(value)
+        if left == 0:
+            continue
+        if isinstance(value, dict):
+            todo += [(v, left - 1) for v in value.values()]
+        elif isinstance(value, (list, tuple, set)):
+            todo += [(v, left - 1) for v in value]
+        for cell in getattr(value, "__closure__", None) or ():
+            todo.append((cell.cell_contents, left - 1))
+
+
+def test_free_text_outside_a_job_needs_a_guard_or_a_statement_that_it_is_public(remote, proxy):
+    """Before, a call without a job's guard went through the model's context-free guard: anything was
+    sent, and recorded as clean."""
+    remote.connect()
+    proxy.clear()
+    private = [{"role": "user", "content": "Remind Odalys Brennecke about her appointment."}]
+    with pytest.raises(RemoteError, match="guard=.*public=True"):
+        remote.chat(private, max_tokens=4)
+    with pytest.raises(RemoteError, match="guard=.*public=True"):
+        remote.next_tokens("Odalys Brennecke is", n=1)
+    assert proxy.records == []
+    assert remote.chat(HAIKU, max_tokens=4, public=True).text  # stated public: sent and recorded
+    assert remote.guard.records[-1].endpoint == "/v1/chat/completions"
+
+
+def test_headers_from_the_environment_pass_the_guard(proxy, model, monkeypatch):
+    """openai-python turns OPENAI_ORG_ID into a header; before, headers never reached the guard."""
+    monkeypatch.setenv("OPENAI_ORG_ID", "Odalys Brennecke")
+    with RemoteModel(proxy.base_url, template=model, timeout=10.0, max_retries=0) as remote:
+        remote.connect()
+        proxy.clear()
+        guard = EgressGuard("Name: Odalys Brennecke\nCity: Tromsø")
+        with pytest.raises(PrivacyBlockedError, match="header 'openai-organization' holds private text"):
+            remote.chat(HAIKU, max_tokens=4, guard=guard)
+        assert proxy.records == [] and guard.records[-1].action == "blocked"
+
+
+def test_an_oversized_answer_is_refused_without_reading_it_all(model):
+    from cogenesis_device.loopback import ReplayServer
+
+    models = {"object": "list", "data": [{"id": f"model-{i:06d}", "object": "model"} for i in range(5000)]}
+    with ReplayServer({"GET /v1/models": (200, models)}) as server:
+        with RemoteModel(server.base_url, template=model, max_retries=0, max_response_bytes=4096) as remote:
+            with pytest.raises(RemoteError, match="max_response_bytes=4096"):
+                remote.connect()
+        with pytest.raises(RemoteError, match="max_response_bytes must be at least 1024"):
+            RemoteModel(server.base_url, max_response_bytes=10)
 
 
 def test_a_slow_server_times_out(proxy, model):
@@ -190,7 +254,7 @@ def test_a_slow_server_times_out(proxy, model):
         proxy.inject("stall", count=2, seconds=3.0)
         start = time.monotonic()
         with pytest.raises(RemoteError, match="within 0.5 s") as err:
-            slow.next_tokens(slow.prompt(HAIKU))
+            slow.next_tokens(slow.prompt(HAIKU), public=True)
         assert err.value.kind == "timeout" and err.value.attempts == 2
         assert time.monotonic() - start < 2.5
 
@@ -207,7 +271,7 @@ def test_concurrent_requests_share_pooled_connections(remote, proxy):
     prompt = remote.prompt(HAIKU)
     proxy.clear()
     for _ in range(2):
-        futures = [remote.submit_next_tokens(prompt, n=2) for _ in range(4)]
+        futures = [remote.submit_next_tokens(prompt, n=2, public=True) for _ in range(4)]
         texts = {f.result(timeout=60).text for f in futures}
         assert len(texts) == 1
     assert len(proxy.records) == 8
@@ -217,17 +281,17 @@ def test_concurrent_requests_share_pooled_connections(remote, proxy):
 def test_cancel_aborts_the_request_in_flight(remote, proxy):
     remote.connect()
     proxy.inject("stall", seconds=5.0)
-    future = remote.submit_next_tokens(remote.prompt(HAIKU), n=2)
+    future = remote.submit_next_tokens(remote.prompt(HAIKU), n=2, public=True)
     time.sleep(0.3)
     assert future.cancel()
     with pytest.raises(concurrent.futures.CancelledError):
         future.result(timeout=1)
-    assert remote.next_tokens(remote.prompt(HAIKU), n=1).steps  # the model is still usable
+    assert remote.next_tokens(remote.prompt(HAIKU), n=1, public=True).steps  # the model is still usable
 
 
 def test_every_request_is_recorded_by_the_guard_it_ran_under(remote, proxy):
     neighbour = "My neighbour Zorvex Quillandor waters the plants."
-    guard = EgressGuard(neighbour, public="Write a haiku about rain.")
+    guard = EgressGuard(neighbour, public="Write a haiku about rain.", record_bodies=True)
     remote.next_tokens(remote.prompt(HAIKU) + "For Zorvex:", n=2, guard=guard)
     [record] = guard.records
     assert record.endpoint == "/v1/completions" and record.status == 200 and record.bytes_received > 0
@@ -254,11 +318,11 @@ def test_configuration_errors_name_the_argument_and_the_variables(monkeypatch):
 
 def test_plain_http_to_another_machine_is_refused_unless_allowed():
     """The instruction, the generated text and the API key would cross the network in clear."""
-    with pytest.raises(RemoteError, match="plain http to another machine.*allow_plain_http=True"):
+    with pytest.raises(RemoteError, match="plain http to another machine.*allow_insecure_http=True"):
         RemoteModel("http://api.example.com/v1", api_key="k")
     with pytest.raises(RemoteError, match="not http"):
         RemoteModel("ftp://api.example.com/v1", api_key="k")
-    with RemoteModel("http://api.example.com/v1", api_key="k", allow_plain_http=True) as allowed:
+    with RemoteModel("http://api.example.com/v1", api_key="k", allow_insecure_http=True) as allowed:
         assert allowed.base_url == "http://api.example.com/v1"  # no request is made here
     with RemoteModel("http://localhost:9/v1") as loopback:
         assert loopback.base_url == "http://localhost:9/v1"
@@ -273,10 +337,10 @@ def test_without_a_template_the_server_renders_the_prompt_or_the_error_asks_for_
     with RemoteModel(real_server.base_url, tokenizer=model) as untemplated:
         if real_server.server == "llama-cpp-python":
             with pytest.raises(RemoteError, match="template="):
-                untemplated.prompt(HAIKU)
+                untemplated.prompt(HAIKU, public=True)
         else:
             expected = post(real_server.base_url.removesuffix("/v1") + "/apply-template", {"messages": HAIKU})["prompt"]
-            assert untemplated.prompt(HAIKU) == expected and "Write a haiku about rain." in expected
+            assert untemplated.prompt(HAIKU, public=True) == expected and "Write a haiku about rain." in expected
             assert any(r.endpoint.endswith("/apply-template") for r in untemplated.guard.records)
         result = cg.CoGenerator(model, untemplated).generate("Write a haiku about rain.", "Name: Odalys",
                                                               max_tokens=4, temperature=0.0)

@@ -64,7 +64,7 @@ def test_state_file_errors(model, tmp_path):
 
     garbage = tmp_path / "garbage.kv"
     garbage.write_bytes(b"hello, not a state" * 10)
-    with pytest.raises(StateError, match="not a cogenesis state file"):
+    with pytest.raises(StateError, match="not a cogenesis state"):
         s.load_state(str(garbage))
 
     good = tmp_path / "good.kv"

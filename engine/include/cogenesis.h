@@ -148,11 +148,23 @@ int32_t cg_session_seq_tokens(const cg_session * session, int32_t seq_id, cg_tok
 int32_t cg_session_seq_truncate(cg_session * session, int32_t seq_id, int32_t n_keep);
 
 /* Write the KV state and tokens of seq_id to a file, tagged with the model's
- * fingerprint. This is the private-context cache: prefill once, reuse often. */
+ * fingerprint and closed by a checksum over tokens and KV data. This is the private-context
+ * cache: prefill once, reuse often. The file is created 0600 under a unique temporary name
+ * beside path, then renamed over it. */
 int32_t cg_session_state_save(cg_session * session, int32_t seq_id, const char * path);
-/* Replace seq_id with the state in a file written by cg_session_state_save.
- * Fails with CG_ERR_STATE if the file is corrupt, truncated or from another model. */
+/* Replace seq_id with the state in a file written by cg_session_state_save. Fails with
+ * CG_ERR_STATE if the file is larger than cg_session_state_max_size (checked before reading),
+ * corrupt, truncated, spliced from two saves (checksum) or from another model. */
 int32_t cg_session_state_load(cg_session * session, int32_t seq_id, const char * path);
+/* The same state as bytes, for apps that store or encrypt the cache themselves:
+ * cg_session_state_size gives the bytes seq_id needs (0 when it is empty or out of range),
+ * cg_session_state_get writes them to buf and their count to *n_written, and
+ * cg_session_state_set loads them back (the checks of cg_session_state_load apply). */
+size_t  cg_session_state_size(cg_session * session, int32_t seq_id);
+int32_t cg_session_state_get(cg_session * session, int32_t seq_id, uint8_t * buf, size_t capacity, size_t * n_written);
+int32_t cg_session_state_set(cg_session * session, int32_t seq_id, const uint8_t * data, size_t size);
+/* The largest state this session can hold (a full window of KV data), in bytes. */
+size_t  cg_session_state_max_size(const cg_session * session);
 
 /* Ask the session's running prefill/generation to stop as soon as possible.
  * Safe to call from any thread. The flag clears when the next generation starts. */
