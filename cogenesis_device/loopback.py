@@ -39,14 +39,28 @@ _DIE_WITH_PARENT = (
     "threading.Thread(target=lambda: (sys.stdin.buffer.read(), os._exit(0)), daemon=True).start()\n"
 )
 
-# llama.cpp's own server (the xllamacpp wheel). It binds port 0 itself and reports the address on
-# the handshake pipe (the child's original stdout), so no other process can take the port first;
-# its logs go to stderr. argv: model path, alias, n_ctx, n_parallel, threads.
-_SERVE_LLAMA_CPP = _DIE_WITH_PARENT + (
-    "import json, time, xllamacpp\n"
+# Both servers bind port 0 themselves and report the address on the handshake pipe (the child's
+# original stdout), so no other process can take the port first; their logs go to stderr. The model
+# alias, which the parent's readiness check asks for, comes on stdin's first line, not in argv,
+# where any local process could read it from the process list.
+_HANDSHAKE = (
+    "import json\n"
+    "alias = sys.stdin.buffer.readline().decode().strip()\n"
     "handshake = os.fdopen(os.dup(1), 'w')\n"
     "os.dup2(2, 1)\n"
-    "model, alias, n_ctx, n_parallel, threads = sys.argv[1:6]\n"
+    "def report(address):\n"
+    "    handshake.write(json.dumps({'address': address}) + '\\n')\n"
+    "    handshake.flush()\n"
+)
+_DIE_WITH_PARENT = (
+    "import os, sys, threading\n"
+    "threading.Thread(target=lambda: (sys.stdin.buffer.read(), os._exit(0)), daemon=True).start()\n"
+)
+
+# llama.cpp's own server (the xllamacpp wheel). argv: model path, n_ctx, n_parallel, threads.
+_SERVE_LLAMA_CPP = "import os, sys\n" + _HANDSHAKE + _DIE_WITH_PARENT + (
+    "import time, xllamacpp\n"
+    "model, n_ctx, n_parallel, threads = sys.argv[1:5]\n"
     "p = xllamacpp.CommonParams()\n"
     "p.model.path, p.model_alias = model, {alias}\n"
     "p.hostnames, p.port = ['127.0.0.1'], 0\n"
@@ -54,15 +68,26 @@ _SERVE_LLAMA_CPP = _DIE_WITH_PARENT + (
     "p.cpuparams.n_threads = p.cpuparams_batch.n_threads = int(threads)\n"
     "p.endpoint_props = False\n"
     "server = xllamacpp.Server(p)\n"
-    "handshake.write(json.dumps({'address': server.listening_address}) + '\\n')\n"
-    "handshake.flush()\n"
+    "report(server.listening_address)\n"
     "while True: time.sleep(3600)\n"
 )
 
-# llama-cpp-python's server (FastAPI + uvicorn), on a port the parent names.
-_SERVE_LLAMA_CPP_PYTHON = _DIE_WITH_PARENT + (
-    "import runpy\n"
-    "runpy.run_module('llama_cpp.server', run_name='__main__', alter_sys=True)\n"
+# llama-cpp-python's server (FastAPI + uvicorn) on a socket the child binds. argv: model path,
+# n_ctx, threads.
+_SERVE_LLAMA_CPP_PYTHON = "import os, sys\n" + _HANDSHAKE + _DIE_WITH_PARENT + (
+    "import asyncio, socket, uvicorn\n"
+    "from llama_cpp.server.app import create_app\n"
+    "from llama_cpp.server.settings import ModelSettings, ServerSettings\n"
+    "model, n_ctx, threads = sys.argv[1:4]\n"
+    "sock = socket.socket()\n"
+    "sock.bind(('127.0.0.1', 0))\n"
+    # By default a new request aborts a streaming one; the server must queue them instead.
+    "app = create_app(server_settings=ServerSettings(host='127.0.0.1', interrupt_requests=False),\n"
+    "                 model_settings=[ModelSettings(model=model, model_alias=alias, n_ctx=int(n_ctx),\n"
+    "                                               n_threads=int(threads), n_threads_batch=int(threads),\n"
+    "                                               flash_attn=True, verbose=False)])\n"
+    "report(f'http://127.0.0.1:{sock.getsockname()[1]}')\n"
+    "asyncio.run(uvicorn.Server(uvicorn.Config(app, log_level='warning')).serve(sockets=[sock]))\n"
 )
 
 
@@ -105,19 +130,15 @@ class LoopbackServer:
         self._log = tempfile.TemporaryFile()
         deadline = time.monotonic() + self.startup_timeout
         if self.server == "llama.cpp":
-            command = [sys.executable, "-c", _SERVE_LLAMA_CPP, self.model_path, self.model_name, str(self.n_ctx),
-                       str(self.n_parallel), str(self.n_threads)]
-            self._process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self._log, stdin=subprocess.PIPE)
-            self.port = self._read_port(deadline)
+            command = [sys.executable, "-c", _SERVE_LLAMA_CPP, self.model_path, str(self.n_ctx), str(self.n_parallel),
+                       str(self.n_threads)]
         else:
-            self.port = free_port()
-            command = [sys.executable, "-c", _SERVE_LLAMA_CPP_PYTHON, "--model", self.model_path, "--model_alias",
-                       self.model_name, "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(self.n_ctx),
-                       "--n_threads", str(self.n_threads), "--n_threads_batch", str(self.n_threads),
-                       "--flash_attn", "true", "--verbose", "false",
-                       # By default a new request aborts a streaming one; the server must queue them instead.
-                       "--interrupt_requests", "false"]
-            self._process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.PIPE)
+            command = [sys.executable, "-c", _SERVE_LLAMA_CPP_PYTHON, self.model_path, str(self.n_ctx),
+                       str(self.n_threads)]
+        self._process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self._log, stdin=subprocess.PIPE)
+        self._process.stdin.write(self.model_name.encode() + b"\n")
+        self._process.stdin.flush()
+        self.port = self._read_port(deadline)
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 self._fail(f"the loopback server exited with status {self._process.returncode}")

@@ -376,6 +376,17 @@ def test_the_loopback_server_dies_with_its_parent_even_on_sigkill(tmp_path):
         pytest.fail("the loopback server outlived its parent by 30 s")
 
 
+def test_loopback_servers_bind_their_own_port_and_keep_their_name_off_the_process_list(real_server):
+    """Readiness is an answer naming the server's random model name, which only our child knows: it
+    came on the child's stdin, not in its argv (before, both servers had it in argv, readable by any
+    local process, and llama_cpp.server bound a port the parent had named and freed)."""
+    pid = real_server._process.pid
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        argv = f.read().decode("utf-8", "replace")
+    assert real_server.model_name.split("@")[1] not in argv and str(real_server.port) not in argv
+    assert real_server._answers()
+
+
 def _is_zombie(pid: int) -> bool:
     """An exited child of init that has not been reaped yet counts as gone."""
     try:
