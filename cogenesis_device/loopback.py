@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 
 from .registry import DEFAULT_MODEL, resolve_model
 
-FAULTS = ("drop", "status", "garbage", "truncate", "strip_logprobs", "stall")
+FAULTS = ("drop", "status", "garbage", "truncate", "strip_logprobs", "shift_logprobs", "stall")
 
 
 SERVERS = ("llama.cpp", "llama-cpp-python")
@@ -208,6 +208,7 @@ class ProxyRecord:
     fault: str | None
     status: int = 0
     bytes_out: int = 0
+    received: float = 0.0  # time.monotonic() when the request had arrived whole
 
 
 @dataclass
@@ -229,7 +230,8 @@ class FaultProxy:
       'drop' closes the connection without an answer; 'status' answers `status` (with Retry-After
       `retry_after` when given); 'garbage' answers 200 with a body that is not JSON; 'truncate' cuts
       the answer in half (a JSON body mid-way, an event stream cleanly between events);
-      'strip_logprobs' removes logprobs from the answer; 'stall' waits `seconds` first.
+      'strip_logprobs' removes logprobs from the answer; 'shift_logprobs' moves each position's
+      alternatives to the position before (a server off by one); 'stall' waits `seconds` first.
     """
 
     def __init__(self, upstream_base_url: str, *, rtt_ms: float = 0.0, jitter_ms: float = 0.0, seed: int = 0):
@@ -318,7 +320,7 @@ class FaultProxy:
                 body = await reader.readexactly(length) if length else b""
                 with self._lock:
                     kind, params = self._faults.popleft() if self._faults else (None, {})
-                    record = ProxyRecord(method, path, body, kind)
+                    record = ProxyRecord(method, path, body, kind, received=time.monotonic())
                     self.records.append(record)
                 await self._half_rtt()
                 if kind == "drop":
@@ -336,6 +338,8 @@ class FaultProxy:
                     response = await self._forward(method, path, headers, body)
                     if kind == "strip_logprobs":
                         response.body = _strip_logprobs(response.body)
+                    elif kind == "shift_logprobs":
+                        response.body = _shift_logprobs(response.body)
                 await self._half_rtt()
                 record.status = response.status
                 if kind == "truncate" and not response.header("content-type").startswith("text/event-stream"):
@@ -402,6 +406,24 @@ def _strip_logprobs(body: bytes) -> bytes:
         return body
     for choice in data.get("choices", []) if isinstance(data, dict) else []:
         choice.pop("logprobs", None)
+    return json.dumps(data).encode()
+
+
+def _shift_logprobs(body: bytes) -> bytes:
+    """The answer with the alternatives of position i + 1 listed at position i (and the first's last),
+    in either logprobs shape: what a server whose positions are off by one sends."""
+    try:
+        data = json.loads(body)
+        lp = data["choices"][0]["logprobs"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return body
+    entries = lp.get("content") if isinstance(lp, dict) else None
+    if isinstance(entries, list) and entries:
+        tops = [e.get("top_logprobs") for e in entries]
+        for entry, top in zip(entries, tops[1:] + tops[:1]):
+            entry["top_logprobs"] = top
+    elif isinstance(lp, dict) and lp.get("top_logprobs"):
+        lp["top_logprobs"] = lp["top_logprobs"][1:] + lp["top_logprobs"][:1]
     return json.dumps(data).encode()
 
 

@@ -371,8 +371,10 @@ class RemoteModel:
                     raise
         if gen is None or not gen.steps:  # no logprobs, or (unlikely) nothing to judge them by
             return RemoteCapabilities(model, 0, "text", False)
-        # Greedy: the chosen token must be the best entry listed for its own position.
-        positions_ok = all(s.logprob >= max(s.top.values()) - 1e-3 for s in gen.steps if s.top)
+        # Greedy: the chosen token must be listed at its own position, as the best entry there. (Its
+        # logprob alone is not enough: off by one, the next position's best may score lower.)
+        positions_ok = all(s.token in s.top and s.top[s.token] >= max(s.top.values()) - 1e-3
+                           for s in gen.steps if s.top)
         return RemoteCapabilities(model, top_k, _token_identity(raw), positions_ok)
 
     # -- requests ----------------------------------------------------------------------------------

@@ -82,18 +82,23 @@ def test_eval_writes_table_1_without_leaking_and_resumes(model, patient_remote, 
 
 
 def test_eval_audit_policy_reports_what_redaction_prevents(model, patient_remote, tmp_path):
+    """With attribution off (':text-only') the generated prefix carries the profile's name: the guard finds it under both policies, redact sends it
+    redacted, audit sends it as it is, and the independent scan sees the difference. (Before, with
+    attribution on, both policies found 0 spans and the comparison held whatever the code did.)"""
     remote = patient_remote
-    samples, _ = _dataset(tmp_path)
-    # a draft-free logits run whose private context the local model is likely to repeat
-    evaluation = _evaluation(tmp_path / "audit", model, remote, modes=["logits:weighted:tail"], rules=[],
-                             policies=["redact", "audit"], gold=False, embeddings=False)
+    path = tmp_path / "intro.jsonl"
+    path.write_text(json.dumps({"tid": "intro", "instruction": "Write a one-line introduction of myself with my full name",
+                                "context": DEMO["context"], "gold": "Hi, I'm Maren Holloway."}) + "\n")
+    samples = datasets.load(path)
+    evaluation = _evaluation(tmp_path / "audit", model, remote, modes=["logits:weighted:tail:w=0.9"], rules=[],
+                             policies=["redact:text-only", "audit:text-only"], gold=False, embeddings=False,
+                             max_tokens=24)
     results = evaluation.run(samples)
-    assert set(results["modes"]) == {"logits:weighted:tail", "logits:weighted:tail [audit]"}
-    redacted = results["modes"]["logits:weighted:tail"]["leak"]
+    redacted = results["modes"]["logits:weighted:tail:w=0.9 [redact:text-only]"]["leak"]
+    audited = results["modes"]["logits:weighted:tail:w=0.9 [audit:text-only]"]["leak"]
+    assert redacted["found_before_redaction"] > 0 and audited["found_before_redaction"] > 0
     assert redacted["jobs_leaking"] == 0
-    audited = results["modes"]["logits:weighted:tail [audit]"]["leak"]
-    # under 'audit' whatever the guard finds is sent, and the independent scan sees it
-    assert (audited["found_before_redaction"] > 0) == (audited["jobs_leaking"] > 0)
+    assert audited["jobs_leaking_profile"] == 1 and "profile:name" in audited["leaked_kinds"]
 
 
 def test_eval_cli_on_a_dev_slice(proxy, tmp_path, capsys):

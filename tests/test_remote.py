@@ -97,6 +97,8 @@ def test_chat_completion(remote):
     ("drop", {}),
     ("status", {"status": 503}),
     ("status", {"status": 429, "retry_after": 0.2}),
+    ("status", {"status": 408}),
+    ("status", {"status": 409}),
     ("garbage", {}),
     ("truncate", {}),
     ("strip_logprobs", {}),
@@ -111,6 +113,55 @@ def test_a_transient_fault_is_retried_and_the_answer_is_right(remote, proxy, fau
     assert [r.fault for r in proxy.records] == [fault, None]
     if "retry_after" in params:  # Retry-After is honoured, not the 10 ms backoff
         assert time.monotonic() - start >= 0.2
+
+
+def test_backoff_between_attempts_grows_exponentially(proxy, model):
+    """Attempt n waits backoff * 2**(n-1), scaled by a random factor in [0.5, 1): the lower bounds are
+    what no scheduling noise can break, and they grow 1, 2, 4."""
+    backoff = 0.15
+    with RemoteModel(proxy.base_url, template=model, max_retries=3, backoff=backoff, max_backoff=5.0) as remote:
+        remote.connect()
+        proxy.clear()
+        proxy.inject("status", count=3, status=503)
+        assert remote.next_tokens(remote.prompt(HAIKU), n=1, public=True).steps
+    times = [r.received for r in proxy.records]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert len(gaps) == 3 and [r.fault for r in proxy.records] == ["status"] * 3 + [None]
+    assert all(gap >= 0.5 * backoff * 2 ** n for n, gap in enumerate(gaps)), gaps
+    assert gaps[2] > gaps[0]
+
+
+def test_a_json_schema_response_format_constrains_the_reply(remote, proxy):
+    """OpenAI's and vLLM's dialect, which llama.cpp's server also reads: the reply follows the schema."""
+    from cogenesis_device.synth import SCHEMAS, response_format
+
+    remote.connect()
+    proxy.clear()
+    reply = remote.chat([{"role": "user", "content": "List two writing tasks for a nurse, as JSON."}], max_tokens=120,
+                        response_format=response_format("tasks", "json_schema"), public=True)
+    sent = json.loads(proxy.records[-1].body)
+    assert sent["response_format"]["json_schema"]["schema"] == SCHEMAS["tasks"]
+    if reply.finish_reason == "stop":  # a reply cut by max_tokens is a prefix of valid JSON
+        tasks = json.loads(reply.text)["tasks"]
+        assert tasks and all(set(t) >= {"title", "description"} for t in tasks)
+    else:
+        assert "".join(reply.text.split()).startswith('{"tasks":[{"title":"')
+
+
+def test_the_fault_proxy_adds_the_round_trip_time_it_is_given(proxy):
+    """The collaboration benchmark's simulated network: each request takes at least rtt - jitter."""
+    import urllib.request
+
+    def timed() -> float:
+        start = time.monotonic()
+        with urllib.request.urlopen(f"{proxy.base_url}/models", timeout=10) as response:
+            response.read()
+        return time.monotonic() - start
+
+    baseline = min(timed() for _ in range(3))
+    proxy.rtt_ms, proxy.jitter_ms = 120.0, 40.0
+    delayed = [timed() for _ in range(5)]
+    assert all(d >= 0.080 for d in delayed) and min(delayed) > baseline + 0.06, (baseline, delayed)
 
 
 @pytest.mark.parametrize("fault, params, kind", [
@@ -416,3 +467,19 @@ def test_a_chat_stream_with_a_usage_only_last_chunk_is_read():
     only_reasoning = body.replace('"content": "Hello"', '"reasoning_content": "Hi"').replace(
         '"content": " there"', '"content": ""')
     assert _parse_chat_stream(only_reasoning).text == "Hithinking..."
+
+
+def test_the_probe_refuses_a_server_whose_logprobs_are_off_by_one(proxy, model):
+    """Each position's alternatives listed one position early: logits mode would fuse every token
+    with the scores of the next. Before, the probe compared only logprobs, and the next position of
+    its prompt is less certain than the first, so the shift passed."""
+    proxy.inject("shift_logprobs", count=20)
+    with RemoteModel(proxy.base_url, template=model, timeout=10.0, max_retries=0) as remote:
+        caps = remote.connect()
+        assert caps.max_top_k > 0 and not caps.positions_ok and not caps.next_token_scores
+        assert caps.missing() == "lists logprobs at the wrong positions"
+        with pytest.raises(RemoteError, match="logits mode needs next-token scores.*wrong positions"):
+            cg.CoGenerator(model, remote, mode="logits").generate("Write a haiku about rain.", "", max_tokens=2)
+    proxy.clear()
+    with RemoteModel(proxy.base_url, template=model, timeout=10.0, max_retries=0) as honest:
+        assert honest.connect().positions_ok  # the same server unshifted passes
