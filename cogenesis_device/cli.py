@@ -69,7 +69,7 @@ def _add_collaboration(p) -> None:
     p.add_argument("--min-span", type=int, default=12, help="shortest private verbatim span in characters (12)")
     p.add_argument("--rule", default="weighted", choices=["weighted", "max", "context_delta"], help="fusion rule")
     p.add_argument("--weight", type=float, default=0.5, help="local weight of the weighted rule (default 0.5)")
-    p.add_argument("--fill", default="mask", choices=["mask", "tail"], help="remote scores outside its top-k")
+    p.add_argument("--fill", default="mask", choices=["mask", "tail", "local"], help="remote scores outside its top-k")
     p.add_argument("--lookahead", type=int, default=None,
                    help="remote tokens per round trip (1: per-token protocol; default: adaptive)")
     p.add_argument("--threshold", type=float, default=2.0,

@@ -36,6 +36,7 @@ from .privacy import AuditRecord, EgressGuard, summarize
 from .remote import RemoteModel
 
 MODES = ("auto", "sketch", "logits")
+NO_REPEAT_NGRAM = 4  # the default repetition control of both modes (README: "Text without loops")
 SYSTEM_PROMPT = ("You write on behalf of the user described below. Use their details, experiences and writing "
                  "style wherever they fit the task.\n\nAbout the user:\n{context}")
 OUTLINE_PROMPT = ("Plan a piece of writing for the task below. Answer with an outline only: 8 to 15 numbered "
@@ -236,7 +237,8 @@ class CoGenerator:
 
     def stream(self, instruction: str | None = None, context: str = "", *, request: str | None = None,
                draft: str = "", max_tokens: int = 256, temperature: float = 0.0, top_k: int = 40,
-               top_p: float = 0.95, min_p: float = 0.05, seed: int | None = None) -> "CoStream":
+               top_p: float = 0.95, min_p: float = 0.05, seed: int | None = None,
+               no_repeat_ngram: int = NO_REPEAT_NGRAM) -> "CoStream":
         """Like generate(), yielding text as it is written; the CoResult is in `.result` at the end.
 
         instruction: the public, context-free instruction, which the user chose to send.
@@ -244,6 +246,8 @@ class CoGenerator:
             model writes from it, and the instruction sent is derived on the device by removing what
             the context explains (see derive_instruction; the result's `instruction` holds it).
         draft: text the response must begin with (the user's own opening); private, like the context.
+        no_repeat_ngram: the engine never completes an n-gram (of tokens) that the generated text
+            already holds, in both modes: small models loop without it. 0 turns it off.
         The result's text includes it; max_tokens counts only what is generated after it.
 
         Only the instruction is sent to the remote (with the generated text in logits mode, where
@@ -259,7 +263,8 @@ class CoGenerator:
         private = [context, draft] + ([request] if request is not None else [])
         guard = EgressGuard(private, public=[instruction, OUTLINE_PROMPT.format(instruction=instruction)],
                             tokenizer=self.local, **self.privacy)
-        sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
+        sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
+                        no_repeat_ngram=no_repeat_ngram)
         return CoStream(self, instruction, user, context, draft, guard, max_tokens, sampling)
 
     def derive_instruction(self, request: str, context: str) -> "DerivedInstruction":

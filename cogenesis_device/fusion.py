@@ -3,7 +3,11 @@
 Every rule works in log-probability space. The local side is log-softmax(local logits). The remote
 side is a sparse top-k of (ids, logprobs), and its unlisted tokens get the fill:
   - mask: -inf;
-  - tail: log((1 - sum p_topk) / (V - k)).
+  - tail: log((1 - sum p_topk) / (V - k)), an equal share of what the top-k leaves;
+  - local: what the top-k leaves, shared in proportion to the local model's probabilities,
+    log(1 - sum p_topk) + local(t) - log(sum of local p over unlisted tokens). With the weighted
+    rule, unlisted tokens then keep the local model's order and ratios; a gold token the remote did
+    not list is not pushed down to an equal share of the leftover (which costs bits: see README).
 Never 0. The rules:
   - weighted:      w * local + (1 - w) * remote          (w = 0.5 is the paper's mean)
   - max:           max(local, remote)
@@ -24,7 +28,7 @@ import numpy as np
 from . import _native
 
 RULES = ("weighted", "max", "context_delta", "gate")
-FILLS = ("mask", "tail")
+FILLS = ("mask", "tail", "local")
 FEATURE_NAMES = (
     "local_entropy", "remote_entropy", "local_top_p", "remote_top_p",
     "overlap", "divergence", "local_p_of_remote_top", "remote_p_of_local_top",
@@ -48,7 +52,10 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - (m + np.log(np.exp(x - m).sum()))
 
 
-def _remote_dense(ids, logprobs, n_vocab: int, fill: str) -> tuple[np.ndarray, dict[int, float], float]:
+def _remote_dense(ids, logprobs, n_vocab: int, fill: str, ll: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, dict[int, float], float]:
+    """The remote side on the whole vocabulary, its listed tokens, and the tail's fill (-inf for
+    the other fills). fill='local' needs ll, the local log-probabilities."""
     merged: dict[int, float] = {}
     for i, lp in zip(np.asarray(ids).tolist(), np.asarray(logprobs, dtype=np.float64).tolist()):
         if lp <= SENTINEL:
@@ -61,6 +68,12 @@ def _remote_dense(ids, logprobs, n_vocab: int, fill: str) -> tuple[np.ndarray, d
     if fill == "tail" and rest > 1e-7 and n_vocab > len(listed):
         fill_lp = np.log(rest / (n_vocab - len(listed)))
     dense = np.full(n_vocab, fill_lp)
+    if fill == "local" and rest > 1e-7 and n_vocab > len(listed):
+        unlisted = np.ones(n_vocab, dtype=bool)
+        unlisted[list(listed)] = False
+        mass = np.exp(ll[unlisted]).sum()
+        if mass > 0:
+            dense = np.log(rest) + ll - np.log(mass)
     for i, v in listed.items():
         dense[i] = v
     return dense, listed, fill_lp
@@ -70,7 +83,7 @@ def features_reference(local, remote_ids, remote_logprobs, fill: str = "mask") -
     """The gate's 8 input features, as the engine computes them."""
     ll = _log_softmax(np.asarray(local))
     p_local = np.exp(ll)
-    dense, listed, fill_lp = _remote_dense(remote_ids, remote_logprobs, len(ll), fill)
+    dense, listed, fill_lp = _remote_dense(remote_ids, remote_logprobs, len(ll), fill, ll)
     ranked = sorted(listed.items(), key=lambda kv: -kv[1])
     q = np.exp(np.array([v for _, v in ranked]))
     qn = q / q.sum()
@@ -121,7 +134,7 @@ def fuse_reference(
 
 
 def _fuse_rule(ll, remote_ids, remote_logprobs, local, rule, fill, weight, alpha, local_noctx, gate_arrays):
-    rd, _, _ = _remote_dense(remote_ids, remote_logprobs, len(ll), fill)
+    rd, _, _ = _remote_dense(remote_ids, remote_logprobs, len(ll), fill, ll)
     if rule == "max":
         return np.maximum(ll, rd)
     if rule == "context_delta":

@@ -296,7 +296,8 @@ class LocalModel:
         """Generate token by token, yielding text as it becomes final.
 
         Options: max_tokens=128, temperature=0.8 (<= 0: greedy), top_k=40, top_p=0.95, min_p=0.05,
-        repeat_penalty=1.0, repeat_last_n=64, seed=None (random), stop=None (list of strings),
+        repeat_penalty=1.0, repeat_last_n=64, no_repeat_ngram=0 (n >= 1: never complete an n-gram the
+        generated text already holds), seed=None (random), stop=None (list of strings),
         ignore_eos=False, chat=False (wrap the prompt as a user turn with the model's chat
         template), system=None (system message when chat=True), prefix_cache=None
         (a file written by cache_prefix), cache_key=None (its key, if it was written with one),
@@ -319,6 +320,7 @@ class LocalModel:
         min_p: float = 0.05,
         repeat_penalty: float = 1.0,
         repeat_last_n: int = 64,
+        no_repeat_ngram: int = 0,
         seed: int | None = None,
         stop: Sequence[str] | None = None,
         ignore_eos: bool = False,
@@ -330,7 +332,7 @@ class LocalModel:
     ):
         sampler = _native.Sampler(
             temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-            repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, seed=seed,
+            repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, seed=seed, no_repeat_ngram=no_repeat_ngram,
         )
         tokens = self._prompt_tokens(prompt, chat=chat, system=system)
         session = self._acquire(scope)

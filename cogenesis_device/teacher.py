@@ -188,7 +188,7 @@ class GoldScorer:
         ids, lps = scores
         _, info = _native.fuse(row, ids, lps, rule="gate", fill=self.gate_fill, gate=self._zero_gate)
         features = [info["features"][name] for name in FEATURE_NAMES]
-        rd, _, _ = _remote_dense(ids, lps, len(ll), self.gate_fill)  # the remote side as fuse() builds it
+        rd, _, _ = _remote_dense(ids, lps, len(ll), self.gate_fill, ll)  # the remote side as fuse() builds it
         with np.errstate(invalid="ignore"):
             mix = GATE_GRID[:, None] * ll[None, :] + (1.0 - GATE_GRID)[:, None] * rd[None, :]
         mix[-1] = ll  # w = 1 is exactly local (0 * -inf would be NaN)

@@ -176,7 +176,8 @@ std::shared_ptr<CoGenerationHandle> start(
     bool overlap, bool batch_verify, std::optional<std::tuple<int32_t, int32_t, int32_t>> schedule,
     const std::vector<std::string> & stop, const std::string & rule, const std::string & fill, float weight,
     float alpha, float plausible, std::shared_ptr<GateHandle> gate, float temperature, int32_t top_k, float top_p,
-    float min_p, float repeat_penalty, int32_t repeat_last_n, std::optional<int64_t> seed, bool attribution,
+    float min_p, float repeat_penalty, int32_t repeat_last_n, std::optional<int64_t> seed, int32_t no_repeat_ngram,
+    bool attribution,
     float threshold, float min_logprob, float budget_bits, int32_t window) {
     auto h = std::make_shared<CoGenerationHandle>();
     h->session = std::move(session);
@@ -205,7 +206,7 @@ std::shared_ptr<CoGenerationHandle> start(
     p.fusion.alpha = alpha;
     p.fusion.plausible = plausible;
     p.gate = h->gate ? h->gate->ptr : nullptr;
-    p.sampling = sampling_params(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed);
+    p.sampling = sampling_params(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed, no_repeat_ngram);
     p.bridge = h->bridge ? h->bridge->ptr : nullptr;
     p.remote_vocab = h->remote_vocab ? h->remote_vocab->ptr : nullptr;
     cg_remote_provider prov{};
@@ -293,7 +294,7 @@ void register_cogen(py::module_ & m) {
              py::arg("plausible") = 0.1f, py::arg("gate") = nullptr, py::arg("temperature") = 0.8f,
              py::arg("top_k") = 40, py::arg("top_p") = 0.95f, py::arg("min_p") = 0.05f,
              py::arg("repeat_penalty") = 1.0f, py::arg("repeat_last_n") = 64, py::arg("seed") = py::none(),
-             py::arg("attribution") = true, py::arg("threshold") = 2.0f, py::arg("min_logprob") = -10.0f,
+             py::arg("no_repeat_ngram") = 0, py::arg("attribution") = true, py::arg("threshold") = 2.0f, py::arg("min_logprob") = -10.0f,
              py::arg("budget_bits") = 8.0f, py::arg("window") = 16)
         .def("step", &step,
              "Generate one token (GIL released; the provider's callbacks take it). Returns (CoToken, text):\n"

@@ -16,7 +16,8 @@ int32_t parse_fusion_rule(const std::string & name) {
 int32_t parse_sparse_fill(const std::string & name) {
     if (name == "mask") return CG_FILL_MASK;
     if (name == "tail") return CG_FILL_TAIL;
-    throw StatusError(CG_ERR_INVALID_ARGUMENT, "unknown sparse fill '" + name + "' (mask, tail)");
+    if (name == "local") return CG_FILL_LOCAL;
+    throw StatusError(CG_ERR_INVALID_ARGUMENT, "unknown sparse fill '" + name + "' (mask, tail, local)");
 }
 
 py::dict fusion_info_dict(const cg_fusion_info & info) {
@@ -92,7 +93,8 @@ void register_fusion(py::module_ & m) {
           "Fuse dense local logits with a sparse remote top-k (ids, logprobs) into log-probabilities.\n"
           "Returns (fused, info). float32 C-contiguous inputs are read in place and `out`, if given, is\n"
           "written in place; all are used only during the call (GIL released).\n"
-          "rule: weighted | max | context_delta | gate; fill: mask (-inf) | tail (remaining mass shared).\n"
+          "rule: weighted | max | context_delta | gate; fill: mask (-inf) | tail (remaining mass shared equally) |\n"
+          "local (remaining mass shared in proportion to the local probabilities).\n"
           "plausible: keep only tokens whose local probability is at least plausible * the local top-1's\n"
           "(0 = off, the paper's fusion); a step where no listed remote token is left is local-only.");
     m.def("schedule_consult", &cg_schedule_consult, py::arg("p"), py::arg("k"), py::arg("t"), py::arg("step"),

@@ -17,14 +17,15 @@ std::shared_ptr<FusionSamplerHandle> create(std::shared_ptr<ModelHandle> model, 
                                             const std::string & fill, float weight, float alpha, float plausible,
                                             std::shared_ptr<GateHandle> gate, float temperature, int32_t top_k,
                                             float top_p, float min_p, float repeat_penalty, int32_t repeat_last_n,
-                                            std::optional<int64_t> seed) {
+                                            std::optional<int64_t> seed, int32_t no_repeat_ngram) {
     cg_fusion_params p = cg_fusion_default_params();
     p.rule = parse_fusion_rule(rule);
     p.fill = parse_sparse_fill(fill);
     p.weight = weight;
     p.alpha = alpha;
     p.plausible = plausible;
-    const cg_sampling_params sp = sampling_params(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed);
+    const cg_sampling_params sp = sampling_params(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed,
+                                                  no_repeat_ngram);
     auto h = std::make_shared<FusionSamplerHandle>();
     h->gate = std::move(gate);
     h->n_vocab = cg_model_n_vocab(model->ptr);
@@ -58,7 +59,8 @@ void register_fusion_sampler(py::module_ & m) {
         .def(py::init(&create), py::arg("model"), py::kw_only(), py::arg("rule") = "weighted", py::arg("fill") = "mask",
              py::arg("weight") = 0.5f, py::arg("alpha") = 1.0f, py::arg("plausible") = 0.0f, py::arg("gate") = nullptr,
              py::arg("temperature") = 0.8f, py::arg("top_k") = 40, py::arg("top_p") = 0.95f, py::arg("min_p") = 0.05f,
-             py::arg("repeat_penalty") = 1.0f, py::arg("repeat_last_n") = 64, py::arg("seed") = py::none())
+             py::arg("repeat_penalty") = 1.0f, py::arg("repeat_last_n") = 64, py::arg("seed") = py::none(),
+             py::arg("no_repeat_ngram") = 0)
         .def("set_remote", &set_remote, py::arg("ids"), py::arg("logprobs"), py::arg("local_noctx") = py::none(),
              "The remote top-k for the next step (copied), and the local no-context scores for context_delta.")
         .def("last_info", [](const FusionSamplerHandle & h) {

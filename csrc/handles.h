@@ -77,7 +77,7 @@ py::array_t<T> to_numpy(std::vector<T> && v) {
 
 // Validated sampling parameters (seed None = random), shared by Sampler and FusionSampler.
 cg_sampling_params sampling_params(float temperature, int32_t top_k, float top_p, float min_p, float repeat_penalty,
-                                   int32_t repeat_last_n, std::optional<int64_t> seed);
+                                   int32_t repeat_last_n, std::optional<int64_t> seed, int32_t no_repeat_ngram);
 
 inline std::string decode_utf8(const char * data, size_t n) {
     return py::reinterpret_steal<py::str>(PyUnicode_DecodeUTF8(data, (py::ssize_t) n, "replace"));

@@ -8,8 +8,9 @@
 namespace cgpy {
 
 cg_sampling_params sampling_params(float temperature, int32_t top_k, float top_p, float min_p, float repeat_penalty,
-                                   int32_t repeat_last_n, std::optional<int64_t> seed) {
+                                   int32_t repeat_last_n, std::optional<int64_t> seed, int32_t no_repeat_ngram) {
     cg_sampling_params p = cg_sampling_default_params();
+    p.no_repeat_ngram = no_repeat_ngram;
     p.temperature = temperature;
     p.top_k = top_k;
     p.top_p = top_p;
@@ -28,8 +29,9 @@ cg_sampling_params sampling_params(float temperature, int32_t top_k, float top_p
 namespace {
 
 std::shared_ptr<SamplerHandle> create(float temperature, int32_t top_k, float top_p, float min_p, float repeat_penalty,
-                                      int32_t repeat_last_n, std::optional<int64_t> seed) {
-    const cg_sampling_params p = sampling_params(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed);
+                                      int32_t repeat_last_n, std::optional<int64_t> seed, int32_t no_repeat_ngram) {
+    const cg_sampling_params p = sampling_params(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed,
+                                                 no_repeat_ngram);
     auto h = std::make_shared<SamplerHandle>();
     check(cg_sampler_init_from_params(&p, &h->ptr));
     return h;
@@ -39,12 +41,14 @@ std::shared_ptr<SamplerHandle> create(float temperature, int32_t top_k, float to
 
 void register_sampler(py::module_ & m) {
     py::class_<SamplerHandle, std::shared_ptr<SamplerHandle>>(m, "Sampler",
-        "The engine's sampler chain: penalties -> top_k -> top_p -> min_p -> temperature -> dist\n"
-        "(or greedy when temperature <= 0). Parameters are validated here.")
+        "The engine's sampler chain: penalties -> no-repeat n-gram -> top_k -> top_p -> min_p -> temperature ->\n"
+        "dist (or greedy when temperature <= 0). Parameters are validated here.")
         .def(py::init(&create), py::kw_only(), py::arg("temperature") = 0.8f, py::arg("top_k") = 40,
              py::arg("top_p") = 0.95f, py::arg("min_p") = 0.05f, py::arg("repeat_penalty") = 1.0f,
-             py::arg("repeat_last_n") = 64, py::arg("seed") = py::none(),
-             "seed=None draws a random seed at every reset; a fixed seed makes each generation reproducible.")
+             py::arg("repeat_last_n") = 64, py::arg("seed") = py::none(), py::arg("no_repeat_ngram") = 0,
+             "seed=None draws a random seed at every reset; a fixed seed makes each generation reproducible.\n"
+             "no_repeat_ngram=n (>= 1) never completes an n-gram the generated text already holds (the\n"
+             "prompt's n-grams may be repeated); 0 disables.")
         .def("sample", [](SamplerHandle & h, const FloatArray & logits) {
                 const float * d = logits.data();
                 const int32_t n = (int32_t) logits.size();

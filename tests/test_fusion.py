@@ -44,7 +44,7 @@ def assert_matches_reference(local, ids, lps, noctx, gate_arrays, rule, fill, **
 
 @pytest.mark.parametrize("rule", F.RULES)
 @pytest.mark.parametrize("fill", F.FILLS)
-@pytest.mark.parametrize("n_vocab", [1000, 49152])
+@pytest.mark.parametrize("n_vocab", [1000, 49152, 262144])
 def test_rules_match_numpy_on_random_logits(rule, fill, n_vocab):
     rng = np.random.default_rng(n_vocab)
     for _ in range(3):
@@ -119,14 +119,39 @@ def test_rules_match_numpy_on_real_gemma3_logits(gemma_path, rule):
                                  weight=0.5, alpha=1.0)
 
 
-def test_features_match_reference(model):
+@pytest.mark.parametrize("fill", F.FILLS)
+def test_features_match_reference(model, fill):
     local, noctx = real_logits(model, 49152)
     ids, lps = top_k(noctx, 20)
     gate = F.Gate.from_arrays(**random_gate_arrays(np.random.default_rng(3)))
-    _, info = F.fuse(local, ids, lps, rule="gate", gate=gate)
+    _, info = F.fuse(local, ids, lps, rule="gate", gate=gate, fill=fill)
     native = np.array([info["features"][k] for k in F.FEATURE_NAMES])
-    np.testing.assert_allclose(native, F.features_reference(local, ids, lps), atol=TOL, rtol=1e-5)
+    np.testing.assert_allclose(native, F.features_reference(local, ids, lps, fill), atol=TOL, rtol=1e-5)
     assert 0.0 < info["weight"] < 1.0
+
+
+@pytest.mark.parametrize("rule", ["weighted", "max", "gate"])
+def test_the_local_fill_keeps_the_local_order_and_ratios_of_unlisted_tokens(model, rule):
+    """Outside the remote's top-k, fusion with the local-shaped fill moves every token by the same
+    amount: their order and probability ratios are the local model's (the tail fill flattens them
+    toward an equal share, which is what costs the gold token's bits)."""
+    local, noctx = real_logits(model, 49152)
+    ids, lps = top_k(noctx, 20)
+    gate = F.Gate.from_arrays(**random_gate_arrays(np.random.default_rng(5)))
+    unlisted = np.ones(len(local), dtype=bool)
+    unlisted[ids] = False
+    ll = log_softmax(local)[unlisted]
+    for weight in (0.2, 0.5, 0.8):
+        out, _ = F.fuse(local, ids, lps, rule=rule, fill="local", weight=weight, gate=gate)
+        shift = out[unlisted].astype(np.float64) - ll
+        np.testing.assert_allclose(shift, shift[0], atol=1e-4)
+        tail, _ = F.fuse(local, ids, lps, rule=rule, fill="tail", weight=weight, gate=gate)
+        if rule != "max":  # the tail's equal share does move them apart
+            assert np.ptp(tail[unlisted].astype(np.float64) - ll) > 1.0
+    # The remote's leftover mass is what the unlisted tokens share, in local proportions.
+    out, _ = F.fuse(local, ids, lps, rule="weighted", fill="local", weight=0.0)
+    rest = 1.0 - np.exp(lps.astype(np.float64)).sum()
+    assert np.exp(out[unlisted].astype(np.float64)).sum() == pytest.approx(rest, rel=1e-4)
 
 
 def test_gate_file_loads_like_arrays(tmp_path):

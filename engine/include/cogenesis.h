@@ -206,6 +206,9 @@ cg_sampler * cg_sampler_init_top_k(int32_t k);         /* k > 0 */
 cg_sampler * cg_sampler_init_top_p(float p);           /* 0 < p <= 1 */
 cg_sampler * cg_sampler_init_min_p(float p);           /* 0 <= p <= 1 */
 cg_sampler * cg_sampler_init_penalties(int32_t last_n, float repeat_penalty); /* repeat_penalty > 0 */
+/* Never complete an n-gram (n >= 1) of the generated text: tokens accepted before the chain's
+ * first apply after a reset (the prompt) do not count, so the prompt's phrases may be repeated. */
+cg_sampler * cg_sampler_init_no_repeat_ngram(int32_t n);
 
 cg_sampler * cg_sampler_chain_init(void);
 /* Append `link` to `chain`; the chain takes ownership of it. */
@@ -233,12 +236,13 @@ struct cg_sampling_params {
     float    repeat_penalty; /* > 0; 1 disables */
     int32_t  repeat_last_n;  /* tokens considered by the penalty */
     uint32_t seed;           /* CG_SEED_RANDOM picks one */
+    int32_t  no_repeat_ngram; /* n >= 1: never complete an n-gram the generated text already holds; 0 disables */
 };
 
 struct cg_sampling_params cg_sampling_default_params(void);
 
 /* Validate params and build the standard chain:
- * penalties -> top_k -> top_p -> min_p -> temperature -> dist (or greedy). */
+ * penalties -> no-repeat n-gram -> top_k -> top_p -> min_p -> temperature -> dist (or greedy). */
 int32_t cg_sampler_init_from_params(const struct cg_sampling_params * params, cg_sampler ** out);
 
 /* ----------------------------------------------------------- generation */
@@ -321,8 +325,10 @@ enum cg_fusion_rule {
 
 /* What the remote side says about tokens outside its top-k. Never 0. */
 enum cg_sparse_fill {
-    CG_FILL_MASK = 0, /* -inf: only listed tokens can be chosen */
-    CG_FILL_TAIL = 1, /* an equal share of the remaining mass 1 - sum(p_topk) */
+    CG_FILL_MASK  = 0, /* -inf: only listed tokens can be chosen */
+    CG_FILL_TAIL  = 1, /* an equal share of the remaining mass 1 - sum(p_topk) */
+    CG_FILL_LOCAL = 2, /* the remaining mass, shared in proportion to the local model's probabilities:
+                        * unlisted tokens keep the local model's order and ratios after fusion */
 };
 
 /* A remote next-token distribution known on k tokens. Handling, by design:
@@ -363,7 +369,7 @@ struct cg_fusion_features {
     float overlap;          /* |local top-k & remote top-k| / k, k = remote k (at most 20) */
     float divergence;       /* Jensen-Shannon (nats) on the union of both top-k lists, renormalized */
     float local_p_of_remote_top; /* local probability of the remote's top-1 */
-    float remote_p_of_local_top; /* remote probability of the local's top-1 (fill value if unlisted) */
+    float remote_p_of_local_top; /* remote probability of the local's top-1 (its fill if unlisted) */
 };
 
 /* Attribution of one fused step: who wanted what, and the weight used. */

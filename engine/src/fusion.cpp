@@ -47,11 +47,22 @@ int32_t local_stats(const float * x, int32_t n, const char * what, bool want_ent
 }
 
 // The remote top-k after validation: unique ids sorted by logprob, and the
-// logprob every unlisted token gets.
+// log of the mass it leaves to unlisted tokens.
 struct Remote {
     std::vector<std::pair<float, int32_t>> items;  // (logprob, id), descending
-    float fill = kNegInf;
-    bool  empty() const { return items.empty(); }
+    int32_t fill_mode = CG_FILL_MASK;
+    float   log_rest = kNegInf;  // log(1 - sum p_topk); -inf when (nearly) nothing is left
+    bool    empty() const { return items.empty(); }
+};
+
+// What the remote side says of an unlisted token i, given the local log-probability of i:
+// base + slope * (x[i] - lse). Mask: -inf. Tail: an equal share of the rest (slope 0). Local:
+// the rest in proportion to the local probabilities (slope 1, base = log rest - log of the local
+// mass on unlisted tokens).
+struct Fill {
+    float base = kNegInf;
+    float slope = 0.0f;
+    float at(float local_lp) const { return slope == 0.0f || base == kNegInf ? base : base + slope * local_lp; }
 };
 
 float logaddexp(float a, float b) {
@@ -61,7 +72,8 @@ float logaddexp(float a, float b) {
 
 int32_t prepare_remote(const cg_sparse_dist * d, int32_t n_vocab, int32_t fill_mode, Remote & r) {
     r.items.clear();
-    r.fill = kNegInf;
+    r.fill_mode = fill_mode;
+    r.log_rest = kNegInf;
     if (!d || d->k == 0) return CG_OK;
     if (d->k < 0) return cg::fail(CG_ERR_INVALID_ARGUMENT, "remote top-k size is negative");
     if (d->k > n_vocab) {
@@ -97,14 +109,41 @@ int32_t prepare_remote(const cg_sparse_dist * d, int32_t n_vocab, int32_t fill_m
     r.items.resize(w);
     std::sort(r.items.begin(), r.items.end(), [](const auto & a, const auto & b) { return a.first > b.first; });
 
-    if (fill_mode == CG_FILL_TAIL) {
-        double mass = 0.0;
-        for (const auto & it : r.items) mass += std::exp((double) it.first);
-        const double rest = 1.0 - mass;
-        const int64_t n_unlisted = (int64_t) n_vocab - (int64_t) r.items.size();
-        if (rest > 1e-7 && n_unlisted > 0) r.fill = (float) std::log(rest / (double) n_unlisted);
-    }
+    double mass = 0.0;
+    for (const auto & it : r.items) mass += std::exp((double) it.first);
+    const double rest = 1.0 - mass;
+    if (rest > 1e-7 && (int64_t) r.items.size() < n_vocab) r.log_rest = (float) std::log(rest);
     return CG_OK;
+}
+
+// The fill of this step: for CG_FILL_LOCAL it needs the local scores x (log-sum-exp lse).
+Fill step_fill(const Remote & r, const float * x, int32_t n, float lse) {
+    Fill f;
+    if (r.fill_mode == CG_FILL_MASK || r.log_rest == kNegInf) return f;
+    if (r.fill_mode == CG_FILL_TAIL) {
+        f.base = r.log_rest - (float) std::log((double) n - (double) r.items.size());
+        return f;
+    }
+    // Local mass on the unlisted tokens: all minus the listed ones, or, where that cancels (the
+    // listed tokens hold nearly everything), summed directly.
+    double listed = 0.0;
+    for (const auto & it : r.items) listed += std::exp((double) x[it.second] - lse);
+    double unlisted = 1.0 - listed;
+    if (unlisted < 1e-6) {
+        std::vector<int32_t> ids;
+        for (const auto & it : r.items) ids.push_back(it.second);
+        std::sort(ids.begin(), ids.end());
+        unlisted = 0.0;
+        size_t j = 0;
+        for (int32_t i = 0; i < n; ++i) {
+            if (j < ids.size() && ids[j] == i) { ++j; continue; }
+            unlisted += std::exp((double) x[i] - lse);
+        }
+    }
+    if (!(unlisted > 0.0)) return f;  // the local model puts nothing outside the listed tokens
+    f.base = r.log_rest - (float) std::log(unlisted);
+    f.slope = 1.0f;
+    return f;
 }
 
 // The m best (logit, id) of x, descending, by a single pass with insertion.
@@ -120,14 +159,14 @@ std::vector<std::pair<float, int32_t>> local_top(const float * x, int32_t n, int
     return best;
 }
 
-float remote_lp(const Remote & r, int32_t id) {
+float remote_lp(const Remote & r, const Fill & fill, const float * x, float lse, int32_t id) {
     for (const auto & it : r.items) {
         if (it.second == id) return it.first;
     }
-    return r.fill;
+    return fill.at(x[id] - lse);
 }
 
-cg_fusion_features features(const float * x, int32_t n, const LocalStats & st, const Remote & r) {
+cg_fusion_features features(const float * x, int32_t n, const LocalStats & st, const Remote & r, const Fill & fill) {
     cg_fusion_features f{};
     f.local_entropy = st.entropy;
     double mass = 0.0;
@@ -157,7 +196,7 @@ cg_fusion_features features(const float * x, int32_t n, const LocalStats & st, c
     double sp = 0.0, sq = 0.0;
     for (size_t i = 0; i < union_ids.size(); ++i) {
         p[i] = std::exp((double) x[union_ids[i]] - st.lse);
-        const float lq = remote_lp(r, union_ids[i]);
+        const float lq = remote_lp(r, fill, x, st.lse, union_ids[i]);
         q[i] = lq == kNegInf ? 0.0 : std::exp((double) lq);
         sp += p[i];
         sq += q[i];
@@ -170,7 +209,7 @@ cg_fusion_features features(const float * x, int32_t n, const LocalStats & st, c
     }
     f.divergence = (float) js;
     f.local_p_of_remote_top = std::exp(x[r.items[0].second] - st.lse);
-    const float lq = remote_lp(r, st.top);
+    const float lq = remote_lp(r, fill, x, st.lse, st.top);
     f.remote_p_of_local_top = lq == kNegInf ? 0.0f : std::exp(lq);
     return f;
 }
@@ -180,8 +219,8 @@ int32_t check_params(const cg_fusion_params * p, const cg_gate * gate, const flo
     if (p->rule < CG_FUSION_WEIGHTED || p->rule > CG_FUSION_GATE) {
         return cg::fail(CG_ERR_INVALID_ARGUMENT, "unknown fusion rule " + std::to_string(p->rule));
     }
-    if (p->fill != CG_FILL_MASK && p->fill != CG_FILL_TAIL) {
-        return cg::fail(CG_ERR_INVALID_ARGUMENT, "unknown sparse fill " + std::to_string(p->fill) + " (0 mask, 1 tail)");
+    if (p->fill != CG_FILL_MASK && p->fill != CG_FILL_TAIL && p->fill != CG_FILL_LOCAL) {
+        return cg::fail(CG_ERR_INVALID_ARGUMENT, "unknown sparse fill " + std::to_string(p->fill) + " (0 mask, 1 tail, 2 local)");
     }
     if (!(p->weight >= 0.0f && p->weight <= 1.0f)) {
         return cg::fail(CG_ERR_INVALID_ARGUMENT, "fusion weight must be in [0, 1], got " + std::to_string(p->weight));
@@ -201,11 +240,10 @@ int32_t check_params(const cg_fusion_params * p, const cg_gate * gate, const flo
 
 // out = fused log-probabilities; returns the argmax.
 int32_t fuse_dense(const cg_fusion_params & p, float w, const float * x, float lse, const float * y, float lse_y,
-                   int32_t n, const Remote & r, float * out) {
-    const float fill = r.fill;
+                   int32_t n, const Remote & r, const Fill & fill, float * out) {
     switch (p.rule) {
         case CG_FUSION_MAX:
-            for (int32_t i = 0; i < n; ++i) out[i] = std::max(x[i] - lse, fill);
+            for (int32_t i = 0; i < n; ++i) out[i] = std::max(x[i] - lse, fill.at(x[i] - lse));
             for (const auto & it : r.items) out[it.second] = std::max(x[it.second] - lse, it.first);
             break;
         case CG_FUSION_CONTEXT_DELTA: {
@@ -216,7 +254,7 @@ int32_t fuse_dense(const cg_fusion_params & p, float w, const float * x, float l
                 if (x[i] == kNegInf || y[i] == kNegInf) return kNegInf;
                 return base + a * ((x[i] - lse) - (y[i] - lse_y));
             };
-            for (int32_t i = 0; i < n; ++i) out[i] = delta(i, fill);
+            for (int32_t i = 0; i < n; ++i) out[i] = delta(i, fill.at(x[i] - lse));
             for (const auto & it : r.items) out[it.second] = delta(it.second, it.first);
             break;
         }
@@ -225,10 +263,15 @@ int32_t fuse_dense(const cg_fusion_params & p, float w, const float * x, float l
             if (w == 1.0f) {
                 for (int32_t i = 0; i < n; ++i) out[i] = x[i] - lse;
             } else if (w == 0.0f) {
-                for (int32_t i = 0; i < n; ++i) out[i] = fill;
+                for (int32_t i = 0; i < n; ++i) out[i] = fill.at(x[i] - lse);
                 for (const auto & it : r.items) out[it.second] = it.first;
+            } else if (fill.slope != 0.0f && fill.base != kNegInf) {
+                // w*l + v*(base + l) = l + v*base: unlisted tokens keep the local order and ratios.
+                const float vb = v * fill.base;
+                for (int32_t i = 0; i < n; ++i) out[i] = (x[i] - lse) + vb;
+                for (const auto & it : r.items) out[it.second] = w * (x[it.second] - lse) + v * it.first;
             } else {
-                const float vf = v * fill;
+                const float vf = v * fill.base;
                 for (int32_t i = 0; i < n; ++i) out[i] = w * (x[i] - lse) + vf;
                 for (const auto & it : r.items) out[it.second] = w * (x[it.second] - lse) + v * it.first;
             }
@@ -256,13 +299,14 @@ int32_t fuse(const cg_fusion_params * p, const cg_gate * gate, const float * loc
         if (p->rule == CG_FUSION_CONTEXT_DELTA) {
             if (int32_t rc = local_stats(local_noctx, n_vocab, "local no-context", false, st_noctx)) return rc;
         }
+        const Fill fill = step_fill(r, local, n_vocab, st.lse);
         float w = p->weight;
         if (p->rule == CG_FUSION_GATE) {
-            inf.features = features(local, n_vocab, st, r);
+            inf.features = features(local, n_vocab, st, r, fill);
             w = cg_gate_weight(gate, &inf.features);
         }
         inf.weight = p->rule == CG_FUSION_WEIGHTED || p->rule == CG_FUSION_GATE ? w : std::nanf("");
-        inf.fused_top = fuse_dense(*p, w, local, st.lse, local_noctx, st_noctx.lse, n_vocab, r, out);
+        inf.fused_top = fuse_dense(*p, w, local, st.lse, local_noctx, st_noctx.lse, n_vocab, r, fill, out);
         if (p->plausible > 0.0f) {
             // Only tokens the local model itself might write stay candidates (see cg_fusion_params).
             const float cutoff = local[st.top] + std::log(p->plausible);

@@ -201,6 +201,43 @@ struct Penalties : Sampler {
     }
 };
 
+// Blocks a token that would complete an n-gram the generated text already holds (fairseq's and
+// transformers' no_repeat_ngram_size): what stops a small model from looping. The tokens accepted
+// before the first apply after a reset are the prompt, and repeating them stays allowed: the user's
+// own phrases and the names of the private context are what personalized text is made of.
+struct NoRepeatNgram : Sampler {
+    size_t                n;
+    std::vector<cg_token> history;
+    size_t                generated_from = SIZE_MAX;
+    explicit NoRepeatNgram(int32_t size) : n((size_t) size) {}
+    void accept(cg_token t) override { history.push_back(t); }
+    void reset() override {
+        history.clear();
+        generated_from = SIZE_MAX;
+    }
+    void apply(cg_token_data_array * cur) override {
+        if (generated_from == SIZE_MAX) generated_from = history.size();
+        const size_t k = n - 1, h = history.size();
+        if (h < k + 1 || h - k <= generated_from) return;
+        std::vector<cg_token> banned;
+        for (size_t i = generated_from; i + k < h; ++i) {  // an earlier n-gram whose first n-1 tokens end the text
+            if (std::equal(history.begin() + i, history.begin() + i + k, history.end() - k)) banned.push_back(history[i + k]);
+        }
+        if (banned.empty()) return;
+        std::sort(banned.begin(), banned.end());
+        size_t left = 0;
+        for (size_t j = 0; j < cur->size; ++j) {
+            const bool ban = std::binary_search(banned.begin(), banned.end(), cur->data[j].id);
+            left += !ban && cur->data[j].logit > -INFINITY;
+        }
+        if (left == 0) return;  // every candidate repeats: better a repeat than no token
+        for (size_t j = 0; j < cur->size; ++j) {
+            if (std::binary_search(banned.begin(), banned.end(), cur->data[j].id)) cur->data[j].logit = -INFINITY;
+        }
+        cur->sorted = false;
+    }
+};
+
 struct Chain : Sampler {
     std::vector<cg_sampler *> links;
     ~Chain() override {
@@ -259,6 +296,11 @@ cg_sampler * cg_sampler_init_top_p(float p) {
 cg_sampler * cg_sampler_init_min_p(float p) {
     if (!(p >= 0.0f && p <= 1.0f)) return invalid("min_p must be in [0, 1], got " + std::to_string(p));
     return cg::wrap_sampler(new MinP(p));
+}
+
+cg_sampler * cg_sampler_init_no_repeat_ngram(int32_t n) {
+    if (n < 1) return invalid("no_repeat_ngram must be >= 1 (0 leaves it out of a chain), got " + std::to_string(n));
+    return cg::wrap_sampler(new NoRepeatNgram(n));
 }
 
 cg_sampler * cg_sampler_init_penalties(int32_t last_n, float repeat_penalty) {
@@ -340,6 +382,7 @@ struct cg_sampling_params cg_sampling_default_params(void) {
     p.repeat_penalty = 1.0f;
     p.repeat_last_n = 64;
     p.seed = CG_SEED_RANDOM;
+    p.no_repeat_ngram = 0;
     return p;
 }
 
@@ -360,11 +403,15 @@ int32_t cg_sampler_init_from_params(const struct cg_sampling_params * p, cg_samp
         return cg::fail(CG_ERR_INVALID_ARGUMENT, "repeat_penalty must be a finite number > 0, got " + std::to_string(p->repeat_penalty));
     }
     if (p->repeat_last_n < 0) return cg::fail(CG_ERR_INVALID_ARGUMENT, "repeat_last_n must be >= 0");
+    if (p->no_repeat_ngram < 0) {
+        return cg::fail(CG_ERR_INVALID_ARGUMENT, "no_repeat_ngram must be >= 0 (0 disables), got " + std::to_string(p->no_repeat_ngram));
+    }
 
     cg_sampler * chain = cg_sampler_chain_init();
     if (p->repeat_penalty != 1.0f && p->repeat_last_n > 0) {
         cg_sampler_chain_add(chain, cg_sampler_init_penalties(p->repeat_last_n, p->repeat_penalty));
     }
+    if (p->no_repeat_ngram > 0) cg_sampler_chain_add(chain, cg_sampler_init_no_repeat_ngram(p->no_repeat_ngram));
     if (p->temperature <= 0.0f) {
         cg_sampler_chain_add(chain, cg_sampler_init_greedy());
     } else {
