@@ -132,10 +132,11 @@ def _check_context(local, context: str, args) -> None:
 
 
 def _collaborate(args, remote, local, instruction: str | None, context: str, mode: str, draft: str = "",
-                 request: str | None = None) -> None:
+                 request: str | None = None, record_bodies: bool = False):
     from .collab import CoGenerator
 
-    privacy = {"policy": args.privacy, "min_span": args.min_span, "audit_path": args.audit}
+    privacy = {"policy": args.privacy, "min_span": args.min_span, "audit_path": args.audit,
+               "record_bodies": record_bodies}
     fusion = {"rule": args.rule, "weight": args.weight, "fill": args.fill}
     attribution = False if args.no_attribution else {"threshold": args.threshold}
     generator = CoGenerator(local, remote, mode=mode, fusion=fusion, privacy=privacy, lookahead=args.lookahead,
@@ -155,6 +156,8 @@ def _collaborate(args, remote, local, instruction: str | None, context: str, mod
         print(f"[{mode}] {result.mode_reason}", file=sys.stderr)
     if result.outline:
         print(f"[{mode}] outline from the remote:\n{result.outline}", file=sys.stderr)
+    if result.outline_note:
+        print(f"[{mode}] {result.outline_note}", file=sys.stderr)
     print(f"[{mode}] finish={result.finish_reason}; {result.stats.summary()}", file=sys.stderr)
     if request is not None:
         print(f"[{mode}] instruction sent (derived from the request): {result.instruction}", file=sys.stderr)
@@ -166,6 +169,23 @@ def _collaborate(args, remote, local, instruction: str | None, context: str, mod
     if args.html:
         result.to_html(args.html)
         print(f"[{mode}] token attribution written to {args.html}", file=sys.stderr)
+    return result
+
+
+def _report_facts(result, context: str, instruction: str) -> None:
+    """Which facts of the private context the text used, and which of those the requests carried,
+    by the independent scan (leakscan.py) of the bodies sent."""
+    from . import leakscan
+
+    used = leakscan.leaked(leakscan.profile_facts(context, instruction), [result.text])
+    sent = [r for r in result.audit if r.action != "blocked"]
+    left = leakscan.leaked(used, [r.body for r in sent])
+    def fields(facts) -> str:  # 'profile:name' -> 'name', each once
+        return ", ".join(dict.fromkeys(f.kind.split(":", 1)[-1] for f in facts))
+
+    print(f"[{result.mode}] private facts in the text: {fields(used) or 'none'}. "
+          f"Sent to the remote: {fields(left) or 'none of them'} "
+          f"(scan of the {len(sent)} requests, {sum(r.bytes_sent for r in sent)} B)", file=sys.stderr)
 
 
 def _read_text(path: str, what: str) -> str:
@@ -230,7 +250,9 @@ def _demo(args) -> int:
         for mode in ("sketch", "logits"):
             print(f"--- {mode} mode ---")
             sys.stdout.flush()
-            _collaborate(args, remote, local, sample["instruction"], sample["context"], mode)
+            result = _collaborate(args, remote, local, sample["instruction"], sample["context"], mode,
+                                  record_bodies=True)
+            _report_facts(result, sample["context"], sample["instruction"])
             print()
     return 0
 

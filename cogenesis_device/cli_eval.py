@@ -40,6 +40,9 @@ def add_eval(sub) -> None:
     p.add_argument("--gate", default=None, help="gate weights file for the 'gate' rule")
     p.add_argument("--gate-records", action="store_true", help="also save per-position gate training records")
     p.add_argument("--no-embeddings", action="store_true", help="skip the embedding metrics")
+    p.add_argument("--no-repeat-ngram", type=int, default=None, metavar="N",
+                   help="repetition control of every generating mode: never complete an n-gram the text already "
+                        "holds (default: the library's, 4; 0 turns it off)")
     p.add_argument("-t", "--threads", type=int, default=None)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
@@ -62,7 +65,8 @@ def run_eval(args) -> int:
     settings = EvalSettings(modes=[] if args.modes == "none" else split(args.modes), rules=split(args.rules), policies=split(args.privacy),
                             max_tokens=args.max_tokens, lookahead=args.lookahead,
                             gold=args.remote_gguf != "none", gate_records=args.gate_records,
-                            embeddings=not args.no_embeddings)
+                            embeddings=not args.no_embeddings,
+                            **({} if args.no_repeat_ngram is None else {"no_repeat_ngram": args.no_repeat_ngram}))
     gate = Gate(args.gate) if args.gate else None
     local = LocalModel(args.model, n_ctx=args.n_ctx, n_threads=args.threads)
     needs_remote = any(m != "local" for m in settings.modes) or args.judge == "remote"

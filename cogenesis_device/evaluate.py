@@ -27,14 +27,14 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .collab import OUTLINE_PROMPT, CoGenerator, derive_instruction
+from .collab import NO_REPEAT_NGRAM, OUTLINE_PROMPT, CoGenerator, derive_instruction
 from .datasets import Sample
 from .errors import InvalidParameterError, RemoteError
 from .jsonl import KeyedLog, read_jsonl
 from .judge import CRITERIA, Judge
 from .local import LocalModel
 from .leakscan import leaked, plant_canaries, profile_facts
-from .metrics import default_embedder, facts_used, rouge_l
+from .metrics import default_embedder, distinct_n, facts_used, repeated_ngram_rate, rouge_l
 from .privacy import POLICIES, EgressGuard, summarize
 from .remote import RemoteModel
 from .teacher import GoldScorer, parse_rule
@@ -72,6 +72,7 @@ class EvalSettings:
     embeddings: bool = True
     canaries: bool = True  # plant made-up facts in each context (leakscan.plant_canaries) and look for them
     derive: bool = True  # derive each sample's public instruction from its full request on the device, and scan it
+    no_repeat_ngram: int = NO_REPEAT_NGRAM  # the engine's repetition control in every generating mode (0: off)
 
 
 class Evaluation:
@@ -127,7 +128,8 @@ class Evaluation:
                               privacy={"policy": policy.removesuffix(TEXT_ONLY), "record_bodies": True},
                               lookahead=s.lookahead,
                               attribution=not policy.endswith(TEXT_ONLY))
-            result = gen.generate(sample.instruction, context, max_tokens=s.max_tokens, temperature=0.0)
+            result = gen.generate(sample.instruction, context, max_tokens=s.max_tokens, temperature=0.0,
+                                  no_repeat_ngram=s.no_repeat_ngram)
             text, fallback, audit = result.text, result.fallback_reason, result.audit
             stats = {"first_token_ms": result.stats.first_token_ms, "total_ms": result.stats.total_ms,
                      "decode_tokens_per_s": result.stats.decode_tokens_per_s,
@@ -140,6 +142,7 @@ class Evaluation:
                      "leaked": [[f.kind, f.value] for f in found]},
             "found_before_redaction": sum(len(r.findings) for r in audit),
             "rouge_l": rouge_l(text, sample.gold), "facts_used": facts_used(text, sample.facts()),
+            "repeated_4grams": repeated_ngram_rate(text, 4), "distinct_2": distinct_n(text, 2),
         }
         if self.embedder is not None:
             record["cosine"] = self.embedder.cosine(text, sample.gold) if text else 0.0
@@ -239,7 +242,7 @@ def aggregate(out: Path, tids: list[str], modes: list[str], rules: list[str]) ->
         if not rows:
             continue
         entry = {"samples": len(rows), "fallbacks": sum(bool(r["fallback"]) for r in rows)}
-        for metric in ("rouge_l", "cosine", "history_similarity", "facts_used"):
+        for metric in ("rouge_l", "cosine", "history_similarity", "facts_used", "repeated_4grams", "distinct_2"):
             entry[metric] = _mean_sd([r.get(metric) for r in rows])
         for metric in ("first_token_ms", "decode_tokens_per_s", "round_trips_per_token"):
             entry[metric] = _mean_sd([r["stats"].get(metric) for r in rows if r["stats"]])
@@ -311,13 +314,14 @@ def to_markdown(results: dict) -> str:
     if modes:
         lines += ["## Generation (mean ± sd over samples)", "",
                   "| mode | n | judge Ovl(w) | judge Per | judge Ovl(w/o) | ROUGE-L | cosine | history sim | facts used | "
-                  "first token ms | decode tok/s | RT/tok | fallbacks |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "repeated 4-grams | distinct-2 | first token ms | decode tok/s | RT/tok | fallbacks |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for mode, e in modes.items():
             j = e["judge"]
             lines.append(f"| {mode} | {e['samples']} | {_fmt(j['overall_with_profile'], 2)} | {_fmt(j['personalization'], 2)} | "
                          f"{_fmt(j['overall_without_profile'], 2)} | {_fmt(e['rouge_l'])} | {_fmt(e['cosine'])} | "
-                         f"{_fmt(e['history_similarity'])} | {_fmt(e['facts_used'])} | {_fmt(e['first_token_ms'], 0)} | "
+                         f"{_fmt(e['history_similarity'])} | {_fmt(e['facts_used'])} | {_fmt(e['repeated_4grams'])} | "
+                         f"{_fmt(e['distinct_2'])} | {_fmt(e['first_token_ms'], 0)} | "
                          f"{_fmt(e['decode_tokens_per_s'], 1)} | {_fmt(e['round_trips_per_token'], 2)} | {e['fallbacks']} |")
         lines += ["", "The modes of a sample share the local KV cache: the first one run pays the context prefill in "
                       "its first-token time, the others reuse the cached prefix."]

@@ -42,6 +42,23 @@ def rouge_l(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def _ngrams(text: str, n: int) -> list[tuple[str, ...]]:
+    w = words(text)
+    return [tuple(w[i:i + n]) for i in range(len(w) - n + 1)]
+
+
+def repeated_ngram_rate(text: str, n: int = 4) -> float:
+    """Share of the text's word n-grams that repeat an earlier one (0: no loop; 0 for texts under n words)."""
+    grams = _ngrams(text, n)
+    return (len(grams) - len(set(grams))) / len(grams) if grams else 0.0
+
+
+def distinct_n(text: str, n: int = 2) -> float:
+    """Distinct word n-grams over all of them (1: nothing said twice; 0 for texts under n words)."""
+    grams = _ngrams(text, n)
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
 def bits_per_byte(nll_nats: float, n_bytes: int) -> float:
     """Total negative log-likelihood (nats) of a text -> bits per UTF-8 byte of it."""
     if n_bytes <= 0:

@@ -1,5 +1,7 @@
 """The `cogenesis` console script: text to stdout, stats to stderr, clean errors."""
+import collections
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -50,11 +52,21 @@ def test_models_lists_the_registry():
 
 
 def test_demo_runs_both_modes_on_a_loopback_remote():
-    proc = run_cli("demo", "-n", "12")
+    """The first thing a user runs: both modes write text that does not loop (no word 4-gram more than
+    twice; before, sketch mode wrote one sentence four times), and each says which private facts the
+    text used and that none of them reached the remote."""
+    proc = run_cli("demo")
     assert proc.returncode == 0, proc.stderr
     assert "--- sketch mode ---" in proc.stdout and "--- logits mode ---" in proc.stdout
     assert "[logits] privacy (redact):" in proc.stderr and "round trips" in proc.stderr
     assert "fallback" not in proc.stderr
+    for section in proc.stdout.split("--- ")[1:]:
+        mode, _, text = section.partition(" ---\n")
+        w = re.findall(r"\w+", text.lower())
+        grams = collections.Counter(tuple(w[i:i + 4]) for i in range(len(w) - 3))
+        assert len(w) > 40 and max(grams.values()) <= 2, (mode, grams.most_common(3))
+        assert f"[{mode.split()[0]}] private facts in the text: " in proc.stderr
+    assert proc.stderr.count("Sent to the remote: none of them") == 2
 
 
 def test_run_streams_the_text_and_writes_the_audit(tmp_path, loopback_server):

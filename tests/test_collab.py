@@ -79,7 +79,8 @@ def test_sketch_mode_sends_only_the_public_instruction(model, remote, proxy):
     proxy.clear()
     result = cg.CoGenerator(model, remote, mode="sketch", outline_tokens=48).generate(
         INSTRUCTION, CONTEXT, max_tokens=24, temperature=0.0)
-    assert result.outline and len(result.text) > 0 and not result.fallback
+    # The 135M remote often answers in prose: then the text is written without an outline, and says so.
+    assert (result.outline is None) == (result.outline_note is not None) and result.text and not result.fallback
     [request] = proxy.records
     sent = json.loads(request.body)["messages"][0]["content"]
     assert INSTRUCTION in sent and "Odalys" not in sent and result.stats.round_trips == 1

@@ -70,6 +70,40 @@ def test_repeat_penalty_changes_greedy_output(model):
     assert plain.tokens.count(plain.tokens[0]) > penal.tokens.count(plain.tokens[0])
 
 
+def test_no_repeat_ngram_blocks_exactly_the_generated_ngrams():
+    """On scores that always prefer token 5, then 6, then 7: greedy alone repeats 5; with bigrams
+    blocked every bigram of the output is new, and the choice is the best token that keeps it so."""
+    logits = np.full(32, -5.0, dtype=np.float32)
+    logits[[5, 6, 7, 8]] = [10.0, 9.0, 8.0, 7.0]
+    plain = _native.Sampler(temperature=0)
+    assert [plain.sample(logits) for _ in range(5)] == [5] * 5
+    blocked = _native.Sampler(temperature=0, no_repeat_ngram=2)
+    out = [blocked.sample(logits) for _ in range(6)]
+    assert out == [5, 5, 6, 5, 7, 5]
+    bigrams = list(zip(out, out[1:]))
+    assert len(bigrams) == len(set(bigrams))
+    blocked.reset()  # a new generation forgets the old n-grams
+    assert [blocked.sample(logits) for _ in range(3)] == [5, 5, 6]
+    with pytest.raises(cg.errors.InvalidParameterError, match="no_repeat_ngram"):
+        _native.Sampler(no_repeat_ngram=-1)
+
+
+def test_no_repeat_ngram_in_generation_spares_the_prompt_and_is_seeded(model):
+    prompt = "The cat sat on the mat. The cat sat on the mat. The cat sat on the"
+    options = dict(max_tokens=48, ignore_eos=True, **GREEDY)
+    free = model.generate(prompt, **options)
+    blocked = model.generate(prompt, no_repeat_ngram=4, **options)
+    # The prompt's 4-grams may be repeated: the first token (" mat", completing one) is the same.
+    assert blocked.tokens[0] == free.tokens[0] == model.tokenize(" mat", add_special=False)[0]
+    grams = [tuple(blocked.tokens[i:i + 4]) for i in range(len(blocked.tokens) - 3)]
+    assert len(grams) == len(set(grams))
+    free_grams = [tuple(free.tokens[i:i + 4]) for i in range(len(free.tokens) - 3)]
+    assert len(free_grams) > len(set(free_grams))  # this prompt loops without the block
+    assert model.generate(prompt, no_repeat_ngram=0, **options).tokens == free.tokens  # 0 is off
+    sampled = dict(max_tokens=32, temperature=0.9, seed=11, no_repeat_ngram=3)
+    assert model.generate(prompt, **sampled).tokens == model.generate(prompt, **sampled).tokens
+
+
 def test_stream_yields_the_same_text_as_generate(model):
     full = model.generate("List three colours:", max_tokens=40, **GREEDY)
     with model.stream("List three colours:", max_tokens=40, **GREEDY) as stream:

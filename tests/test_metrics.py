@@ -5,9 +5,11 @@ import math
 import numpy as np
 import pytest
 
-from cogenesis_device.judge import parse_scores
 from cogenesis_device import leakscan
-from cogenesis_device.metrics import bits_per_byte, facts_used, lcs_length, rouge_l
+from cogenesis_device.collab import parse_outline
+from cogenesis_device.judge import parse_scores
+from cogenesis_device.metrics import (bits_per_byte, distinct_n, facts_used, lcs_length, repeated_ngram_rate,
+                                      rouge_l)
 
 
 def test_lcs_and_rouge_l_by_hand():
@@ -91,3 +93,32 @@ def test_embedding_similarity_is_meaningful():
     assert near > far + 0.2
     assert emb.max_cosine("running club", ["tax law", "the running club"]) == pytest.approx(
         emb.cosine("running club", "the running club"), abs=1e-5)
+
+
+def test_repetition_metrics_by_hand():
+    looping = "we run at seven we run at seven we run at seven"  # 12 words, 9 word 4-grams, 4 distinct
+    assert repeated_ngram_rate(looping, 4) == pytest.approx(5 / 9)
+    assert distinct_n(looping, 2) == pytest.approx(4 / 11)
+    fresh = "Saturday we run ten kilometres, then coffee at the roastery."
+    assert repeated_ngram_rate(fresh, 4) == 0.0 and distinct_n(fresh, 2) == 1.0
+    assert repeated_ngram_rate("too short", 4) == 0.0 and distinct_n("", 2) == 0.0
+
+
+@pytest.mark.parametrize("answer, points", [
+    ("Here is an outline:\n1. Greet the club\n2) Saturday run details\n3. Coffee after\n\nEnjoy!",
+     ["Greet the club", "Saturday run details", "Coffee after"]),
+    ("- Greet the club\n* Route and time\n\u2022 Sign off", ["Greet the club", "Route and time", "Sign off"]),
+    ("1. Greet 2. Plan the route 3) Sign off 4. Plan the route.", ["Greet", "Plan the route", "Sign off"]),
+    ("**1. Intro**\n### 2. Body of the message that goes on and on and on and on and on and on",
+     ["Intro", "Body of the message that goes on and on and on and"]),
+    ("Today I'm excited to announce our group run. It will be great.", []),  # prose, not an outline
+    ("1. Only one point", []),
+    ("", []),
+])
+def test_outlines_are_parsed_capped_and_deduplicated(answer, points):
+    assert parse_outline(answer) == points
+
+
+def test_an_outline_keeps_at_most_fifteen_points():
+    answer = "\n".join(f"{i}. Point number {i}" for i in range(1, 31))
+    assert parse_outline(answer) == [f"Point number {i}" for i in range(1, 16)]
