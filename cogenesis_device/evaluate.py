@@ -69,6 +69,7 @@ class EvalSettings:
     lookahead: int | None = None  # None: adaptive
     gold: bool = True
     gate_records: bool = False
+    gate_fill: str = "local"  # the fill the gate's training records are computed with
     embeddings: bool = True
     canaries: bool = True  # plant made-up facts in each context (leakscan.plant_canaries) and look for them
     derive: bool = True  # derive each sample's public instruction from its full request on the device, and scan it
@@ -94,7 +95,8 @@ class Evaluation:
         self.rules = {r: parse_rule(r, gate) for r in settings.rules}
         self.scorer = None
         if settings.gold and scorer_remote is not None:
-            self.scorer = GoldScorer(local, scorer_remote, self.rules, gate_fill="tail" if settings.gate_records else None)
+            self.scorer = GoldScorer(local, scorer_remote, self.rules,
+                                     gate_fill=settings.gate_fill if settings.gate_records else None)
         if not self.modes and self.scorer is None:
             raise InvalidParameterError("nothing to do: no modes, and no gold scoring")
         self.embedder = default_embedder() if settings.embeddings else None
