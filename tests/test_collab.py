@@ -50,8 +50,10 @@ def test_weight_one_is_the_local_model_alone(model, remote):
 
 def test_weight_zero_follows_the_remote_alone(model, remote, loopback_server, pieces):
     # The paper's fusion (no plausibility limit) and the text as written (no attribution placeholders).
+    # No repetition control either: the reference below is the remote's greedy text as it is.
     fused = cg.CoGenerator(model, remote, fusion={"weight": 0.0, "plausible": 0.0}, lookahead=1,
-                           attribution=False).generate(INSTRUCTION, CONTEXT, max_tokens=12, temperature=0.0)
+                           attribution=False).generate(INSTRUCTION, CONTEXT, max_tokens=12, temperature=0.0,
+                                                       no_repeat_ngram=0)
     # The reference: the remote's top token, one raw HTTP request at a time, on the same public prompt.
     public, tokens = model.apply_chat_template([{"role": "user", "content": INSTRUCTION}]), []
     for _ in range(12):
