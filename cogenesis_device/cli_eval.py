@@ -12,10 +12,10 @@ def add_eval(sub) -> None:
     p = sub.add_parser("eval", help="the paper's Table 1 on a dataset: judge, ROUGE-L, similarity, bits/byte, leakage")
     p.add_argument("--data", required=True, help="dataset file or directory (context-aware, abstracts or JSONL)")
     p.add_argument("--out", required=True, help="output directory (an interrupted run resumes from it)")
-    p.add_argument("--modes", default="local,remote,sketch,logits:weighted:tail",
+    p.add_argument("--modes", default="local,remote,sketch,logits:weighted:mask",
                    help="comma-separated: local, remote, sketch, logits:<rule>[:fill][:w=..]; 'none' scores the gold "
                         "answers only (default %(default)s)")
-    p.add_argument("--rules", default="weighted:mask,weighted:tail,max:tail,context_delta:tail",
+    p.add_argument("--rules", default="weighted:tail,weighted:local,weighted:local:w=0.8,max:local,context_delta:local",
                    help="fusion rules scored on the gold answers, teacher-forced; '' for none (default %(default)s)")
     p.add_argument("--privacy", default="redact", help="policy or comma-separated policies per remote mode (redact, block, audit); "
                         "append ':text-only' to turn on-device attribution off (e.g. redact:text-only)")

@@ -62,8 +62,8 @@ def validate_modes(modes: Sequence[str], gate: object = None) -> list[str]:
 
 @dataclass
 class EvalSettings:
-    modes: Sequence[str] = ("local", "remote", "sketch", "logits:weighted:tail")
-    rules: Sequence[str] = ("weighted:mask", "weighted:tail", "max:tail", "context_delta:tail")
+    modes: Sequence[str] = ("local", "remote", "sketch", "logits:weighted:mask")  # the library's default fusion
+    rules: Sequence[str] = ("weighted:tail", "weighted:local", "weighted:local:w=0.8", "max:local", "context_delta:local")
     policies: Sequence[str] = ("redact",)
     max_tokens: int = 128
     lookahead: int | None = None  # None: adaptive
