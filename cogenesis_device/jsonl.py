@@ -19,6 +19,14 @@ def read_jsonl(path: Path) -> list[dict]:
     return records
 
 
+def append_private(path, line: str) -> None:
+    """Appends one line to a file created readable by its owner only (0600): the logs of a run hold
+    personalized text and audit records."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+
+
 class KeyedLog:
     """Records keyed by key(record), loaded from path and appended to it (flushed) as they are added."""
 
@@ -36,7 +44,4 @@ class KeyedLog:
 
     def add(self, record: dict) -> None:
         self.records[self.key(record)] = record
-        # Readable by this user only: an eval's generations are personalized text, written from private data.
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        with os.fdopen(fd, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        append_private(self.path, json.dumps(record, ensure_ascii=False))

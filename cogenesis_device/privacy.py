@@ -24,7 +24,6 @@ from __future__ import annotations
 import calendar
 import hashlib
 import json
-import os
 import re
 import threading
 import time
@@ -35,6 +34,7 @@ from typing import Any, Callable, Iterable, Sequence
 from urllib.parse import urlsplit
 
 from .errors import InvalidParameterError, PrivacyBlockedError
+from .jsonl import append_private
 
 POLICIES = ("redact", "block", "audit")
 PLACEHOLDERS = {"verbatim": "[PRIVATE]", "word": "[PRIVATE]", "name": "[NAME]", "email": "[EMAIL]",
@@ -440,11 +440,10 @@ class EgressGuard:
             findings = self.find(value)
             if findings:
                 record = AuditRecord(time=time.time(), method="", endpoint=urlsplit(url).path, bytes_sent=0,
-                                     action="blocked", findings=[{"kind": f.kind, "chars": f.chars} for f in findings])
+                                     action="blocked", findings=_described(findings))
                 self._record(record)
-                spans = ", ".join(f"{f['kind']} ({f['chars']} chars)" for f in record.findings)
                 raise PrivacyBlockedError(f"refused to send a request to {record.endpoint}: {what} holds private "
-                                          f"text ({spans})")
+                                          f"text ({_spans(record.findings)})")
 
     def check_body(self, method: str, endpoint: str, body: bytes,
                    attribution: dict | None = None) -> tuple[bytes, AuditRecord]:
@@ -483,11 +482,10 @@ class EgressGuard:
         except PrivacyBlockedError as exc:
             return refuse(str(exc))
         findings = parts.find(self.find)
-        record.findings = [{"kind": f.kind, "chars": f.chars} for f in findings if f.kind]
-        spans = ", ".join(f"{f['kind']} ({f['chars']} chars)" for f in record.findings)
+        record.findings = _described(findings)
         if findings and self.policy == "block":
-            return refuse(f"it contains {len(record.findings)} private span(s) of the context: {spans}; "
-                          "policy is 'block'")
+            return refuse(f"it contains {len(record.findings)} private span(s) of the context: "
+                          f"{_spans(record.findings)}; policy is 'block'")
         if findings and self.policy == "redact" and any(parts.in_key(f) for f in findings):
             return refuse("a JSON key holds private text, and keys are not redacted")
         if findings and self.policy == "redact":
@@ -509,15 +507,22 @@ class EgressGuard:
     def _record(self, record: AuditRecord) -> None:
         with self._lock:
             self.records.append(record)
-            if self.audit_path:  # readable by this user only: under 'audit' it holds what was sent as is
-                fd = os.open(self.audit_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-                with os.fdopen(fd, "a", encoding="utf-8") as f:
-                    f.write(record.to_json() + "\n")
+            if self.audit_path:
+                append_private(self.audit_path, record.to_json())
 
     def summary(self) -> dict:
         """Counts over the recorded requests (see summarize)."""
         with self._lock:
             return summarize(self.records)
+
+
+def _described(findings: Sequence[Finding]) -> list[dict]:
+    """Findings as an audit record keeps them: kind and length, never the text."""
+    return [{"kind": f.kind, "chars": f.chars} for f in findings if f.kind]
+
+
+def _spans(described: Sequence[dict]) -> str:
+    return ", ".join(f"{d['kind']} ({d['chars']} chars)" for d in described)
 
 
 def _replace(text: str, spans: Sequence[tuple[int, int, str]]) -> str:

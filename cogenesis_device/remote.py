@@ -137,19 +137,20 @@ def _fixed_header(name: str) -> bool:
 async def _read_bounded(response: httpx2.Response, limit: int) -> bytes:
     """The whole answer, or RemoteError once it passes limit bytes (a hostile or broken server's way
     to exhaust memory); nothing past the limit is read."""
-    declared = response.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    try:
+        declared = response.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise RemoteError(f"the answer is {int(declared)} bytes, more than max_response_bytes={limit}",
+                              kind="malformed")
+        chunks, size = [], 0
+        async for chunk in response.aiter_raw():
+            size += len(chunk)
+            if size > limit:
+                raise RemoteError(f"the answer passed max_response_bytes={limit}", kind="malformed")
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
         await response.aclose()
-        raise RemoteError(f"the answer is {int(declared)} bytes, more than max_response_bytes={limit}", kind="malformed")
-    chunks, size = [], 0
-    async for chunk in response.aiter_raw():
-        size += len(chunk)
-        if size > limit:
-            await response.aclose()
-            raise RemoteError(f"the answer passed max_response_bytes={limit}", kind="malformed")
-        chunks.append(chunk)
-    await response.aclose()
-    return b"".join(chunks)
 
 
 class _Retryable(Exception):
