@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import stat
 import tempfile
 import threading
 from contextlib import contextmanager
@@ -412,27 +413,27 @@ def _write_private(path: str | os.PathLike, data: bytes) -> None:
 
 def _load_state(session: _native.Session, path: str | os.PathLike, key: bytes | None) -> None:
     """Loads a state file into the session's main sequence, decrypting it with key when given."""
+    try:
+        regular = stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        raise MissingFileError(f"state file not found: '{os.fspath(path)}'") from None
+    if not regular:  # opening a FIFO would wait for a writer
+        raise StateError(f"not a regular file (state file '{os.fspath(path)}')")
     if key is None:
-        try:
-            with open(path, "rb") as f:
-                sealed = f.read(len(_SEALED_MAGIC)) == _SEALED_MAGIC
-        except OSError:
-            sealed = False  # the engine names the problem
+        with open(path, "rb") as f:
+            sealed = f.read(len(_SEALED_MAGIC)) == _SEALED_MAGIC
         if sealed:
             raise StateError(f"state file '{os.fspath(path)}' is encrypted: pass its key as cache_key=")
         session.load_state(os.fspath(path))
         return
     aead = _aead(key)
     limit = session.state_max_size + len(_SEALED_MAGIC) + _NONCE + _TAG
-    try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size > limit:  # checked before reading, like the engine does for plain files
-                raise StateError(f"state file of {size} bytes is larger than this session can hold ({limit} bytes) "
-                                 f"(state file '{os.fspath(path)}')")
-            blob = f.read(size)
-    except FileNotFoundError:
-        raise MissingFileError(f"state file not found: '{os.fspath(path)}'") from None
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > limit:  # checked before reading, like the engine does for plain files
+            raise StateError(f"state file of {size} bytes is larger than this session can hold ({limit} bytes) "
+                             f"(state file '{os.fspath(path)}')")
+        blob = f.read(size)
     if not blob.startswith(_SEALED_MAGIC):
         raise StateError(f"state file '{os.fspath(path)}' is not encrypted, but a cache_key was given")
     nonce = blob[len(_SEALED_MAGIC):len(_SEALED_MAGIC) + _NONCE]

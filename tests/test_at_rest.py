@@ -157,3 +157,30 @@ def test_eval_logs_are_private_to_their_owner(tmp_path):
     log = KeyedLog(tmp_path / "generations.jsonl", lambda r: r["tid"])
     log.add({"tid": "1", "text": "Dear Ingrid, ..."})
     assert os.stat(tmp_path / "generations.jsonl").st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("via", ["engine", "plain", "sealed"])
+def test_a_state_path_that_is_not_a_regular_file_is_refused_without_waiting(model, tmp_path, via):
+    """A FIFO named as the cache: opening it for reading waits for a writer that never comes (before,
+    the engine's load_state and LocalModel's check for a sealed file both hung)."""
+    import threading
+
+    fifo = tmp_path / "cache.kv"
+    os.mkfifo(fifo)
+    outcome = []
+
+    def load():
+        try:
+            if via == "engine":
+                model.new_session().load_state(str(fifo))
+            else:
+                key = b"k" * 32 if via == "sealed" else None
+                model.generate("Hello", max_tokens=1, prefix_cache=fifo, cache_key=key, scope="fifo")
+        except StateError as exc:
+            outcome.append(str(exc))
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    thread.join(timeout=10)
+    assert not thread.is_alive(), "loading a FIFO as a state file hung"
+    assert outcome and "not a regular file" in outcome[0]

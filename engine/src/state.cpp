@@ -233,7 +233,8 @@ int32_t cg_session_state_load(cg_session * s, int32_t seq_id, const char * path)
     if (!path) return cg::fail(CG_ERR_INVALID_ARGUMENT, "state path must not be NULL");
     if (const int32_t rc = check_seq(s, seq_id)) return rc;
     const std::string where = std::string(" (state file '") + path + "')";
-    const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+    // O_NONBLOCK: opening a FIFO (or a device) would otherwise wait for a writer; it is refused below.
+    const int fd = ::open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
         if (errno == ENOENT) return cg::fail(CG_ERR_FILE_NOT_FOUND, std::string("state file not found: '") + path + "'");
         return cg::fail(CG_ERR_IO, std::string("cannot read state file '") + path + "': " + std::strerror(errno));
