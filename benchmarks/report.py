@@ -33,6 +33,19 @@ def machine() -> dict:
     }
 
 
+def code_stamp() -> dict:
+    """The commit the code ran on, and the files of the product or the benchmarks that differed from it."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True).stdout
+
+    changed = git("status", "--porcelain", "--", "engine", "csrc", "cogenesis_device", "benchmarks").splitlines()
+    return {"commit": git("rev-parse", "HEAD").strip() or "unknown", "changed_files": [line[3:] for line in changed]}
+
+
 def write(name: str, data: dict, markdown: str) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     data = {"machine": machine(), **data}

@@ -1,0 +1,68 @@
+"""The evaluation runs whose tables the README quotes, one name each.
+
+    python benchmarks/eval_tables.py leak150 [--data ../shared/data/context-aware] [--work /tmp/runs]
+
+runs `cogenesis eval` with the run's arguments into WORK/NAME (the per-sample JSONL there holds
+private text, readable by its owner only) and copies the aggregate `table.md` and `results.json`
+to benchmarks/results/eval/NAME/, with `run.json`: the command, the commit, the date and the wall time.
+"""
+import argparse
+import datetime
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+
+from report import code_stamp
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "eval")
+GOLD_RULES = ("weighted:mask,weighted:tail,weighted:local,weighted:tail:w=0.8,weighted:local:w=0.8,"
+              "max:mask,max:tail,max:local,context_delta:mask,context_delta:tail,context_delta:local")
+GENERATION = ["--rules", "", "--remote-gguf", "none", "--no-embeddings"]
+RUNS = {
+    # Gold bits per byte by rule and fill on the whole dev split, with the gate's training records.
+    "gold150": ["--modes", "none", "--rules", GOLD_RULES, "--gate-records", "--no-embeddings"],
+    # Generation and leakage of every mode, each remote mode under redact and with nothing withheld.
+    "generation16": ["--limit", "16", "-n", "64", "--privacy", "redact,audit:text-only", *GENERATION],
+    # Leakage of logits mode on the whole dev split, under redact.
+    "leak150": ["-n", "64", "--modes", "logits:weighted:mask", "--privacy", "redact", *GENERATION],
+    # Repetition without and with the engine's no-repeat n-gram link.
+    "repetition12_before": ["--limit", "12", "--modes", "local,sketch,logits:weighted:mask,logits:weighted:local:w=0.8",
+                            "--no-repeat-ngram", "0", *GENERATION],
+    "repetition12_after": ["--limit", "12", "--modes", "local,sketch,logits:weighted:mask,logits:weighted:local:w=0.8",
+                           "--no-repeat-ngram", "4", *GENERATION],
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("names", nargs="+", choices=sorted(RUNS))
+    parser.add_argument("--data", default="../shared/data/context-aware")
+    parser.add_argument("--work", default="runs", help="where each run's full output goes")
+    parser.add_argument("-t", "--threads", type=int, default=2)
+    args = parser.parse_args()
+    for name in args.names:
+        out = os.path.join(args.work, name)
+        command = ["cogenesis", "eval", "--data", args.data, "--out", out, *RUNS[name],
+                   "-t", str(args.threads), "-q"]
+        print("$", shlex.join(command), file=sys.stderr)
+        start = time.monotonic()
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        seconds = time.monotonic() - start
+        dest = os.path.join(RESULTS, name)
+        os.makedirs(dest, exist_ok=True)
+        for file in ("table.md", "results.json"):
+            shutil.copyfile(os.path.join(out, file), os.path.join(dest, file))
+        with open(os.path.join(dest, "run.json"), "w") as f:
+            json.dump({"command": shlex.join(command), **code_stamp(),
+                       "date": datetime.datetime.now().isoformat(timespec="seconds"),
+                       "wall_seconds": round(seconds, 1), "cpus": os.cpu_count()}, f, indent=1)
+        print(f"{name}: {seconds / 60:.1f} min -> {dest}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
