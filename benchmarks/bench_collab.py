@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cogenesis_device as cg  # noqa: E402
-from cogenesis_device.loopback import FaultProxy, LoopbackServer  # noqa: E402
+from cogenesis_device.testing import FaultProxy, LoopbackServer  # noqa: E402
 from report import fmt, summarize, write  # noqa: E402
 
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "context-aware" / "dev.json"

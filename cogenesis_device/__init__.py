@@ -16,7 +16,8 @@ except ModuleNotFoundError as exc:  # pragma: no cover - depends on how it is ru
         "cogenesis_device._native is not built here. Install the package (pip install .) and import it from "
         "outside the source tree, or run the tests with `pytest` (not `python -m pytest`) from the checkout."
     ) from exc
-from .collab import CoGenerator, CoResult, CoStats, FusionConfig, TokenInfo  # noqa: E402
+from .collab import CoGenerator, CoResult, CoStats, TokenInfo  # noqa: E402
+from .fusion import FusionConfig  # noqa: E402
 from .local import Completion, CompletionStream, GenerationStats, LocalModel  # noqa: E402
 from .privacy import EgressGuard  # noqa: E402
 from .registry import DEFAULT_MODEL, MODELS, resolve_model  # noqa: E402

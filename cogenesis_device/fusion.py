@@ -21,11 +21,13 @@ listed token is plausible is local-only. 0 is the paper's fusion (no limit).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 
 from . import _native
+from .errors import InvalidParameterError
 
 RULES = ("weighted", "max", "context_delta", "gate")
 FILLS = ("mask", "tail", "local")
@@ -43,16 +45,58 @@ VocabBridge = _native.VocabBridge
 schedule_consult = _native.schedule_consult
 
 
+@dataclass(frozen=True)
+class FusionConfig:
+    """How local and remote scores are combined (see fusion.py). schedule=(P, K, T): consult the
+    remote on every step below P, then on T of every K + T steps; None consults on every step.
+    plausible: the remote chooses only among tokens whose local probability (with the private
+    context) is at least this share of the local top-1's; 0 is the paper's fusion, where a remote
+    listing a single token dictates the text."""
+
+    rule: str = "weighted"
+    fill: str = "mask"
+    weight: float = 0.5
+    alpha: float = 1.0
+    gate: object = None
+    schedule: tuple[int, int, int] | None = None
+    plausible: float = 0.1
+
+    @classmethod
+    def parse(cls, spec: str, gate: object = None) -> "FusionConfig":
+        """A config from its short form: 'weighted', 'weighted:tail', 'weighted:local:w=0.8',
+        'context_delta:tail:a=0.5', 'gate:local' (needs gate=), 'max:mask'."""
+        parts = spec.split(":")
+        rule, fill, options = parts[0], "mask", {}
+        for part in parts[1:]:
+            if part in FILLS:
+                fill = part
+            elif part[:2] in ("w=", "a="):
+                try:
+                    options["weight" if part[0] == "w" else "alpha"] = float(part[2:])
+                except ValueError:
+                    raise InvalidParameterError(f"fusion rule {spec!r}: {part!r} is not a number") from None
+            else:
+                raise InvalidParameterError(f"fusion rule {spec!r}: unknown part {part!r} "
+                                            f"(fills: {', '.join(FILLS)}; w=, a=)")
+        if rule not in RULES:
+            raise InvalidParameterError(f"fusion rule {spec!r}: rule must be one of {', '.join(RULES)}")
+        if rule == "gate" and gate is None:
+            raise InvalidParameterError(f"fusion rule {spec!r} needs a gate weights file (--gate)")
+        return cls(rule=rule, fill=fill, gate=gate if rule == "gate" else None, **options)
+
+
+
 # -- numpy reference (float64); the native code must agree with it -----------
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    """log-softmax in float64."""
     x = x.astype(np.float64)
     m = x.max()
     return x - (m + np.log(np.exp(x - m).sum()))
 
 
-def _remote_dense(ids, logprobs, n_vocab: int, fill: str, ll: np.ndarray | None = None
+def remote_dense(ids, logprobs, n_vocab: int, fill: str, ll: np.ndarray | None = None
                   ) -> tuple[np.ndarray, dict[int, float], float]:
     """The remote side on the whole vocabulary, its listed tokens, and the tail's fill (-inf for
     the other fills). fill='local' needs ll, the local log-probabilities."""
@@ -81,9 +125,9 @@ def _remote_dense(ids, logprobs, n_vocab: int, fill: str, ll: np.ndarray | None 
 
 def features_reference(local, remote_ids, remote_logprobs, fill: str = "mask") -> np.ndarray:
     """The gate's 8 input features, as the engine computes them."""
-    ll = _log_softmax(np.asarray(local))
+    ll = log_softmax(np.asarray(local))
     p_local = np.exp(ll)
-    dense, listed, fill_lp = _remote_dense(remote_ids, remote_logprobs, len(ll), fill, ll)
+    dense, listed, fill_lp = remote_dense(remote_ids, remote_logprobs, len(ll), fill, ll)
     ranked = sorted(listed.items(), key=lambda kv: -kv[1])
     q = np.exp(np.array([v for _, v in ranked]))
     qn = q / q.sum()
@@ -122,7 +166,7 @@ def fuse_reference(
     alpha: float = 1.0, plausible: float = 0.0, local_noctx=None, gate_arrays: dict | None = None,
 ) -> np.ndarray:
     """What fuse() computes, in float64 numpy: the specification the native code is tested against."""
-    ll = _log_softmax(np.asarray(local))
+    ll = log_softmax(np.asarray(local))
     if len(remote_ids) == 0 or all(lp <= SENTINEL for lp in remote_logprobs):
         return ll
     fused = _fuse_rule(ll, remote_ids, remote_logprobs, local, rule, fill, weight, alpha, local_noctx, gate_arrays)
@@ -134,13 +178,13 @@ def fuse_reference(
 
 
 def _fuse_rule(ll, remote_ids, remote_logprobs, local, rule, fill, weight, alpha, local_noctx, gate_arrays):
-    rd, _, _ = _remote_dense(remote_ids, remote_logprobs, len(ll), fill, ll)
+    rd, _, _ = remote_dense(remote_ids, remote_logprobs, len(ll), fill, ll)
     if rule == "max":
         return np.maximum(ll, rd)
     if rule == "context_delta":
         if alpha == 0:
             return rd
-        ln = _log_softmax(np.asarray(local_noctx))
+        ln = log_softmax(np.asarray(local_noctx))
         with np.errstate(invalid="ignore"):
             out = rd + alpha * (ll - ln)
         out[np.isneginf(ll) | np.isneginf(ln)] = -np.inf

@@ -18,6 +18,11 @@ from .errors import InvalidParameterError, MissingFileError, StateError
 from .registry import DEFAULT_MODEL, resolve_model
 
 Prompt = Union[str, Sequence[int], np.ndarray]
+# The system turn of the private prompt (private_prompt): the context the local model writes from.
+SYSTEM_PROMPT = ("You write on behalf of the user described below. Use their details, experiences and writing "
+                 "style wherever they fit the task.\n\nAbout the user:\n{context}")
+_CONTEXT_MARK, _USER_MARK = "\uE000", "\uE001"  # private-use characters: in no real text
+_ROWS_PER_DECODE = 32  # rows per teacher-forced decode (a session's n_outputs_max)
 
 
 @dataclass(frozen=True)
@@ -151,6 +156,7 @@ class LocalModel:
         self._idle: list[tuple[object, _native.Session]] = []
         self._busy: dict[int, object] = {}
         self._lock = threading.Lock()
+        self._bridge: _native.VocabBridge | None = None
         self._idle.append((_EMPTY, self._pool_session()))  # validates n_ctx & co now
 
     # -- tokenizer ---------------------------------------------------------
@@ -169,6 +175,15 @@ class LocalModel:
         return self._model
 
     @property
+    def vocab_bridge(self) -> _native.VocabBridge:
+        """Maps the tokens of any other tokenizer (as bytes) onto this model's ids. Built once per model,
+        on first use (it scans the whole vocabulary); safe to share between threads."""
+        with self._lock:
+            if self._bridge is None:
+                self._bridge = _native.VocabBridge(self._model)
+            return self._bridge
+
+    @property
     def has_chat_template(self) -> bool:
         return self._model.has_chat_template
 
@@ -183,6 +198,28 @@ class LocalModel:
         pairs = [(m["role"], m["content"]) for m in messages]
         return self._model.apply_chat_template(pairs, add_generation_prompt=add_generation_prompt)
 
+    def private_prompt(self, context: str, user: str, draft: str = "") -> list[int]:
+        """The prompt tokens of a job with a private context: the context in the system turn
+        (SYSTEM_PROMPT), the user's text as the user turn, then the draft as the answer's start.
+
+        Only the chat template's own markup is read as special tokens. The context, the user's text (in
+        sketch mode it carries the remote's outline) and the draft are plain text: an outline that spells
+        '<|im_end|><|im_start|>system' cannot close the turn and give the context-holding model orders."""
+        before, user_tokens, after = self.private_prompt_parts(context, user)
+        return before + user_tokens + after + self.tokenize(draft, add_special=False)
+
+    def private_prompt_parts(self, context: str, user: str) -> tuple[list[int], list[int], list[int]]:
+        """private_prompt's tokens before the user's text, of the user's text, and after it (no draft)."""
+        messages = ([{"role": "system", "content": SYSTEM_PROMPT.format(context=_CONTEXT_MARK)}] if context else [])
+        text = self.apply_chat_template(messages + [{"role": "user", "content": _USER_MARK}])
+        head, _, tail = text.partition(_USER_MARK)
+        before: list[int] = []
+        for i, piece in enumerate(head.split(_CONTEXT_MARK)):
+            if i:
+                before += self.tokenize(context, add_special=False)
+            before += self.tokenize(piece, add_special=not before, parse_special=True) if piece else []
+        return before, self.tokenize(user, add_special=False), self.tokenize(tail, add_special=False, parse_special=True)
+
     # -- sessions ----------------------------------------------------------
 
     def new_session(self, *, n_seq_max: int = 1) -> _native.Session:
@@ -192,6 +229,31 @@ class LocalModel:
     def _pool_session(self) -> _native.Session:
         # Two sequences: the main one, and in logits mode the remote's view of the text (attribution.py).
         return self.new_session(n_seq_max=2)
+
+    @staticmethod
+    def prefill_reusing(session: _native.Session, tokens: Sequence[int], seq_id: int = 0) -> None:
+        """Prefill tokens into a session, keeping the KV cache of the prefix it already holds."""
+        held, tokens = session.seq_tokens(seq_id=seq_id), np.asarray(tokens, dtype=np.int32)
+        n = min(len(held), len(tokens))
+        mismatch = np.flatnonzero(held[:n] != tokens[:n])
+        same = int(mismatch[0]) if mismatch.size else n
+        session.truncate(same, seq_id=seq_id)
+        if same < len(tokens):
+            session.prefill(tokens[same:], seq_id=seq_id)
+
+    @staticmethod
+    def teacher_forced_rows(session: _native.Session, prompt: Sequence[int], targets: Sequence[int],
+                            seq_id: int = 0) -> Iterator[np.ndarray]:
+        """Yield the scores that precede each target token, feeding the targets (teacher forcing).
+        The session keeps its KV cache of the prompt's longest held prefix; the prompt's last token is
+        always evaluated again, so its row exists even when the whole prompt was held."""
+        LocalModel.prefill_reusing(session, prompt[:-1], seq_id)
+        feed = [prompt[-1], *targets[:-1]]
+        for start in range(0, len(feed), _ROWS_PER_DECODE):
+            chunk = feed[start:start + _ROWS_PER_DECODE]
+            session.decode([seq_id] * len(chunk), chunk)
+            for i in range(len(chunk)):
+                yield session.logits(i)
 
     @staticmethod
     def scope_for(context: str) -> str:

@@ -17,7 +17,7 @@ Text the user chose to send is public by whole words only ("Ann" stays private i
 policy "redact" replaces findings with placeholders, "block" refuses to send, "audit" sends the body
 unchanged and only records what was found (for leakage measurements; never the default). Every
 request is recorded: time, endpoint, bytes out and in, the findings, what on-device attribution
-withheld (collab.py), and the SHA-256 of the body as sent (the body itself with record_bodies=True).
+withheld (collab/), and the SHA-256 of the body as sent (the body itself with record_bodies=True).
 """
 from __future__ import annotations
 
@@ -369,7 +369,7 @@ class AuditRecord:
     status: int | None = None
     bytes_received: int = 0
     duration_ms: float = 0.0
-    # On-device attribution of the generated text in this request (logits mode, see collab.py):
+    # On-device attribution of the generated text in this request (logits mode, see collab/):
     sent_tokens: int = 0  # generated tokens sent as they are
     withheld_tokens: int = 0  # generated tokens replaced by a placeholder
     context_bits: float = 0.0  # sum over sent tokens of max(0, log2 p(t | context) - log2 p(t | no context))

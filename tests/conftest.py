@@ -46,7 +46,7 @@ GREEDY = dict(temperature=0.0)
 @pytest.fixture(scope="session")
 def loopback_server():
     """llama.cpp's own server (xllamacpp) on 127.0.0.1 with the bundled model: the real "remote"."""
-    from cogenesis_device.loopback import LoopbackServer
+    from cogenesis_device.testing import LoopbackServer
 
     with LoopbackServer(n_ctx=2048, n_threads=THREADS) as server:
         yield server
@@ -56,7 +56,7 @@ def loopback_server():
 def python_server():
     """llama-cpp-python's server (llama_cpp.server) with the bundled model: the second real server."""
     pytest.importorskip("uvicorn", reason="llama-cpp-python[server] is not installed (pip install '.[test]')")
-    from cogenesis_device.loopback import LoopbackServer
+    from cogenesis_device.testing import LoopbackServer
 
     with LoopbackServer(server="llama-cpp-python", n_ctx=2048, n_threads=THREADS) as server:
         yield server
@@ -70,7 +70,7 @@ def real_server(request):
 
 @pytest.fixture(scope="session")
 def _proxy(loopback_server):
-    from cogenesis_device.loopback import FaultProxy
+    from cogenesis_device.testing import FaultProxy
 
     with FaultProxy(loopback_server.base_url) as proxy:
         yield proxy

@@ -13,7 +13,7 @@ import cogenesis_device as cg
 from cogenesis_device import _native
 from cogenesis_device.errors import InvalidParameterError
 from cogenesis_device.fusion import fuse_reference
-from cogenesis_device.loopback import FaultProxy
+from cogenesis_device.testing import FaultProxy
 from cogenesis_device.remote import RemoteModel, TokenScores
 from providers import SecondModelProvider
 from reference import next_token_scores
@@ -42,9 +42,8 @@ def per_token_reference(model, base_url, pieces, instruction, context, tokens, *
     local scores (a fresh session fed the prompt, then one token at a time) fused by fuse_reference
     with the remote's top-20 for exactly that prefix (one raw HTTP request). Returns the largest gap,
     in nats, between the fused score of the chosen token and the best one (0 when it is the argmax)."""
-    from cogenesis_device.collab import local_prompt
 
-    prompt = local_prompt(model, context, instruction)
+    prompt = model.private_prompt(context, instruction)
     remote_prompt = model.apply_chat_template([{"role": "user", "content": instruction}])
     session = model.new_session(n_seq_max=1)
     session.prefill(np.asarray(prompt[:-1], dtype=np.int32))
@@ -103,12 +102,11 @@ def test_the_schedule_consults_the_remote_on_its_steps_only(model, loopback_serv
 
 
 def co_generation(model, session, provider, **options):
-    from cogenesis_device.collab import local_prompt
 
     instruction, context = prompts(1)[0]
-    noctx = local_prompt(model, "", instruction)
+    noctx = model.private_prompt("", instruction)
     prefix = model.apply_chat_template([{"role": "user", "content": instruction}])
-    return _native.CoGeneration(session, local_prompt(model, context, instruction), noctx_prompt=noctx,
+    return _native.CoGeneration(session, model.private_prompt(context, instruction), noctx_prompt=noctx,
                                 public_prefix=prefix, provider=provider, **{"temperature": 0.0, **options})
 
 
@@ -255,11 +253,10 @@ def test_the_default_depth_follows_latency_and_acceptance(model):
     """lookahead=0 (the default): the first requests ask 2, 1 and 6 tokens to fit the latency line;
     then a remote 300 ms away whose every token is accepted is asked for more tokens at a time than
     any probe, and one whose tokens are never accepted for one."""
-    from cogenesis_device.collab import local_prompt
 
     instruction, context = prompts(1)[0]
     prefix = model.apply_chat_template([{"role": "user", "content": instruction}])
-    agreeing = AgreeingProvider(model, 0.3, local_prompt(model, context, instruction), prefix)
+    agreeing = AgreeingProvider(model, 0.3, model.private_prompt(context, instruction), prefix)
     rejected = RejectedProvider(model)
     for provider in (agreeing, rejected):
         with model.pooled_session() as session:

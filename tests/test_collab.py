@@ -6,7 +6,7 @@ import secrets
 import pytest
 
 import cogenesis_device as cg
-from cogenesis_device import leakscan
+from cogenesis_device.eval import leakscan
 from cogenesis_device.errors import InvalidParameterError, PrivacyBlockedError
 from reference import next_token_scores
 
@@ -160,7 +160,7 @@ def test_bad_arguments_are_named(model, remote):
 @pytest.mark.slow
 def test_cross_tokenizer_remote_fuses_through_the_bridge(model, gemma_path):
     """Gemma 3 (262,144 tokens, base model) as the remote of SmolLM2 (49,152 tokens)."""
-    from cogenesis_device.loopback import LoopbackServer
+    from cogenesis_device.testing import LoopbackServer
 
     with LoopbackServer(str(gemma_path), n_ctx=1024) as server, \
             cg.RemoteModel(server.base_url, template="raw", max_top_k=10) as gemma:
@@ -191,7 +191,7 @@ def test_a_server_naming_tokens_by_id_is_read_through_the_remote_tokenizer(model
     result is what a server sending text gives. The remote here is the same model, scripted."""
     from providers import SecondModelProvider
 
-    from cogenesis_device.loopback import ScriptedRemote
+    from cogenesis_device.testing import ScriptedRemote
 
     provider = SecondModelProvider(model)
     names = {"token_id": lambda t: f"token_id:{t}",

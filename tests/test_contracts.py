@@ -7,7 +7,7 @@ import pytest
 
 import cogenesis_device as cg
 from cogenesis_device.errors import RemoteError
-from cogenesis_device.loopback import ReplayServer
+from cogenesis_device.testing import ReplayServer
 from cogenesis_device.remote import RemoteModel
 from contracts import OUTLINE, SERVERS
 

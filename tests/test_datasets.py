@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from cogenesis_device import datasets
+from cogenesis_device.eval import datasets
 from cogenesis_device.errors import InvalidParameterError
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")

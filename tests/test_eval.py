@@ -7,9 +7,9 @@ from importlib import resources
 import pytest
 
 import cogenesis_device as cg
-from cogenesis_device import datasets
-from cogenesis_device.evaluate import EvalSettings, Evaluation
-from cogenesis_device.judge import Judge
+from cogenesis_device.eval import datasets
+from cogenesis_device.eval.runner import EvalSettings, Evaluation
+from cogenesis_device.eval.judge import Judge
 
 from conftest import THREADS
 

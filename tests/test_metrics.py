@@ -5,10 +5,10 @@ import math
 import numpy as np
 import pytest
 
-from cogenesis_device import leakscan
+from cogenesis_device.eval import leakscan
 from cogenesis_device.collab import parse_outline
-from cogenesis_device.judge import parse_scores
-from cogenesis_device.metrics import (bits_per_byte, distinct_n, facts_used, lcs_length, repeated_ngram_rate,
+from cogenesis_device.eval.judge import parse_scores
+from cogenesis_device.eval.metrics import (bits_per_byte, distinct_n, facts_used, lcs_length, repeated_ngram_rate,
                                       rouge_l)
 
 
@@ -82,7 +82,7 @@ def test_judge_scores_are_parsed_and_template_echoes_ignored():
 
 
 def test_embedding_similarity_is_meaningful():
-    from cogenesis_device.metrics import default_embedder
+    from cogenesis_device.eval.metrics import default_embedder
 
     emb = default_embedder()
     e = emb.encode(["a", "b"])

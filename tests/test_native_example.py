@@ -57,13 +57,12 @@ CONTEXT = "Name: Odalys Brennecke\nLocation: Tromsø, Norway\nPrivate: sister In
 def collaborate_in_python(model, max_tokens, lookahead):
     """What the C app computes, through the bindings: the same prompts, loop and provider (in Python)."""
     from cogenesis_device import _native
-    from cogenesis_device.collab import local_prompt
     from providers import SecondModelProvider
 
     provider = SecondModelProvider(model)
     with model.pooled_session() as session:
         co = _native.CoGeneration(
-            session, local_prompt(model, CONTEXT, INSTRUCTION), noctx_prompt=local_prompt(model, "", INSTRUCTION),
+            session, model.private_prompt(CONTEXT, INSTRUCTION), noctx_prompt=model.private_prompt("", INSTRUCTION),
             public_prefix=model.apply_chat_template([{"role": "user", "content": INSTRUCTION}]), provider=provider,
             remote_vocab=model.native, max_tokens=max_tokens, lookahead=lookahead, temperature=0.0)
         text, withheld = "", 0
@@ -75,7 +74,7 @@ def collaborate_in_python(model, max_tokens, lookahead):
 
 
 def collaborate_in_c(exe, model, max_tokens, lookahead, env=None):
-    from cogenesis_device.collab import SYSTEM_PROMPT
+    from cogenesis_device.local import SYSTEM_PROMPT
 
     return subprocess.run([str(exe.parent / "cogenesis_collaborate"), str(model.path), INSTRUCTION,
                            SYSTEM_PROMPT.format(context=CONTEXT), str(max_tokens), str(lookahead)],

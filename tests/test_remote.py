@@ -14,7 +14,7 @@ import pytest
 
 import cogenesis_device as cg
 from cogenesis_device.errors import PrivacyBlockedError, RemoteError
-from cogenesis_device.loopback import free_port
+from cogenesis_device.testing import free_port
 from cogenesis_device.privacy import EgressGuard
 from cogenesis_device.remote import RemoteModel
 
@@ -72,7 +72,7 @@ def test_an_immediate_end_of_text_is_an_answer(real_server, model, tokenizer):
     read as the end-of-turn token, by name through the remote's tokenizer or as the generic end of text
     without it. llama_cpp.server answers "no tokens, finish stop": an answer without scores. Neither is
     a fault to retry (before, the second sent a logits run into local-only fallback)."""
-    from cogenesis_device.loopback import FaultProxy
+    from cogenesis_device.testing import FaultProxy
 
     with FaultProxy(real_server.base_url) as proxy, \
             RemoteModel(proxy.base_url, template=model, tokenizer=model if tokenizer else None) as remote:
@@ -133,7 +133,7 @@ def test_backoff_between_attempts_grows_exponentially(proxy, model):
 
 def test_a_json_schema_response_format_constrains_the_reply(remote, proxy):
     """OpenAI's and vLLM's dialect, which llama.cpp's server also reads: the reply follows the schema."""
-    from cogenesis_device.synth import SCHEMAS, response_format
+    from cogenesis_device.eval.data_build import SCHEMAS, response_format
 
     remote.connect()
     proxy.clear()
@@ -288,7 +288,7 @@ def test_headers_from_the_environment_pass_the_guard(proxy, model, monkeypatch):
 
 
 def test_an_oversized_answer_is_refused_without_reading_it_all(model):
-    from cogenesis_device.loopback import ReplayServer
+    from cogenesis_device.testing import ReplayServer
 
     models = {"object": "list", "data": [{"id": f"model-{i:06d}", "object": "model"} for i in range(5000)]}
     with ReplayServer({"GET /v1/models": (200, models)}) as server:
@@ -402,7 +402,7 @@ def test_without_a_template_the_server_renders_the_prompt_or_the_error_asks_for_
 def test_the_loopback_server_dies_with_its_parent_even_on_sigkill(tmp_path):
     """A killed `cogenesis eval` must not leave a llama_cpp.server behind holding memory and a port."""
     script = ("import sys, time\n"
-              "from cogenesis_device.loopback import LoopbackServer\n"
+              "from cogenesis_device.testing import LoopbackServer\n"
               "server = LoopbackServer(n_ctx=256, n_threads=1).start()\n"
               "print(server._process.pid, server.port, flush=True)\n"
               "time.sleep(600)\n")
@@ -450,7 +450,7 @@ def _is_zombie(pid: int) -> bool:
 def test_a_chat_stream_with_a_usage_only_last_chunk_is_read():
     """The usage chunk that OpenAI sends with stream_options={"include_usage": true} (and vLLM, SGLang,
     llama.cpp's server): "choices" is empty. Shape from the OpenAI API reference, chat completion chunk."""
-    from cogenesis_device.remote import _parse_chat_stream
+    from cogenesis_device.remote.formats import parse_chat_stream
 
     chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
     events = [
@@ -461,12 +461,12 @@ def test_a_chat_stream_with_a_usage_only_last_chunk_is_read():
         {**chunk, "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}},
     ]
     body = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
-    reply = _parse_chat_stream(body)
+    reply = parse_chat_stream(body)
     assert reply.text == "Hello there" and reply.finish_reason == "stop"
     # A reasoning model that put everything in reasoning_content: that is the reply.
     only_reasoning = body.replace('"content": "Hello"', '"reasoning_content": "Hi"').replace(
         '"content": " there"', '"content": ""')
-    assert _parse_chat_stream(only_reasoning).text == "Hithinking..."
+    assert parse_chat_stream(only_reasoning).text == "Hithinking..."
 
 
 def test_the_probe_refuses_a_server_whose_logprobs_are_off_by_one(proxy, model):

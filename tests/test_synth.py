@@ -1,8 +1,8 @@
 """`cogenesis data build`: validators by hand, and a resumable build through the loopback server."""
 import json
 
-from cogenesis_device import datasets
-from cogenesis_device.synth import (PROFILE_KEYS, SCHEMAS, DataBuilder, response_format, valid_portraits,
+from cogenesis_device.eval import datasets
+from cogenesis_device.eval.data_build import (PROFILE_KEYS, SCHEMAS, DataBuilder, response_format, valid_portraits,
                                     valid_profile, valid_tasks)
 
 

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from cogenesis_device import _native
-from cogenesis_device.collab import local_prompt
-from cogenesis_device.datasets import Sample, parse_profile
+from cogenesis_device.eval.datasets import Sample, parse_profile
 from cogenesis_device.errors import InvalidParameterError
 from cogenesis_device.fusion import gate_reference
-from cogenesis_device.teacher import GATE_GRID, GoldScorer, parse_rule
+from cogenesis_device.fusion import FusionConfig
+from cogenesis_device.eval.scoring import GATE_GRID, GoldScorer
 
 DEMO = json.loads(resources.files("cogenesis_device").joinpath("data/demo.json").read_text())
 GOLDS = [
@@ -42,27 +42,27 @@ def _nll_one_at_a_time(model, prompt, targets):
 
 @pytest.fixture(scope="module")
 def scored(model):
-    rules = {r: parse_rule(r) for r in ["weighted:tail", "weighted:tail:w=1", "weighted:mask", "max:tail",
+    rules = {r: FusionConfig.parse(r) for r in ["weighted:tail", "weighted:tail:w=1", "weighted:mask", "max:tail",
                                         "context_delta:tail:a=0"]}
     scorer = GoldScorer(model, model, rules, gate_fill="tail")
     return scorer, [scorer.score(s) for s in _samples()]
 
 
 def test_parse_rule():
-    cfg = parse_rule("context_delta:tail:a=0.5")
+    cfg = FusionConfig.parse("context_delta:tail:a=0.5")
     assert (cfg.rule, cfg.fill, cfg.alpha) == ("context_delta", "tail", 0.5)
-    assert parse_rule("weighted:w=0.7").weight == 0.7 and parse_rule("weighted").fill == "mask"
+    assert FusionConfig.parse("weighted:w=0.7").weight == 0.7 and FusionConfig.parse("weighted").fill == "mask"
     for bad, msg in [("avg", "rule must be one of"), ("weighted:fuzzy", "unknown part"), ("weighted:w=x", "not a number"),
                      ("gate", "needs a gate")]:
         with pytest.raises(InvalidParameterError, match=msg):
-            parse_rule(bad)
+            FusionConfig.parse(bad)
 
 
 def test_local_and_remote_nll_match_an_independent_computation(model, scored):
     _, results = scored
     sample, (score, _) = _samples()[0], results[0]
     gold = model.tokenize(sample.gold, add_special=False)
-    local = _nll_one_at_a_time(model, local_prompt(model, sample.context, sample.instruction), gold)
+    local = _nll_one_at_a_time(model, model.private_prompt(sample.context, sample.instruction), gold)
     remote_prompt = model.tokenize(model.apply_chat_template([{"role": "user", "content": sample.instruction}]),
                                    parse_special=True)
     remote = _nll_one_at_a_time(model, remote_prompt, gold)
@@ -86,7 +86,7 @@ def test_rule_limits(scored):
 
 def test_gate_records_agree_with_native_fusion(scored):
     """The records' exact grid point w = 0.5 reproduces the native weighted:tail nll."""
-    from cogenesis_device.gate_training import fixed_w_nll
+    from cogenesis_device.eval.gate_training import fixed_w_nll
 
     half = int(np.argmin(abs(GATE_GRID - 0.5)))
     for score, records in scored[1]:
@@ -98,7 +98,7 @@ def test_gate_records_agree_with_native_fusion(scored):
 
 def test_gate_training_exports_a_gate_the_engine_loads(model, scored, tmp_path):
     pytest.importorskip("torch", reason="gate training needs torch (pip install '.[train]')")
-    from cogenesis_device.gate_training import export, train
+    from cogenesis_device.eval.gate_training import export, train
 
     scorer, results = scored
     records = {s.tid: r for s, (_, r) in zip(_samples(), results)}
@@ -112,7 +112,7 @@ def test_gate_training_exports_a_gate_the_engine_loads(model, scored, tmp_path):
     gate = _native.Gate(str(path))
     # the engine's gate on real fusion features gives the weight the trained arrays give
     sample = _samples()[0]
-    prompt = local_prompt(model, sample.context, sample.instruction)
+    prompt = model.private_prompt(sample.context, sample.instruction)
     session = model.new_session()
     session.prefill(prompt)
     row = session.logits(0)
@@ -124,7 +124,7 @@ def test_gate_training_exports_a_gate_the_engine_loads(model, scored, tmp_path):
                                                     "remote_p_of_local_top")])
     assert info["weight"] == pytest.approx(gate_reference(feats, **arrays), abs=1e-5)
     # and the gate rule scores gold answers through the same scorer
-    gated = GoldScorer(model, model, {"gate:tail": parse_rule("gate:tail", gate)})
+    gated = GoldScorer(model, model, {"gate:tail": FusionConfig.parse("gate:tail", gate)})
     score, _ = gated.score(sample)
     assert math.isfinite(score.nll["gate:tail"])
 

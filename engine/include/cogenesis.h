@@ -26,6 +26,28 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The engine's version; cg_version() returns CG_VERSION. */
+#define CG_VERSION_MAJOR 0
+#define CG_VERSION_MINOR 1
+#define CG_VERSION_PATCH 0
+#define CG_VERSION "0.1.0"
+
+/* Symbols a shared build of the engine exports (define CG_SHARED, and CG_BUILD while building it);
+ * a static build, as the Python extension and the examples use, needs neither. */
+#ifdef CG_SHARED
+#    if defined(_WIN32) && !defined(__MINGW32__)
+#        ifdef CG_BUILD
+#            define CG_API __declspec(dllexport)
+#        else
+#            define CG_API __declspec(dllimport)
+#        endif
+#    else
+#        define CG_API __attribute__((visibility("default")))
+#    endif
+#else
+#    define CG_API
+#endif
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -52,10 +74,10 @@ enum cg_status {
 };
 
 /* Message describing the last failure on the calling thread ("" if none). */
-const char * cg_last_error(void);
+CG_API const char * cg_last_error(void);
 
-/* Version string of the engine, e.g. "0.1.0". */
-const char * cg_version(void);
+/* Version string of the engine: CG_VERSION of the build. */
+CG_API const char * cg_version(void);
 
 /* ---------------------------------------------------------------- model */
 
@@ -64,43 +86,43 @@ struct cg_model_params {
     bool vocab_only; /* load the tokenizer only (no weights) */
 };
 
-struct cg_model_params cg_model_default_params(void);
+CG_API struct cg_model_params cg_model_default_params(void);
 
 /* Load a GGUF file. Checks that it exists and starts with the GGUF magic
  * before handing it to llama.cpp. On success *out owns the model. */
-int32_t cg_model_load(const char * path, struct cg_model_params params, cg_model ** out);
-void    cg_model_free(cg_model * model);
+CG_API int32_t cg_model_load(const char * path, struct cg_model_params params, cg_model ** out);
+CG_API void    cg_model_free(cg_model * model);
 
-int32_t  cg_model_n_vocab(const cg_model * model);
-int32_t  cg_model_n_ctx_train(const cg_model * model);
-cg_token cg_model_token_bos(const cg_model * model);
-cg_token cg_model_token_eos(const cg_model * model);
+CG_API int32_t  cg_model_n_vocab(const cg_model * model);
+CG_API int32_t  cg_model_n_ctx_train(const cg_model * model);
+CG_API cg_token cg_model_token_bos(const cg_model * model);
+CG_API cg_token cg_model_token_eos(const cg_model * model);
 /* True for any end-of-generation token (EOS, EOT, ...). */
-bool     cg_model_token_is_eog(const cg_model * model, cg_token token);
+CG_API bool     cg_model_token_is_eog(const cg_model * model, cg_token token);
 /* Wall time spent in cg_model_load, in milliseconds. */
-double   cg_model_load_ms(const cg_model * model);
+CG_API double   cg_model_load_ms(const cg_model * model);
 /* Human readable description ("llama 135M Q4_1"); returns bytes needed. */
-int32_t  cg_model_desc(const cg_model * model, char * buf, int32_t capacity);
+CG_API int32_t  cg_model_desc(const cg_model * model, char * buf, int32_t capacity);
 /* Size of the model weights in bytes. */
-uint64_t cg_model_size(const cg_model * model);
+CG_API uint64_t cg_model_size(const cg_model * model);
 
 /* Text -> tokens. Returns the number of tokens (written up to capacity). */
-int32_t cg_tokenize(const cg_model * model, const char * text, int32_t text_len,
+CG_API int32_t cg_tokenize(const cg_model * model, const char * text, int32_t text_len,
                     bool add_special, bool parse_special, cg_token * out, int32_t capacity);
 /* One token -> its bytes (not NUL-terminated). Returns the byte count. */
-int32_t cg_token_to_piece(const cg_model * model, cg_token token, bool special,
+CG_API int32_t cg_token_to_piece(const cg_model * model, cg_token token, bool special,
                           char * buf, int32_t capacity);
 /* Tokens -> text (not NUL-terminated). Returns the byte count. */
-int32_t cg_detokenize(const cg_model * model, const cg_token * tokens, int32_t n_tokens,
+CG_API int32_t cg_detokenize(const cg_model * model, const cg_token * tokens, int32_t n_tokens,
                       bool special, char * buf, int32_t capacity);
 
 /* True if the GGUF metadata carries a chat template. */
-bool    cg_model_has_chat_template(const cg_model * model);
+CG_API bool    cg_model_has_chat_template(const cg_model * model);
 
 /* Format a conversation with the chat template stored in the GGUF metadata.
  * roles[i] / contents[i] are NUL-terminated. Returns the byte count of the
  * prompt, or -1 with CG_ERR_NO_TEMPLATE when the model has none. */
-int32_t cg_chat_apply_template(const cg_model * model, const char * const * roles,
+CG_API int32_t cg_chat_apply_template(const cg_model * model, const char * const * roles,
                                const char * const * contents, int32_t n_messages,
                                bool add_generation_prompt, char * buf, int32_t capacity);
 
@@ -117,58 +139,58 @@ struct cg_session_params {
     int32_t n_outputs_max;   /* max logits rows per cg_session_decode; sizes the compute buffer */
 };
 
-struct cg_session_params cg_session_default_params(void);
+CG_API struct cg_session_params cg_session_default_params(void);
 
 /* Create a session (one llama context with its KV cache) over a model.
  * The model must outlive the session. */
-int32_t cg_session_init(cg_model * model, struct cg_session_params params, cg_session ** out);
-void    cg_session_free(cg_session * session);
+CG_API int32_t cg_session_init(cg_model * model, struct cg_session_params params, cg_session ** out);
+CG_API void    cg_session_free(cg_session * session);
 
-int32_t cg_session_n_ctx(const cg_session * session);
-int32_t cg_session_n_seq_max(const cg_session * session);
+CG_API int32_t cg_session_n_ctx(const cg_session * session);
+CG_API int32_t cg_session_n_seq_max(const cg_session * session);
 
 /* Append tokens to sequence seq_id and evaluate them (in n_batch chunks).
  * Afterwards logits row 0 holds the scores after the last token. */
-int32_t cg_session_prefill(cg_session * session, int32_t seq_id, const cg_token * tokens, int32_t n_tokens);
+CG_API int32_t cg_session_prefill(cg_session * session, int32_t seq_id, const cg_token * tokens, int32_t n_tokens);
 
 /* Append tokens[i] to sequence seq_ids[i] for i < n and evaluate them all in
  * one llama_decode. Logits row i then holds the scores after entry i.
  * A sequence may appear several times; its entries are appended in order. */
-int32_t cg_session_decode(cg_session * session, const int32_t * seq_ids, const cg_token * tokens, int32_t n);
+CG_API int32_t cg_session_decode(cg_session * session, const int32_t * seq_ids, const cg_token * tokens, int32_t n);
 
 /* Scores (n_vocab floats) of row `row` of the last prefill/decode, or NULL.
  * The pointer stays valid until the next call that evaluates tokens. */
-const float * cg_session_logits(cg_session * session, int32_t row);
+CG_API const float * cg_session_logits(cg_session * session, int32_t row);
 
 /* Number of tokens held in the KV cache for seq_id. */
-int32_t cg_session_seq_len(const cg_session * session, int32_t seq_id);
+CG_API int32_t cg_session_seq_len(const cg_session * session, int32_t seq_id);
 /* Copy the tokens of seq_id; returns the count. */
-int32_t cg_session_seq_tokens(const cg_session * session, int32_t seq_id, cg_token * out, int32_t capacity);
+CG_API int32_t cg_session_seq_tokens(const cg_session * session, int32_t seq_id, cg_token * out, int32_t capacity);
 /* Keep the first n_keep tokens of seq_id and drop the rest (0 clears it). */
-int32_t cg_session_seq_truncate(cg_session * session, int32_t seq_id, int32_t n_keep);
+CG_API int32_t cg_session_seq_truncate(cg_session * session, int32_t seq_id, int32_t n_keep);
 
 /* Write the KV state and tokens of seq_id to a file, tagged with the model's
  * fingerprint and closed by a checksum over tokens and KV data. This is the private-context
  * cache: prefill once, reuse often. The file is created 0600 under a unique temporary name
  * beside path, then renamed over it. */
-int32_t cg_session_state_save(cg_session * session, int32_t seq_id, const char * path);
+CG_API int32_t cg_session_state_save(cg_session * session, int32_t seq_id, const char * path);
 /* Replace seq_id with the state in a file written by cg_session_state_save. Fails with
  * CG_ERR_STATE if the file is larger than cg_session_state_max_size (checked before reading),
  * corrupt, truncated, spliced from two saves (checksum) or from another model. */
-int32_t cg_session_state_load(cg_session * session, int32_t seq_id, const char * path);
+CG_API int32_t cg_session_state_load(cg_session * session, int32_t seq_id, const char * path);
 /* The same state as bytes, for apps that store or encrypt the cache themselves:
  * cg_session_state_size gives the bytes seq_id needs (0 when it is empty or out of range),
  * cg_session_state_get writes them to buf and their count to *n_written, and
  * cg_session_state_set loads them back (the checks of cg_session_state_load apply). */
-size_t  cg_session_state_size(cg_session * session, int32_t seq_id);
-int32_t cg_session_state_get(cg_session * session, int32_t seq_id, uint8_t * buf, size_t capacity, size_t * n_written);
-int32_t cg_session_state_set(cg_session * session, int32_t seq_id, const uint8_t * data, size_t size);
+CG_API size_t  cg_session_state_size(cg_session * session, int32_t seq_id);
+CG_API int32_t cg_session_state_get(cg_session * session, int32_t seq_id, uint8_t * buf, size_t capacity, size_t * n_written);
+CG_API int32_t cg_session_state_set(cg_session * session, int32_t seq_id, const uint8_t * data, size_t size);
 /* The largest state this session can hold (a full window of KV data), in bytes. */
-size_t  cg_session_state_max_size(const cg_session * session);
+CG_API size_t  cg_session_state_max_size(const cg_session * session);
 
 /* Ask the session's running prefill/generation to stop as soon as possible.
  * Safe to call from any thread. The flag clears when the next generation starts. */
-void cg_session_cancel(cg_session * session);
+CG_API void cg_session_cancel(cg_session * session);
 
 /* -------------------------------------------------------------- sampler */
 
@@ -195,36 +217,36 @@ typedef struct cg_sampler_i {
     void (*free)  (void * ctx);                                   /* optional */
 } cg_sampler_i;
 
-cg_sampler * cg_sampler_init_custom(const cg_sampler_i * iface, void * ctx);
+CG_API cg_sampler * cg_sampler_init_custom(const cg_sampler_i * iface, void * ctx);
 
 /* Built-in samplers. Each returns NULL (and sets cg_last_error) for invalid
  * arguments. */
-cg_sampler * cg_sampler_init_greedy(void);
-cg_sampler * cg_sampler_init_dist(uint32_t seed);      /* sample from softmax(logits) */
-cg_sampler * cg_sampler_init_temp(float temperature);  /* temperature > 0 */
-cg_sampler * cg_sampler_init_top_k(int32_t k);         /* k > 0 */
-cg_sampler * cg_sampler_init_top_p(float p);           /* 0 < p <= 1 */
-cg_sampler * cg_sampler_init_min_p(float p);           /* 0 <= p <= 1 */
-cg_sampler * cg_sampler_init_penalties(int32_t last_n, float repeat_penalty); /* repeat_penalty > 0 */
+CG_API cg_sampler * cg_sampler_init_greedy(void);
+CG_API cg_sampler * cg_sampler_init_dist(uint32_t seed);      /* sample from softmax(logits) */
+CG_API cg_sampler * cg_sampler_init_temp(float temperature);  /* temperature > 0 */
+CG_API cg_sampler * cg_sampler_init_top_k(int32_t k);         /* k > 0 */
+CG_API cg_sampler * cg_sampler_init_top_p(float p);           /* 0 < p <= 1 */
+CG_API cg_sampler * cg_sampler_init_min_p(float p);           /* 0 <= p <= 1 */
+CG_API cg_sampler * cg_sampler_init_penalties(int32_t last_n, float repeat_penalty); /* repeat_penalty > 0 */
 /* Never complete an n-gram (n >= 1) of the generated text: tokens accepted before the chain's
  * first apply after a reset (the prompt) do not count, so the prompt's phrases may be repeated. */
-cg_sampler * cg_sampler_init_no_repeat_ngram(int32_t n);
+CG_API cg_sampler * cg_sampler_init_no_repeat_ngram(int32_t n);
 
-cg_sampler * cg_sampler_chain_init(void);
+CG_API cg_sampler * cg_sampler_chain_init(void);
 /* Append `link` to `chain`; the chain takes ownership of it. */
-int32_t      cg_sampler_chain_add(cg_sampler * chain, cg_sampler * link);
+CG_API int32_t      cg_sampler_chain_add(cg_sampler * chain, cg_sampler * link);
 
-void cg_sampler_apply (cg_sampler * sampler, cg_token_data_array * candidates);
-void cg_sampler_accept(cg_sampler * sampler, cg_token token);
-void cg_sampler_reset (cg_sampler * sampler);
-void cg_sampler_free  (cg_sampler * sampler);
+CG_API void cg_sampler_apply (cg_sampler * sampler, cg_token_data_array * candidates);
+CG_API void cg_sampler_accept(cg_sampler * sampler, cg_token token);
+CG_API void cg_sampler_reset (cg_sampler * sampler);
+CG_API void cg_sampler_free  (cg_sampler * sampler);
 
 /* Build candidates from logits row `row` of the session, apply the sampler,
  * accept the chosen token and return it (-1 on error). */
-cg_token cg_sampler_sample(cg_sampler * sampler, cg_session * session, int32_t row);
+CG_API cg_token cg_sampler_sample(cg_sampler * sampler, cg_session * session, int32_t row);
 
 /* The same over any dense row of n_vocab scores (e.g. computed by the app). */
-cg_token cg_sampler_sample_logits(cg_sampler * sampler, const float * logits, int32_t n_vocab);
+CG_API cg_token cg_sampler_sample_logits(cg_sampler * sampler, const float * logits, int32_t n_vocab);
 
 #define CG_SEED_RANDOM 0xFFFFFFFFu
 
@@ -239,11 +261,11 @@ struct cg_sampling_params {
     int32_t  no_repeat_ngram; /* n >= 1: never complete an n-gram the generated text already holds; 0 disables */
 };
 
-struct cg_sampling_params cg_sampling_default_params(void);
+CG_API struct cg_sampling_params cg_sampling_default_params(void);
 
 /* Validate params and build the standard chain:
  * penalties -> no-repeat n-gram -> top_k -> top_p -> min_p -> temperature -> dist (or greedy). */
-int32_t cg_sampler_init_from_params(const struct cg_sampling_params * params, cg_sampler ** out);
+CG_API int32_t cg_sampler_init_from_params(const struct cg_sampling_params * params, cg_sampler ** out);
 
 /* ----------------------------------------------------------- generation */
 
@@ -271,7 +293,7 @@ struct cg_generate_params {
     void *               user_data;
 };
 
-struct cg_generate_params cg_generate_default_params(void);
+CG_API struct cg_generate_params cg_generate_default_params(void);
 
 /* Timing statistics of one generation, in milliseconds. */
 struct cg_timings {
@@ -289,25 +311,25 @@ struct cg_timings {
 /* Begin a generation: reuse the longest cached prefix of the prompt on
  * params->seq_id, evaluate the rest, and reset the sampler (then feed it the
  * prompt for penalties). session and sampler must outlive the generation. */
-int32_t cg_generation_start(cg_session * session, const cg_token * prompt, int32_t n_prompt,
+CG_API int32_t cg_generation_start(cg_session * session, const cg_token * prompt, int32_t n_prompt,
                             cg_sampler * sampler, const struct cg_generate_params * params,
                             cg_generation ** out);
 
 /* Produce one token. On CG_OK: *token is the token (-1 once finished),
  * *text / *text_len the newly released text (valid until the next call).
  * Check cg_generation_finish_reason after each call. */
-int32_t cg_generation_next(cg_generation * gen, cg_token * token, const char ** text, int32_t * text_len);
+CG_API int32_t cg_generation_next(cg_generation * gen, cg_token * token, const char ** text, int32_t * text_len);
 
 enum cg_finish_reason cg_generation_finish_reason(const cg_generation * gen);
 /* All text released so far (not NUL-terminated). */
-const char *      cg_generation_text(const cg_generation * gen, int32_t * len);
-int32_t           cg_generation_tokens(const cg_generation * gen, cg_token * out, int32_t capacity);
-struct cg_timings cg_generation_timings(const cg_generation * gen);
-void              cg_generation_free(cg_generation * gen);
+CG_API const char *      cg_generation_text(const cg_generation * gen, int32_t * len);
+CG_API int32_t           cg_generation_tokens(const cg_generation * gen, cg_token * out, int32_t capacity);
+CG_API struct cg_timings cg_generation_timings(const cg_generation * gen);
+CG_API void              cg_generation_free(cg_generation * gen);
 
 /* Run a whole generation, calling params->on_token for each token.
  * Writes the finish reason and timings if the pointers are not NULL. */
-int32_t cg_generate(cg_session * session, const cg_token * prompt, int32_t n_prompt,
+CG_API int32_t cg_generate(cg_session * session, const cg_token * prompt, int32_t n_prompt,
                     cg_sampler * sampler, const struct cg_generate_params * params,
                     enum cg_finish_reason * finish_reason, struct cg_timings * timings);
 
@@ -355,7 +377,7 @@ struct cg_fusion_params {
     float   plausible;
 };
 
-struct cg_fusion_params cg_fusion_default_params(void);
+CG_API struct cg_fusion_params cg_fusion_default_params(void);
 
 #define CG_GATE_N_FEATURES 8
 
@@ -392,19 +414,19 @@ struct cg_fusion_info {
  * w2[n_hidden], b2. */
 typedef struct cg_gate cg_gate;
 
-int32_t cg_gate_load(const char * path, cg_gate ** out);
+CG_API int32_t cg_gate_load(const char * path, cg_gate ** out);
 /* The same from arrays (copied). */
-int32_t cg_gate_init(int32_t n_hidden, const float * mean, const float * std_, const float * w1,
+CG_API int32_t cg_gate_init(int32_t n_hidden, const float * mean, const float * std_, const float * w1,
                      const float * b1, const float * w2, float b2, cg_gate ** out);
-void    cg_gate_free(cg_gate * gate);
+CG_API void    cg_gate_free(cg_gate * gate);
 /* The gate's output for given features. */
-float   cg_gate_weight(const cg_gate * gate, const struct cg_fusion_features * features);
+CG_API float   cg_gate_weight(const cg_gate * gate, const struct cg_fusion_features * features);
 
 /* Fuse dense local logits (n_vocab floats) with a sparse remote distribution
  * into out (n_vocab floats; may alias local). local_noctx is required for
  * CONTEXT_DELTA only, gate for GATE only. info may be NULL. Local logits may
  * be -inf (masked) but not NaN or +inf. */
-int32_t cg_fuse(const struct cg_fusion_params * params, const cg_gate * gate, const float * local,
+CG_API int32_t cg_fuse(const struct cg_fusion_params * params, const cg_gate * gate, const float * local,
                 const float * local_noctx, int32_t n_vocab, const cg_sparse_dist * remote, float * out,
                 struct cg_fusion_info * info);
 
@@ -412,15 +434,15 @@ int32_t cg_fuse(const struct cg_fusion_params * params, const cg_gate * gate, co
  * the remote distribution with cg_fusion_sampler_set_remote; a step with none
  * set is local-only. The distribution is consumed by that step. gate may be
  * NULL unless params->rule is GATE; it must outlive the sampler. */
-cg_sampler * cg_sampler_init_fusion(const struct cg_fusion_params * params, const cg_gate * gate, int32_t n_vocab);
+CG_API cg_sampler * cg_sampler_init_fusion(const struct cg_fusion_params * params, const cg_gate * gate, int32_t n_vocab);
 /* Copies remote (and local_noctx, n_vocab floats, for CONTEXT_DELTA). */
-int32_t cg_fusion_sampler_set_remote(cg_sampler * fusion, const cg_sparse_dist * remote, const float * local_noctx);
+CG_API int32_t cg_fusion_sampler_set_remote(cg_sampler * fusion, const cg_sparse_dist * remote, const float * local_noctx);
 /* Attribution of the last fused step (chosen is set once the chain accepted a token). */
-int32_t cg_fusion_sampler_last_info(const cg_sampler * fusion, struct cg_fusion_info * out);
+CG_API int32_t cg_fusion_sampler_last_info(const cg_sampler * fusion, struct cg_fusion_info * out);
 
 /* The paper's P/K/T schedule: consult the remote on every step below p, then
  * in each cycle of k + t steps skip k and consult t. step is 0-based. */
-bool cg_schedule_consult(int32_t p, int32_t k, int32_t t, int32_t step);
+CG_API bool cg_schedule_consult(int32_t p, int32_t k, int32_t t, int32_t step);
 
 /* ------------------------------------------------------ vocabulary bridge */
 
@@ -428,21 +450,21 @@ bool cg_schedule_consult(int32_t p, int32_t k, int32_t t, int32_t step);
  * model's vocabulary by longest-prefix match over the local tokens' bytes. */
 typedef struct cg_vocab_bridge cg_vocab_bridge;
 
-int32_t cg_vocab_bridge_init(const cg_model * model, cg_vocab_bridge ** out);
-void    cg_vocab_bridge_free(cg_vocab_bridge * bridge);
+CG_API int32_t cg_vocab_bridge_init(const cg_model * model, cg_vocab_bridge ** out);
+CG_API void    cg_vocab_bridge_free(cg_vocab_bridge * bridge);
 
 /* Local id whose bytes are the longest prefix of text[0:len], or -1 (for an
  * empty string). A control token's name (this model's "<|im_end|>", or another
  * family's end of turn: "<|eot_id|>", "<|endoftext|>", "</s>", ...) maps to the
  * control token, or to this model's end of generation, never to a literal '<'.
  * Results are cached; safe to call from several threads. */
-cg_token cg_vocab_bridge_lookup(cg_vocab_bridge * bridge, const char * text, int32_t len);
+CG_API cg_token cg_vocab_bridge_lookup(cg_vocab_bridge * bridge, const char * text, int32_t len);
 
 /* Map n remote (token bytes, logprob) pairs to a local sparse distribution:
  * empty tokens, NaN logprobs and the -9999 sentinel are dropped, tokens that
  * land on the same local id have their probabilities added. Writes up to n
  * entries to out_ids / out_logprobs and returns their count. */
-int32_t cg_vocab_bridge_map(cg_vocab_bridge * bridge, const char * const * tokens, const int32_t * lens,
+CG_API int32_t cg_vocab_bridge_map(cg_vocab_bridge * bridge, const char * const * tokens, const int32_t * lens,
                             const float * logprobs, int32_t n, cg_token * out_ids, float * out_logprobs);
 
 /* ------------------------------------------------- collaborative generation */
@@ -568,7 +590,7 @@ struct cg_cogen_params {
     const cg_model *          remote_vocab;
 };
 
-struct cg_cogen_params cg_cogen_default_params(void);
+CG_API struct cg_cogen_params cg_cogen_default_params(void);
 
 /* One generated token and how it was chosen. */
 struct cg_cogen_token {
@@ -607,7 +629,7 @@ struct cg_cogen_stats {
  * request's text begins with. provider NULL: local-only. The session needs
  * n_seq_max >= 2 for attribution and must outlive the object, as must the
  * provider. The provider struct is copied. */
-int32_t cg_cogen_init(cg_session * session, const cg_token * prompt, int32_t n_prompt,
+CG_API int32_t cg_cogen_init(cg_session * session, const cg_token * prompt, int32_t n_prompt,
                       const cg_token * noctx_prompt, int32_t n_noctx, const char * public_prefix,
                       const struct cg_cogen_params * params, const cg_remote_provider * provider,
                       cg_cogen ** out);
@@ -615,16 +637,16 @@ int32_t cg_cogen_init(cg_session * session, const cg_token * prompt, int32_t n_p
 /* Produce one token. On CG_OK: *token describes it (token -1 once finished),
  * *text / *text_len the newly released text (valid until the next call).
  * Check cg_cogen_finish_reason after each call. Cancel with cg_session_cancel. */
-int32_t cg_cogen_next(cg_cogen * co, struct cg_cogen_token * token, const char ** text, int32_t * text_len);
+CG_API int32_t cg_cogen_next(cg_cogen * co, struct cg_cogen_token * token, const char ** text, int32_t * text_len);
 
 enum cg_finish_reason cg_cogen_finish_reason(const cg_cogen * co);
 /* All text released so far (not NUL-terminated). */
-const char *          cg_cogen_text(const cg_cogen * co, int32_t * len);
-struct cg_cogen_stats cg_cogen_get_stats(const cg_cogen * co);
+CG_API const char *          cg_cogen_text(const cg_cogen * co, int32_t * len);
+CG_API struct cg_cogen_stats cg_cogen_get_stats(const cg_cogen * co);
 /* Why generation went on local-only after a provider failure ("" if it did not). */
-const char *          cg_cogen_fallback_reason(const cg_cogen * co);
+CG_API const char *          cg_cogen_fallback_reason(const cg_cogen * co);
 /* Releases any request in flight, and the no-context sequence's cells. */
-void                  cg_cogen_free(cg_cogen * co);
+CG_API void                  cg_cogen_free(cg_cogen * co);
 
 #ifdef __cplusplus
 }

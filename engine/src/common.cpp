@@ -1,55 +1,10 @@
-// Error reporting, llama.cpp backend initialization and log routing.
+// Small pieces the engine files share: the clock, sequence and token checks, the version.
 #include "internal.h"
 
 #include <chrono>
-#include <cstdio>
-#include <cstdlib>
-#include <mutex>
-
-namespace {
-
-thread_local std::string t_error;
-thread_local std::string t_llama_errors;
-
-// llama.cpp logs through one global callback. Keep this thread's error lines
-// so a failed load can say why; print everything only when asked to.
-void log_callback(ggml_log_level level, const char * text, void *) {
-    static const bool verbose = std::getenv("COGENESIS_VERBOSE") != nullptr;
-    if (verbose) std::fputs(text, stderr);
-    static thread_local bool last_was_error = false;
-    const bool is_error = level == GGML_LOG_LEVEL_ERROR ||
-                          (level == GGML_LOG_LEVEL_CONT && last_was_error);
-    if (level != GGML_LOG_LEVEL_CONT) last_was_error = level == GGML_LOG_LEVEL_ERROR;
-    if (!is_error) return;
-    t_llama_errors += text;
-    if (t_llama_errors.size() > 2048) t_llama_errors.erase(0, t_llama_errors.size() - 2048);
-}
-
-}  // namespace
+#include <string>
 
 namespace cg {
-
-int32_t fail(int32_t status, const std::string & message) {
-    t_error = message;
-    return status;
-}
-
-void clear_error() { t_error.clear(); }
-
-void ensure_backend() {
-    static std::once_flag once;
-    std::call_once(once, [] {
-        llama_log_set(log_callback, nullptr);
-        llama_backend_init();
-    });
-}
-
-std::string take_llama_errors() {
-    std::string out;
-    out.swap(t_llama_errors);
-    while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
-    return out;
-}
 
 double now_ms() {
     using clock = std::chrono::steady_clock;
@@ -62,8 +17,24 @@ int32_t session_used(const cg_session * s) {
     return used;
 }
 
+int32_t check_seq(const cg_session * s, int32_t seq_id) {
+    if (seq_id < 0 || seq_id >= s->n_seq_max) {
+        return fail(CG_ERR_INVALID_ARGUMENT, "sequence id " + std::to_string(seq_id) + " is out of range [0, " +
+                                                 std::to_string(s->n_seq_max) + ")");
+    }
+    return CG_OK;
+}
+
+int32_t check_tokens(const cg_token * tokens, int32_t n, int32_t n_vocab) {
+    for (int32_t i = 0; i < n; ++i) {
+        if (tokens[i] < 0 || tokens[i] >= n_vocab) {
+            return fail(CG_ERR_INVALID_ARGUMENT, "token id " + std::to_string(tokens[i]) + " is outside the vocabulary (size " +
+                                                     std::to_string(n_vocab) + ")");
+        }
+    }
+    return CG_OK;
+}
+
 }  // namespace cg
 
-extern "C" const char * cg_last_error(void) { return t_error.c_str(); }
-
-extern "C" const char * cg_version(void) { return "0.1.0"; }
+extern "C" const char * cg_version(void) { return CG_VERSION; }

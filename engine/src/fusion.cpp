@@ -1,4 +1,5 @@
-// Logit fusion: dense local scores + a sparse remote distribution -> fused log-probabilities.
+// Logit fusion rules: dense local scores + a sparse remote distribution -> fused log-probabilities.
+// The gate (gate.cpp) and the sampler link (fusion_sampler.cpp) build on cg::fuse_row.
 #include "internal.h"
 #include "simd.h"
 
@@ -46,15 +47,6 @@ int32_t local_stats(const float * x, int32_t n, const char * what, bool want_ent
     return CG_OK;
 }
 
-// The remote top-k after validation: unique ids sorted by logprob, and the
-// log of the mass it leaves to unlisted tokens.
-struct Remote {
-    std::vector<std::pair<float, int32_t>> items;  // (logprob, id), descending
-    int32_t fill_mode = CG_FILL_MASK;
-    float   log_rest = kNegInf;  // log(1 - sum p_topk); -inf when (nearly) nothing is left
-    bool    empty() const { return items.empty(); }
-};
-
 // What the remote side says of an unlisted token i, given the local log-probability of i:
 // base + slope * (x[i] - lse). Mask: -inf. Tail: an equal share of the rest (slope 0). Local:
 // the rest in proportion to the local probabilities (slope 1, base = log rest - log of the local
@@ -70,7 +62,9 @@ float logaddexp(float a, float b) {
     return m == kNegInf ? kNegInf : m + std::log(std::exp(a - m) + std::exp(b - m));
 }
 
-int32_t prepare_remote(const cg_sparse_dist * d, int32_t n_vocab, int32_t fill_mode, Remote & r) {
+}  // namespace
+
+int32_t cg::prepare_remote(const cg_sparse_dist * d, int32_t n_vocab, int32_t fill_mode, cg::Remote & r) {
     r.items.clear();
     r.fill_mode = fill_mode;
     r.log_rest = kNegInf;
@@ -116,8 +110,10 @@ int32_t prepare_remote(const cg_sparse_dist * d, int32_t n_vocab, int32_t fill_m
     return CG_OK;
 }
 
+namespace {
+
 // The fill of this step: for CG_FILL_LOCAL it needs the local scores x (log-sum-exp lse).
-Fill step_fill(const Remote & r, const float * x, int32_t n, float lse) {
+Fill step_fill(const cg::Remote & r, const float * x, int32_t n, float lse) {
     Fill f;
     if (r.fill_mode == CG_FILL_MASK || r.log_rest == kNegInf) return f;
     if (r.fill_mode == CG_FILL_TAIL) {
@@ -159,14 +155,14 @@ std::vector<std::pair<float, int32_t>> local_top(const float * x, int32_t n, int
     return best;
 }
 
-float remote_lp(const Remote & r, const Fill & fill, const float * x, float lse, int32_t id) {
+float remote_lp(const cg::Remote & r, const Fill & fill, const float * x, float lse, int32_t id) {
     for (const auto & it : r.items) {
         if (it.second == id) return it.first;
     }
     return fill.at(x[id] - lse);
 }
 
-cg_fusion_features features(const float * x, int32_t n, const LocalStats & st, const Remote & r, const Fill & fill) {
+cg_fusion_features features(const float * x, int32_t n, const LocalStats & st, const cg::Remote & r, const Fill & fill) {
     cg_fusion_features f{};
     f.local_entropy = st.entropy;
     double mass = 0.0;
@@ -214,7 +210,9 @@ cg_fusion_features features(const float * x, int32_t n, const LocalStats & st, c
     return f;
 }
 
-int32_t check_params(const cg_fusion_params * p, const cg_gate * gate, const float * local_noctx) {
+}  // namespace
+
+int32_t cg::check_fusion_params(const cg_fusion_params * p, const cg_gate * gate, const float * local_noctx) {
     if (!p) return cg::fail(CG_ERR_INVALID_ARGUMENT, "fusion params must not be NULL");
     if (p->rule < CG_FUSION_WEIGHTED || p->rule > CG_FUSION_GATE) {
         return cg::fail(CG_ERR_INVALID_ARGUMENT, "unknown fusion rule " + std::to_string(p->rule));
@@ -238,9 +236,11 @@ int32_t check_params(const cg_fusion_params * p, const cg_gate * gate, const flo
     return CG_OK;
 }
 
+namespace {
+
 // out = fused log-probabilities; returns the argmax.
 int32_t fuse_dense(const cg_fusion_params & p, float w, const float * x, float lse, const float * y, float lse_y,
-                   int32_t n, const Remote & r, const Fill & fill, float * out) {
+                   int32_t n, const cg::Remote & r, const Fill & fill, float * out) {
     switch (p.rule) {
         case CG_FUSION_MAX:
             for (int32_t i = 0; i < n; ++i) out[i] = std::max(x[i] - lse, fill.at(x[i] - lse));
@@ -280,8 +280,10 @@ int32_t fuse_dense(const cg_fusion_params & p, float w, const float * x, float l
     return cg::argmax_first(out, n);
 }
 
-int32_t fuse(const cg_fusion_params * p, const cg_gate * gate, const float * local, const float * local_noctx,
-             int32_t n_vocab, const Remote & r, float * out, cg_fusion_info * info) {
+}  // namespace
+
+int32_t cg::fuse_row(const cg_fusion_params * p, const cg_gate * gate, const float * local, const float * local_noctx,
+             int32_t n_vocab, const cg::Remote & r, float * out, cg_fusion_info * info) {
     LocalStats st, st_noctx;
     const bool gated = p->rule == CG_FUSION_GATE && !r.empty();
     if (int32_t rc = local_stats(local, n_vocab, "local", gated, st)) return rc;
@@ -327,98 +329,6 @@ int32_t fuse(const cg_fusion_params * p, const cg_gate * gate, const float * loc
     return CG_OK;
 }
 
-// The fusion link: gathers the candidates into a dense row, fuses, scatters back.
-struct FusionLink : cg::Sampler {
-    cg_fusion_params   params;
-    const cg_gate *    gate;
-    int32_t            n_vocab;
-    Remote             remote;
-    bool               has_remote = false;
-    std::vector<float> noctx, row, fused;
-    cg_fusion_info     info{};
-
-    FusionLink(const cg_fusion_params & p, const cg_gate * g, int32_t n)
-        : params(p), gate(g), n_vocab(n), row(n), fused(n) {
-        info.chosen = info.local_top = info.remote_top = info.fused_top = -1;
-    }
-
-    // Fuse row x with the remote set for this step (if any), which it consumes.
-    int32_t fuse_step(const float * x) {
-        static const Remote kNone;
-        const int32_t rc = fuse(&params, gate, x, noctx.empty() ? nullptr : noctx.data(), n_vocab,
-                                has_remote ? remote : kNone, fused.data(), &info);
-        has_remote = false;
-        return rc;
-    }
-
-    void apply(cg_token_data_array * cur) override {
-        cg_token_data * d = cur->data;
-        // As the first link it sees the whole vocabulary in order; otherwise
-        // tokens missing from the candidates count as -inf.
-        const bool in_order = (int32_t) cur->size == n_vocab && d[0].id == 0 && d[n_vocab - 1].id == n_vocab - 1;
-        if (in_order) {
-            for (int32_t i = 0; i < n_vocab; ++i) row[i] = d[i].logit;
-        } else {
-            std::fill(row.begin(), row.end(), kNegInf);
-            for (size_t i = 0; i < cur->size; ++i) {
-                if (d[i].id >= 0 && d[i].id < n_vocab) row[d[i].id] = d[i].logit;
-            }
-        }
-        if (fuse_step(row.data()) != CG_OK) {  // the message stays in cg_last_error
-            cur->size = 0;
-            return;
-        }
-        if (in_order) {
-            for (int32_t i = 0; i < n_vocab; ++i) d[i].logit = fused[i];
-        } else {
-            for (size_t i = 0; i < cur->size; ++i) {
-                if (d[i].id >= 0 && d[i].id < n_vocab) d[i].logit = fused[d[i].id];
-            }
-        }
-        cur->sorted = false;
-    }
-    // First in the chain: fuse straight from the dense row. Where unlisted
-    // tokens come out -inf (mask fill), only the listed ones become candidates.
-    bool apply_dense(const float * x, int32_t n, cg_token_data_array * cur) override {
-        if (n != n_vocab) return false;
-        const int32_t rc = fuse_step(x);
-        cur->selected = -1;
-        cur->sorted = false;
-        if (rc != CG_OK) {
-            cur->size = 0;
-            return true;
-        }
-        const bool weighted = params.rule == CG_FUSION_WEIGHTED || params.rule == CG_FUSION_GATE;
-        const bool sparse = info.consulted && params.fill == CG_FILL_MASK && params.rule != CG_FUSION_MAX &&
-                            !(weighted && info.weight == 1.0f);
-        size_t m = 0;
-        if (sparse) {
-            for (const auto & it : remote.items) {
-                if (fused[it.second] > kNegInf) cur->data[m++] = {it.second, fused[it.second], 0.0f};
-            }
-        } else {
-            for (int32_t i = 0; i < n; ++i) cur->data[m++] = {i, fused[i], 0.0f};
-        }
-        cur->size = m;
-        return true;
-    }
-    void accept(cg_token t) override { info.chosen = t; }
-    void reset() override {
-        has_remote = false;
-        info = cg_fusion_info{};
-        info.chosen = info.local_top = info.remote_top = info.fused_top = -1;
-    }
-};
-
-FusionLink * fusion_link(const cg_sampler * s) { return dynamic_cast<FusionLink *>(cg::builtin_sampler(s)); }
-
-}  // namespace
-
-struct cg_gate {
-    int32_t            n_hidden = 0;
-    std::vector<float> mean, std_, w1, b1, w2;
-    float              b2 = 0.0f;
-};
 
 extern "C" {
 
@@ -432,111 +342,14 @@ struct cg_fusion_params cg_fusion_default_params(void) {
     return p;
 }
 
-int32_t cg_gate_init(int32_t n_hidden, const float * mean, const float * std_, const float * w1, const float * b1,
-                     const float * w2, float b2, cg_gate ** out) {
-    if (!out) return cg::fail(CG_ERR_INVALID_ARGUMENT, "cg_gate_init: out must not be NULL");
-    *out = nullptr;
-    if (n_hidden <= 0 || n_hidden > 4096) return cg::fail(CG_ERR_INVALID_ARGUMENT, "gate n_hidden must be in [1, 4096]");
-    if (!mean || !std_ || !w1 || !b1 || !w2) return cg::fail(CG_ERR_INVALID_ARGUMENT, "gate arrays must not be NULL");
-    const int32_t nf = CG_GATE_N_FEATURES;
-    auto * g = new cg_gate;
-    g->n_hidden = n_hidden;
-    g->mean.assign(mean, mean + nf);
-    g->std_.assign(std_, std_ + nf);
-    g->w1.assign(w1, w1 + (size_t) n_hidden * nf);
-    g->b1.assign(b1, b1 + n_hidden);
-    g->w2.assign(w2, w2 + n_hidden);
-    g->b2 = b2;
-    for (float v : g->w1) {
-        if (!std::isfinite(v)) { delete g; return cg::fail(CG_ERR_INVALID_ARGUMENT, "gate weights must be finite"); }
-    }
-    *out = g;
-    return CG_OK;
-}
-
-int32_t cg_gate_load(const char * path, cg_gate ** out) {
-    if (!path || !out) return cg::fail(CG_ERR_INVALID_ARGUMENT, "cg_gate_load: NULL argument");
-    *out = nullptr;
-    std::ifstream f(path);
-    if (!f) return cg::fail(CG_ERR_FILE_NOT_FOUND, std::string("gate file not found: '") + path + "'");
-    std::string magic;
-    int32_t version = 0, nf = 0, nh = 0;
-    f >> magic >> version >> nf >> nh;
-    const std::string where = std::string(" (gate file '") + path + "')";
-    if (!f || magic != "cogenesis-gate" || version != 1) return cg::fail(CG_ERR_INVALID_ARGUMENT, "not a cogenesis gate file" + where);
-    if (nf != CG_GATE_N_FEATURES) {
-        return cg::fail(CG_ERR_INVALID_ARGUMENT, "gate expects " + std::to_string(nf) + " features, the engine computes " +
-                                                     std::to_string(CG_GATE_N_FEATURES) + where);
-    }
-    if (nh <= 0 || nh > 4096) return cg::fail(CG_ERR_INVALID_ARGUMENT, "gate hidden size out of range" + where);
-    std::vector<float> v((size_t) 2 * nf + (size_t) nh * nf + 2 * nh + 1);  // mean, std, W1, b1, w2, b2
-    for (float & x : v) f >> x;
-    if (!f) return cg::fail(CG_ERR_INVALID_ARGUMENT, "gate file is truncated or has a non-number" + where);
-    const float * p = v.data();
-    const float * mean = p; p += nf;
-    const float * sd = p; p += nf;
-    const float * w1 = p; p += (size_t) nh * nf;
-    const float * b1 = p; p += nh;
-    const float * w2 = p; p += nh;
-    return cg_gate_init(nh, mean, sd, w1, b1, w2, *p, out);
-}
-
-void cg_gate_free(cg_gate * gate) { delete gate; }
-
-float cg_gate_weight(const cg_gate * g, const struct cg_fusion_features * features) {
-    float f[CG_GATE_N_FEATURES];
-    std::memcpy(f, features, sizeof f);
-    for (int32_t j = 0; j < CG_GATE_N_FEATURES; ++j) {
-        const float sd = g->std_[j] > 0.0f ? g->std_[j] : 1.0f;
-        f[j] = (f[j] - g->mean[j]) / sd;
-    }
-    double o = g->b2;
-    for (int32_t h = 0; h < g->n_hidden; ++h) {
-        double a = g->b1[h];
-        for (int32_t j = 0; j < CG_GATE_N_FEATURES; ++j) a += (double) g->w1[(size_t) h * CG_GATE_N_FEATURES + j] * f[j];
-        o += g->w2[h] * std::tanh(a);
-    }
-    return (float) (1.0 / (1.0 + std::exp(-o)));
-}
-
 int32_t cg_fuse(const struct cg_fusion_params * params, const cg_gate * gate, const float * local,
                 const float * local_noctx, int32_t n_vocab, const cg_sparse_dist * remote, float * out,
                 struct cg_fusion_info * info) {
-    if (int32_t rc = check_params(params, gate, local_noctx)) return rc;
+    if (int32_t rc = cg::check_fusion_params(params, gate, local_noctx)) return rc;
     if (!local || !out || n_vocab <= 0) return cg::fail(CG_ERR_INVALID_ARGUMENT, "cg_fuse: local and out must hold n_vocab > 0 floats");
-    Remote r;
-    if (int32_t rc = prepare_remote(remote, n_vocab, params->fill, r)) return rc;
-    return fuse(params, gate, local, local_noctx, n_vocab, r, out, info);
-}
-
-cg_sampler * cg_sampler_init_fusion(const struct cg_fusion_params * params, const cg_gate * gate, int32_t n_vocab) {
-    // The no-context scores arrive with each step, so do not demand them here.
-    static const float kPlaceholder = 0.0f;
-    if (check_params(params, gate, &kPlaceholder)) return nullptr;
-    if (n_vocab <= 0) {
-        cg::fail(CG_ERR_INVALID_ARGUMENT, "n_vocab must be > 0");
-        return nullptr;
-    }
-    return cg::wrap_sampler(new FusionLink(*params, gate, n_vocab));
-}
-
-int32_t cg_fusion_sampler_set_remote(cg_sampler * fusion, const cg_sparse_dist * remote, const float * local_noctx) {
-    FusionLink * f = fusion_link(fusion);
-    if (!f) return cg::fail(CG_ERR_INVALID_ARGUMENT, "not a fusion sampler");
-    if (f->params.rule == CG_FUSION_CONTEXT_DELTA && remote && remote->k > 0 && !local_noctx) {
-        return cg::fail(CG_ERR_INVALID_ARGUMENT, "the context-delta rule needs the local no-context scores");
-    }
-    if (int32_t rc = prepare_remote(remote, f->n_vocab, f->params.fill, f->remote)) return rc;
-    f->has_remote = !f->remote.empty();
-    if (local_noctx) f->noctx.assign(local_noctx, local_noctx + f->n_vocab);
-    return CG_OK;
-}
-
-int32_t cg_fusion_sampler_last_info(const cg_sampler * fusion, struct cg_fusion_info * out) {
-    FusionLink * f = fusion_link(fusion);
-    if (!f || !out) return cg::fail(CG_ERR_INVALID_ARGUMENT, "not a fusion sampler");
-    *out = f->info;
-    return CG_OK;
+    cg::Remote r;
+    if (int32_t rc = cg::prepare_remote(remote, n_vocab, params->fill, r)) return rc;
+    return cg::fuse_row(params, gate, local, local_noctx, n_vocab, r, out, info);
 }
 
 bool cg_schedule_consult(int32_t p, int32_t k, int32_t t, int32_t step) {

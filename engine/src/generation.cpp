@@ -46,7 +46,7 @@ int32_t cg_generation_start(cg_session * s, const cg_token * prompt, int32_t n_p
     if (!s || !sampler || !params || !out) return cg::fail(CG_ERR_INVALID_ARGUMENT, "cg_generation_start: NULL argument");
     *out = nullptr;
     const int32_t seq = params->seq_id;
-    if (seq < 0 || seq >= s->n_seq_max) return cg::fail(CG_ERR_INVALID_ARGUMENT, "sequence id out of range");
+    if (int32_t rc = cg::check_seq(s, seq)) return rc;
     if (!prompt || n_prompt <= 0) return cg::fail(CG_ERR_INVALID_ARGUMENT, "the prompt is empty");
     if (params->max_tokens < 0) return cg::fail(CG_ERR_INVALID_ARGUMENT, "max_tokens must be >= 0, got " + std::to_string(params->max_tokens));
     if (params->n_stop < 0 || (params->n_stop > 0 && !params->stop)) return cg::fail(CG_ERR_INVALID_ARGUMENT, "invalid stop strings");

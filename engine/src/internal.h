@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cmath>
 #include <cctype>
+#include <limits>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -57,6 +58,9 @@ struct cg_session {
 namespace cg {
 // Total tokens in the KV cache across sequences (they share one window).
 int32_t session_used(const cg_session * s);
+// CG_OK, or CG_ERR_INVALID_ARGUMENT with a message naming the sequence or the token.
+int32_t check_seq(const cg_session * s, int32_t seq_id);
+int32_t check_tokens(const cg_token * tokens, int32_t n, int32_t n_vocab);
 
 // Base of the built-in samplers: one small object with apply / accept / reset.
 struct Sampler {
@@ -135,5 +139,21 @@ class RemoteMass {
     std::vector<std::pair<cg_token, double>> items_;
     std::unordered_map<cg_token, size_t>     where_;
 };
+
+// The remote top-k after validation: unique ids sorted by logprob, and the
+// log of the mass it leaves to unlisted tokens.
+struct Remote {
+    std::vector<std::pair<float, int32_t>> items;  // (logprob, id), descending
+    int32_t fill_mode = CG_FILL_MASK;
+    float   log_rest = -std::numeric_limits<float>::infinity();  // log(1 - sum p_topk); -inf when (nearly) nothing is left
+    bool    empty() const { return items.empty(); }
+};
+
+// Fusion (fusion.cpp), shared by cg_fuse, the sampler link (fusion_sampler.cpp) and the collaborative loop.
+// prepare_remote validates a remote top-k into r; fuse_row fuses one row of local scores with it.
+int32_t prepare_remote(const cg_sparse_dist * d, int32_t n_vocab, int32_t fill_mode, Remote & r);
+int32_t check_fusion_params(const cg_fusion_params * p, const cg_gate * gate, const float * local_noctx);
+int32_t fuse_row(const cg_fusion_params * p, const cg_gate * gate, const float * local, const float * local_noctx,
+                 int32_t n_vocab, const Remote & r, float * out, cg_fusion_info * info);
 
 }  // namespace cg

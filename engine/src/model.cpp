@@ -28,10 +28,6 @@ int32_t check_gguf_file(const char * path) {
     return CG_OK;
 }
 
-bool valid_token(const cg_model * m, cg_token t) {
-    return t >= 0 && t < llama_vocab_n_tokens(m->vocab);
-}
-
 }  // namespace
 
 extern "C" {
@@ -106,25 +102,14 @@ int32_t cg_tokenize(const cg_model * m, const char * text, int32_t text_len, boo
 }
 
 int32_t cg_token_to_piece(const cg_model * m, cg_token token, bool special, char * buf, int32_t capacity) {
-    if (!valid_token(m, token)) {
-        cg::fail(CG_ERR_INVALID_ARGUMENT, "token id " + std::to_string(token) + " is outside the vocabulary (size " +
-                                              std::to_string(cg_model_n_vocab(m)) + ")");
-        return -1;
-    }
+    if (cg::check_tokens(&token, 1, cg_model_n_vocab(m))) return -1;
     const int32_t n = llama_token_to_piece(m->vocab, token, buf, capacity, 0, special);
     return n < 0 ? -n : n;
 }
 
 int32_t cg_detokenize(const cg_model * m, const cg_token * tokens, int32_t n_tokens, bool special, char * buf,
                       int32_t capacity) {
-    for (int32_t i = 0; i < n_tokens; ++i) {
-        if (!valid_token(m, tokens[i])) {
-            cg::fail(CG_ERR_INVALID_ARGUMENT, "token id " + std::to_string(tokens[i]) +
-                                                  " is outside the vocabulary (size " +
-                                                  std::to_string(cg_model_n_vocab(m)) + ")");
-            return -1;
-        }
-    }
+    if (n_tokens > 0 && cg::check_tokens(tokens, n_tokens, cg_model_n_vocab(m))) return -1;
     const int32_t n = llama_detokenize(m->vocab, tokens, n_tokens, buf, capacity, false, special);
     return n < 0 ? -n : n;
 }

@@ -10,14 +10,6 @@ bool abort_requested(void * data) {
     return static_cast<cg_session *>(data)->cancel.load(std::memory_order_relaxed);
 }
 
-int32_t check_seq(const cg_session * s, int32_t seq_id) {
-    if (seq_id < 0 || seq_id >= s->n_seq_max) {
-        return cg::fail(CG_ERR_INVALID_ARGUMENT, "sequence id " + std::to_string(seq_id) +
-                                                     " is out of range [0, " + std::to_string(s->n_seq_max) + ")");
-    }
-    return CG_OK;
-}
-
 int32_t check_room(const cg_session * s, int32_t n_new, const char * what) {
     const int32_t used = cg::session_used(s);
     if ((int64_t) used + n_new > s->n_ctx) {
@@ -171,15 +163,10 @@ int32_t cg_session_n_ctx(const cg_session * s) { return s->n_ctx; }
 int32_t cg_session_n_seq_max(const cg_session * s) { return s->n_seq_max; }
 
 int32_t cg_session_prefill(cg_session * s, int32_t seq_id, const cg_token * tokens, int32_t n) {
-    if (int32_t rc = check_seq(s, seq_id)) return rc;
+    if (int32_t rc = cg::check_seq(s, seq_id)) return rc;
     if (!tokens || n <= 0) return cg::fail(CG_ERR_INVALID_ARGUMENT, "prefill needs at least one token");
     if (int32_t rc = check_room(s, n, "a prefill")) return rc;
-    const int32_t n_vocab = llama_vocab_n_tokens(s->model->vocab);
-    for (int32_t i = 0; i < n; ++i) {
-        if (tokens[i] < 0 || tokens[i] >= n_vocab) {
-            return cg::fail(CG_ERR_INVALID_ARGUMENT, "token id " + std::to_string(tokens[i]) + " is outside the vocabulary");
-        }
-    }
+    if (int32_t rc = cg::check_tokens(tokens, n, llama_vocab_n_tokens(s->model->vocab))) return rc;
     std::vector<std::vector<cg_token>> appended(s->n_seq_max);
     for (int32_t start = 0; start < n; start += s->n_batch) {
         const int32_t m = std::min(s->n_batch, n - start);
@@ -205,10 +192,8 @@ int32_t cg_session_decode(cg_session * s, const int32_t * seq_ids, const cg_toke
     const int32_t n_vocab = llama_vocab_n_tokens(s->model->vocab);
     std::vector<std::vector<cg_token>> appended(s->n_seq_max);
     for (int32_t i = 0; i < n; ++i) {
-        if (int32_t rc = check_seq(s, seq_ids[i])) return rc;
-        if (tokens[i] < 0 || tokens[i] >= n_vocab) {
-            return cg::fail(CG_ERR_INVALID_ARGUMENT, "token id " + std::to_string(tokens[i]) + " is outside the vocabulary");
-        }
+        if (int32_t rc = cg::check_seq(s, seq_ids[i])) return rc;
+        if (int32_t rc = cg::check_tokens(&tokens[i], 1, n_vocab)) return rc;
         auto & add = appended[seq_ids[i]];
         batch_set(s->batch, i, tokens[i], (int32_t) (s->seqs[seq_ids[i]].size() + add.size()), seq_ids[i], true);
         add.push_back(tokens[i]);
@@ -229,18 +214,18 @@ const float * cg_session_logits(cg_session * s, int32_t row) {
 }
 
 int32_t cg_session_seq_len(const cg_session * s, int32_t seq_id) {
-    if (check_seq(s, seq_id)) return -1;
+    if (cg::check_seq(s, seq_id)) return -1;
     return (int32_t) s->seqs[seq_id].size();
 }
 
 int32_t cg_session_seq_tokens(const cg_session * s, int32_t seq_id, cg_token * out, int32_t capacity) {
-    if (check_seq(s, seq_id)) return -1;
+    if (cg::check_seq(s, seq_id)) return -1;
     const auto & toks = s->seqs[seq_id];
     return cg::copy_out(toks.data(), (int32_t) toks.size(), out, capacity);
 }
 
 int32_t cg_session_seq_truncate(cg_session * s, int32_t seq_id, int32_t n_keep) {
-    if (int32_t rc = check_seq(s, seq_id)) return rc;
+    if (int32_t rc = cg::check_seq(s, seq_id)) return rc;
     auto & toks = s->seqs[seq_id];
     if (n_keep < 0 || n_keep > (int32_t) toks.size()) {
         return cg::fail(CG_ERR_INVALID_ARGUMENT, "cannot keep " + std::to_string(n_keep) + " of " +

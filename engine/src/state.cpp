@@ -84,14 +84,10 @@ struct Reader {
     }
 };
 
-int32_t check_seq(const cg_session * s, int32_t seq_id) {
-    if (seq_id < 0 || seq_id >= s->n_seq_max) return cg::fail(CG_ERR_INVALID_ARGUMENT, "sequence id out of range");
-    return CG_OK;
-}
 
 // The whole serialized state of a sequence, checksum included.
 int32_t serialize(cg_session * s, int32_t seq_id, std::string & out) {
-    if (const int32_t rc = check_seq(s, seq_id)) return rc;
+    if (const int32_t rc = cg::check_seq(s, seq_id)) return rc;
     const auto & toks = s->seqs[seq_id];
     if (toks.empty()) return cg::fail(CG_ERR_INVALID_ARGUMENT, "sequence " + std::to_string(seq_id) + " is empty: prefill it before saving");
 
@@ -195,7 +191,7 @@ int32_t cg_session_state_get(cg_session * s, int32_t seq_id, uint8_t * buf, size
 
 int32_t cg_session_state_set(cg_session * s, int32_t seq_id, const uint8_t * data, size_t size) {
     if (!data) return cg::fail(CG_ERR_INVALID_ARGUMENT, "state data must not be NULL");
-    if (const int32_t rc = check_seq(s, seq_id)) return rc;
+    if (const int32_t rc = cg::check_seq(s, seq_id)) return rc;
     if (size > cg_session_state_max_size(s)) {
         return cg::fail(CG_ERR_STATE, "state of " + std::to_string(size) + " bytes is larger than this session can hold (" +
                                           std::to_string(cg_session_state_max_size(s)) + " bytes)");
@@ -231,7 +227,7 @@ int32_t cg_session_state_save(cg_session * s, int32_t seq_id, const char * path)
 
 int32_t cg_session_state_load(cg_session * s, int32_t seq_id, const char * path) {
     if (!path) return cg::fail(CG_ERR_INVALID_ARGUMENT, "state path must not be NULL");
-    if (const int32_t rc = check_seq(s, seq_id)) return rc;
+    if (const int32_t rc = cg::check_seq(s, seq_id)) return rc;
     const std::string where = std::string(" (state file '") + path + "')";
     // O_NONBLOCK: opening a FIFO (or a device) would otherwise wait for a writer; it is refused below.
     const int fd = ::open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);

@@ -1,6 +1,6 @@
 """Training the vocabulary-independent fusion gate (pip install 'cogenesis-device[train]': torch on the CPU).
 
-Input: the per-position records `cogenesis eval --gate-records` saves (teacher.GateRecords): 8 features,
+Input: the per-position records `cogenesis eval --gate-records` saves (scoring.GateRecords): 8 features,
 log p(gold) on each side, and the log-normalizer of the fused distribution on a grid of weights. The
 gate w = sigmoid(w2 . tanh(W1 z + b1) + b2) is trained to minimize the fused cross-entropy of the gold
 next token, -(w l_local + (1 - w) l_remote)[gold] + log Z(w), with log Z interpolated between grid
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InvalidParameterError
-from .teacher import GATE_GRID, GateRecords
+from ..errors import InvalidParameterError
+from .scoring import GATE_GRID, GateRecords
 
 
 @dataclass

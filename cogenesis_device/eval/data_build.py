@@ -21,11 +21,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import InvalidParameterError, RemoteError
+from ..jsonl import KeyedLog
+from ..privacy import EgressGuard
+from ..remote import RemoteModel
 from . import datasets
-from .errors import InvalidParameterError, RemoteError
-from .jsonl import KeyedLog
-from .privacy import EgressGuard
-from .remote import RemoteModel
 
 PROFILE_KEYS = ("Name", "Age", "Occupation", "Location", "Personal_traits", "Writing_style", "Privacy_info",
                 "Smart_device_usage", "Ai_assistant_usage")

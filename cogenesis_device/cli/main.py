@@ -3,7 +3,7 @@
   cogenesis demo                      both modes on a bundled sample, with a loopback "remote"
   cogenesis run "instruction" --context-file profile.txt [--mode auto|logits|sketch] [--remote-url URL]
   cogenesis generate "prompt"         the local model alone
-  cogenesis eval --data DIR --out DIR Table 1 on a dataset (see cli_eval.py for train-gate, data build)
+  cogenesis eval --data DIR --out DIR Table 1 on a dataset (see research.py for train-gate, data build)
 """
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import sys
 from contextlib import ExitStack
 from importlib import resources
 
-from . import cli_eval
-from .errors import CogenesisError, CogenesisIOError, InvalidParameterError
-from .registry import DEFAULT_MODEL, MODELS
+from ..errors import CogenesisError, CogenesisIOError, InvalidParameterError
+from ..registry import DEFAULT_MODEL, MODELS
+from . import research
 
 
 def _add_generate(sub) -> None:
@@ -37,7 +37,7 @@ def _add_generate(sub) -> None:
 
 
 def _generate(args) -> int:
-    from .local import LocalModel
+    from ..local import LocalModel
 
     prompt = args.prompt if args.prompt is not None else sys.stdin.read()
     model = LocalModel(args.model, n_ctx=args.n_ctx, n_threads=args.threads)
@@ -133,7 +133,7 @@ def _check_context(local, context: str, args) -> None:
 
 def _collaborate(args, remote, local, instruction: str | None, context: str, mode: str, draft: str = "",
                  request: str | None = None, record_bodies: bool = False):
-    from .collab import CoGenerator
+    from ..collab import CoGenerator
 
     privacy = {"policy": args.privacy, "min_span": args.min_span, "audit_path": args.audit,
                "record_bodies": record_bodies}
@@ -175,7 +175,7 @@ def _collaborate(args, remote, local, instruction: str | None, context: str, mod
 def _report_facts(result, context: str, instruction: str) -> None:
     """Which facts of the private context the text used, and which of those the requests carried,
     by the independent scan (leakscan.py) of the bodies sent."""
-    from . import leakscan
+    from ..eval import leakscan
 
     used = leakscan.leaked(leakscan.profile_facts(context, instruction), [result.text])
     sent = [r for r in result.audit if r.action != "blocked"]
@@ -202,9 +202,9 @@ def _read_text(path: str, what: str) -> str:
 
 
 def _run(args) -> int:
-    from .local import LocalModel
-    from .loopback import LoopbackServer
-    from .remote import RemoteModel
+    from ..local import LocalModel
+    from ..testing import LoopbackServer
+    from ..remote import RemoteModel
 
     instruction = args.instruction or args.instruction_arg
     if not instruction and not args.request:
@@ -235,9 +235,9 @@ def _run(args) -> int:
 
 
 def _demo(args) -> int:
-    from .local import LocalModel
-    from .loopback import LoopbackServer
-    from .remote import RemoteModel
+    from ..local import LocalModel
+    from ..testing import LoopbackServer
+    from ..remote import RemoteModel
 
     _warn_on_audit(args)
     sample = json.loads(resources.files("cogenesis_device").joinpath("data/demo.json").read_text(encoding="utf-8"))
@@ -271,13 +271,13 @@ def main(argv: list[str] | None = None) -> int:
     _add_run(sub)
     _add_generate(sub)
     sub.add_parser("models", help="list the registry's models")
-    cli_eval.add_eval(sub)
-    cli_eval.add_train_gate(sub)
-    cli_eval.add_data(sub)
+    research.add_eval(sub)
+    research.add_train_gate(sub)
+    research.add_data(sub)
     args = parser.parse_args(argv)
     try:
-        commands = {"demo": _demo, "run": _run, "generate": _generate, "models": _models, "eval": cli_eval.run_eval,
-                    "train-gate": cli_eval.run_train_gate, "data": cli_eval.run_data}
+        commands = {"demo": _demo, "run": _run, "generate": _generate, "models": _models, "eval": research.run_eval,
+                    "train-gate": research.run_train_gate, "data": research.run_data}
         return commands[args.command](args)
     except CogenesisError as exc:
         print(f"cogenesis: error: {exc}", file=sys.stderr)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import sys
 from contextlib import ExitStack
 
-from .errors import InvalidParameterError
-from .registry import DEFAULT_MODEL
+from ..errors import InvalidParameterError
+from ..registry import DEFAULT_MODEL
 
 
 def add_eval(sub) -> None:
@@ -48,13 +48,13 @@ def add_eval(sub) -> None:
 
 
 def run_eval(args) -> int:
-    from . import datasets
-    from .evaluate import EvalSettings, Evaluation
-    from .fusion import Gate
-    from .judge import Judge
-    from .local import LocalModel
-    from .loopback import LoopbackServer
-    from .remote import RemoteModel
+    from ..eval import datasets
+    from ..eval.runner import EvalSettings, Evaluation
+    from ..fusion import Gate
+    from ..eval.judge import Judge
+    from ..local import LocalModel
+    from ..testing import LoopbackServer
+    from ..remote import RemoteModel
 
     if args.judge == "remote" and not args.trust_judge:
         raise InvalidParameterError("--judge remote sends each user's profile to the remote under evaluation, the party "
@@ -105,7 +105,7 @@ def add_train_gate(sub) -> None:
 
 
 def run_train_gate(args) -> int:
-    from .gate_training import export, load_records, train, write_report
+    from ..eval.gate_training import export, load_records, train, write_report
 
     if not 0 < args.held_out < 1:
         raise InvalidParameterError(f"--held-out must be between 0 and 1, got {args.held_out}")
@@ -140,9 +140,9 @@ def add_data(sub) -> None:
 
 
 def run_data(args) -> int:
-    from .loopback import LoopbackServer
-    from .remote import RemoteModel
-    from .synth import DataBuilder
+    from ..testing import LoopbackServer
+    from ..remote import RemoteModel
+    from ..eval.data_build import DataBuilder
 
     with ExitStack() as stack:
         url = args.remote_url

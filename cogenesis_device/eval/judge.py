@@ -18,9 +18,9 @@ import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
 
+from ..privacy import EgressGuard, summarize
+from ..remote import RemoteModel
 from .datasets import Sample
-from .privacy import EgressGuard, summarize
-from .remote import RemoteModel
 
 CRITERIA = ("overall_with_profile", "personalization", "overall_without_profile")
 

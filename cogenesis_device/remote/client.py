@@ -1,7 +1,7 @@
-"""The remote large model, over any OpenAI-compatible endpoint.
+"""The client of a remote model over any OpenAI-compatible endpoint.
 
-Every request goes through one HTTP transport, `_GuardedTransport`, which hands the body to the
-job's EgressGuard (privacy.py) before a byte leaves, and records what was sent and received.
+Every request goes through one HTTP transport, `GuardedTransport` (transport.py), which hands the body
+to the job's EgressGuard (privacy.py) before a byte leaves, and records what was sent and received.
 Requests run on one background asyncio loop: they can run concurrently, share pooled
 connections, and a Future's cancel() aborts the HTTP request in flight.
 """
@@ -10,153 +10,28 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
-import json
 import math
 import os
 import random
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 from urllib.parse import urlparse
 
 import httpx2
 import openai
 
-from .errors import PrivacyBlockedError, RemoteError
-from .privacy import EgressGuard
+from ..errors import PrivacyBlockedError, RemoteError
+from ..privacy import EgressGuard
+from .formats import (ChatReply, Continuation, RemoteCapabilities, Retryable, parse_chat_stream, parse_completion,
+                      parse_json, token_identity)
+from .transport import GuardedTransport, current_attribution, current_guard
 
 Messages = Sequence[dict]
-_current_guard: contextvars.ContextVar[EgressGuard | None] = contextvars.ContextVar("cogenesis_guard", default=None)
-# What on-device attribution withheld from the request being sent (recorded with it; see collab.py).
-_current_attribution: contextvars.ContextVar[dict | None] = contextvars.ContextVar("cogenesis_attribution",
-                                                                                   default=None)
 _PROBE_PROMPT = "The capital of France is"
 _RETRY_STATUS = {408, 409, 429}
 
 
-@dataclass(frozen=True)
-class TokenScores:
-    """The remote's distribution at one position: its chosen token and the top alternatives.
-
-    A token is its bytes when the server names it by id (read through the remote's tokenizer) or
-    gives its bytes (llama.cpp), a control token is its name ('<|im_end|>'), and otherwise it is the
-    text the server returns (OpenAI's legacy shape). An alternative that cannot be read as a token
-    (a partial UTF-8 character sent as '' or U+FFFD) is left out; a chosen one is ''."""
-
-    token: bytes | str
-    logprob: float
-    top: dict[bytes | str, float]
-
-
-@dataclass(frozen=True)
-class Continuation:
-    """The remote's greedy or sampled continuation of a prompt, with scores at every position
-    (no positions when its first choice is end-of-text)."""
-
-    text: str
-    steps: list[TokenScores]
-    finish_reason: str
-
-
-@dataclass(frozen=True)
-class ChatReply:
-    text: str
-    finish_reason: str
-
-
-@dataclass(frozen=True)
-class RemoteCapabilities:
-    """What the probe found at connect time."""
-
-    model: str
-    max_top_k: int  # largest `logprobs` the server accepted, up to the client's cap; 0 = none
-    token_identity: str  # how the server names tokens: 'ids' (llama.cpp id, vLLM token_id:N), 'bytes' or 'text'
-    positions_ok: bool  # logprobs at generated position i describe token i (checked against greedy choices)
-
-    @property
-    def next_token_scores(self) -> bool:
-        """Whether the server supplies next-token scores (what logits mode needs)."""
-        return self.max_top_k > 0 and self.positions_ok
-
-    def missing(self) -> str:
-        """What the server lacks for logits mode, in words ('' when nothing)."""
-        if self.max_top_k == 0:
-            return "returns no next-token logprobs on /v1/completions"
-        return "" if self.positions_ok else "lists logprobs at the wrong positions"
-
-
-class _GuardedTransport(httpx2.AsyncBaseTransport):
-    """The choke point: every request (its URL, headers and body) passes the current job's guard, then
-    is recorded; every answer is read up to max_response_bytes."""
-
-    def __init__(self, inner: httpx2.AsyncBaseTransport, default_guard: EgressGuard, timings: dict,
-                 max_response_bytes: int):
-        self._inner = inner
-        self._default_guard = default_guard
-        self._timings = timings
-        self._max_response_bytes = max_response_bytes
-
-    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        guard = _current_guard.get() or self._default_guard
-        checked = time.perf_counter()
-        # Headers (some come from the environment: OPENAI_ORG_ID, OPENAI_PROJECT_ID...) and the URL
-        # cannot be redacted: one that carries private text stops the request.
-        guard.check_envelope(str(request.url), [(k, v) for k, v in request.headers.items() if not _fixed_header(k)])
-        body, record = guard.check_body(request.method, request.url.path, await request.aread(),
-                                        _current_attribution.get())
-        self._timings["guard_ms"] += (time.perf_counter() - checked) * 1000.0
-        headers = [(k, v) for k, v in request.headers.items() if k.lower() != "content-length"]
-        headers.append(("content-length", str(len(body))))
-        outgoing = httpx2.Request(request.method, request.url, headers=headers, content=body,
-                                  extensions=request.extensions)
-        start = time.perf_counter()
-        try:
-            response = await self._inner.handle_async_request(outgoing)
-            content = await _read_bounded(response, self._max_response_bytes)  # a truncated body fails here
-        finally:
-            record.duration_ms = (time.perf_counter() - start) * 1000.0
-            self._timings["http_ms"] += record.duration_ms
-        record.status = response.status_code
-        record.bytes_received = len(content)
-        return httpx2.Response(response.status_code, headers=response.headers, content=content,
-                               extensions=response.extensions, request=request)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
-def _fixed_header(name: str) -> bool:
-    """Headers whose values the client sets itself (the key, the transport's, openai-python's
-    platform headers); every other header is checked."""
-    name = name.lower()
-    return name in ("authorization", "host", "accept", "accept-encoding", "connection", "content-type",
-                    "content-length", "user-agent") or name.startswith("x-stainless-")
-
-
-async def _read_bounded(response: httpx2.Response, limit: int) -> bytes:
-    """The whole answer, or RemoteError once it passes limit bytes (a hostile or broken server's way
-    to exhaust memory); nothing past the limit is read."""
-    try:
-        declared = response.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise RemoteError(f"the answer is {int(declared)} bytes, more than max_response_bytes={limit}",
-                              kind="malformed")
-        chunks, size = [], 0
-        async for chunk in response.aiter_raw():
-            size += len(chunk)
-            if size > limit:
-                raise RemoteError(f"the answer passed max_response_bytes={limit}", kind="malformed")
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        await response.aclose()
-
-
-class _Retryable(Exception):
-    def __init__(self, message: str, kind: str, status: int | None = None, retry_after: float | None = None):
-        super().__init__(message)
-        self.kind, self.status, self.retry_after = kind, status, retry_after
 
 
 def _is_loopback(url: str) -> bool:
@@ -238,7 +113,7 @@ class RemoteModel:
         self._thread = threading.Thread(target=self._loop.run_forever, name="cogenesis-remote", daemon=True)
         self._thread.start()
         limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        transport = _GuardedTransport(httpx2.AsyncHTTPTransport(limits=limits), self.guard, self.timings,
+        transport = GuardedTransport(httpx2.AsyncHTTPTransport(limits=limits), self.guard, self.timings,
                                       int(max_response_bytes))
         http = self._http = httpx2.AsyncClient(transport=transport, timeout=self.timeout)
         self._auth = {"Authorization": f"Bearer {api_key}"}
@@ -273,8 +148,8 @@ class RemoteModel:
             raise RemoteError("the RemoteModel is closed", kind="config")
         # The task inherits the context current at submission, which carries the job's guard.
         context = contextvars.copy_context()
-        context.run(_current_guard.set, guard)
-        context.run(_current_attribution.set, attribution)
+        context.run(current_guard.set, guard)
+        context.run(current_attribution.set, attribution)
         return context.run(asyncio.run_coroutine_threadsafe, coro, self._loop)
 
     @staticmethod
@@ -302,23 +177,23 @@ class RemoteModel:
             except PrivacyBlockedError as exc:
                 final = exc
             except (asyncio.TimeoutError, openai.APITimeoutError):
-                failure = _Retryable(f"no complete answer within {self.timeout:g} s", "timeout")
+                failure = Retryable(f"no complete answer within {self.timeout:g} s", "timeout")
             except openai.APIConnectionError as exc:
                 cause = exc.__cause__
                 while cause is not None and not isinstance(cause, (PrivacyBlockedError, RemoteError)):
                     cause = cause.__cause__ or cause.__context__
                 final = cause
-                failure = _Retryable(f"connection failed ({exc.__cause__ or exc})", "connection")
+                failure = Retryable(f"connection failed ({exc.__cause__ or exc})", "connection")
             except openai.APIStatusError as exc:
                 status = exc.status_code
                 message = f"HTTP {status}: {_error_message(exc)}"
                 if status not in _RETRY_STATUS and status < 500:
                     final = RemoteError(f"{what} at {self.base_url} failed: {message}", kind="status", attempts=n,
                                         status=status)
-                failure = _Retryable(message, "status", status, _retry_after(exc.response.headers))
+                failure = Retryable(message, "status", status, _retry_after(exc.response.headers))
             except RemoteError as exc:
                 final = exc
-            except _Retryable as exc:
+            except Retryable as exc:
                 failure = exc
             if final is not None or n > self.max_retries:
                 del attempt  # its closure holds the request as the caller gave it, before the guard
@@ -376,7 +251,7 @@ class RemoteModel:
         # logprob alone is not enough: off by one, the next position's best may score lower.)
         positions_ok = all(s.token in s.top and s.top[s.token] >= max(s.top.values()) - 1e-3
                            for s in gen.steps if s.top)
-        return RemoteCapabilities(model, top_k, _token_identity(raw), positions_ok)
+        return RemoteCapabilities(model, top_k, token_identity(raw), positions_ok)
 
     # -- requests ----------------------------------------------------------------------------------
 
@@ -410,15 +285,15 @@ class RemoteModel:
         try:
             response = await self._http.post(url, json={"messages": list(messages)}, headers=self._auth)
         except httpx2.TimeoutException:
-            raise _Retryable(f"no complete answer within {self.timeout:g} s", "timeout") from None
+            raise Retryable(f"no complete answer within {self.timeout:g} s", "timeout") from None
         except httpx2.HTTPError as exc:
-            raise _Retryable(f"connection failed ({exc})", "connection") from None
+            raise Retryable(f"connection failed ({exc})", "connection") from None
         if response.status_code in (404, 405):
             raise RemoteError("the remote model's chat template is unknown and the server does not render it "
                               "(no /apply-template, which llama.cpp's server has): pass template= (a LocalModel of "
                               "the same family, a callable(messages) -> str, or 'raw')", kind="config")
         if response.status_code in _RETRY_STATUS or response.status_code >= 500:
-            raise _Retryable(f"HTTP {response.status_code}", "status", response.status_code,
+            raise Retryable(f"HTTP {response.status_code}", "status", response.status_code,
                              _retry_after(response.headers))
         if response.status_code >= 400:
             raise RemoteError(f"applying the server's chat template at {url} failed: HTTP {response.status_code}",
@@ -426,9 +301,9 @@ class RemoteModel:
         try:
             prompt = response.json()["prompt"]
         except (ValueError, KeyError, TypeError):
-            raise _Retryable("the /apply-template answer has no prompt", "malformed") from None
+            raise Retryable("the /apply-template answer has no prompt", "malformed") from None
         if not isinstance(prompt, str):
-            raise _Retryable("the /apply-template answer has no prompt", "malformed")
+            raise Retryable("the /apply-template answer has no prompt", "malformed")
         return prompt
 
     def next_tokens(self, prompt: str, *, n: int = 1, top_k: int | None = None, temperature: float = 0.0,
@@ -463,8 +338,8 @@ class RemoteModel:
             answer = await self._client.completions.with_raw_response.create(
                 model=model, prompt=prompt, max_tokens=n, temperature=temperature, logprobs=top_k, **_seed(seed))
             parsing = time.perf_counter()
-            body = _json(answer)
-            continuation = _parse_completion(body, n, self.tokenizer, top_k)
+            body = parse_json(answer)
+            continuation = parse_completion(body, n, self.tokenizer, top_k)
             self.timings["parse_ms"] += (time.perf_counter() - parsing) * 1000.0
             return (continuation, body) if raw else continuation
 
@@ -491,197 +366,13 @@ class RemoteModel:
             raw = await self._client.chat.completions.with_raw_response.create(
                 model=model, messages=list(messages), max_tokens=max_tokens, temperature=temperature, stream=True,
                 **_seed(seed), **extra)
-            return _parse_chat_stream(raw.http_response.text)
+            return parse_chat_stream(raw.http_response.text)
 
         model = self.model
         return self._submit(self._attempts("chat completion", attempt), guard)
 
 
-# -- parsing: every shape check raises _Retryable('malformed' | 'missing_logprobs' | 'truncated') --------
-
-
-def _json(raw) -> Any:
-    try:
-        return json.loads(raw.http_response.text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise _Retryable(f"the answer is not JSON ({exc})", "malformed") from None
-
-
-def _parse_completion(body: Any, n: int, tokenizer: Any = None, top_k: int | None = None) -> Continuation:
-    """A /v1/completions answer with logprobs, in either shape servers use: OpenAI's legacy lists
-    (`tokens`, `token_logprobs`, `top_logprobs` dicts; llama_cpp.server, vLLM, SGLang) or the content
-    list of chat completions (`id`, `token`, `bytes`, `logprob`, `top_logprobs`; llama.cpp's server)."""
-    try:
-        choice = body["choices"][0]
-        text, finish = choice.get("text", ""), choice.get("finish_reason") or "length"
-    except (KeyError, IndexError, TypeError, AttributeError):
-        raise _Retryable("the answer has no choices[0]", "malformed") from None
-    lp = choice.get("logprobs")
-    content = lp.get("content") if isinstance(lp, dict) else None
-    if isinstance(content, list):
-        tops = [e.get("top_logprobs") if isinstance(e, dict) else None for e in content]
-    elif isinstance(lp, dict) and isinstance(lp.get("tokens"), list) and isinstance(lp.get("top_logprobs"), list):
-        tops = lp["top_logprobs"]
-    else:
-        raise _Retryable("the answer carries no logprobs", "missing_logprobs")
-    # OpenAI: "up to logprobs+1 elements" (the sampled token is always listed). More is not an answer
-    # to this request, and a hostile server's way to make the client work; checked before reading them.
-    if len(tops) > n or (top_k is not None and any(hasattr(t, "__len__") and len(t) > top_k + 1 for t in tops)):
-        raise _Retryable(f"the logprobs list more than the {n} positions and {top_k} alternatives asked for",
-                         "malformed")
-    steps = _content_steps(content, tokenizer) if isinstance(content, list) else _legacy_steps(lp, tokenizer)
-    if not steps and not text and finish == "stop":
-        # The remote's first choice is end-of-text, which llama_cpp.server reports as no tokens at all:
-        # a valid answer that carries no scores for this position.
-        return Continuation("", [], finish)
-    if not steps and content == [] and text:
-        raise _Retryable("the answer's logprobs list no tokens for its text", "missing_logprobs")
-    return Continuation(text, steps, finish)
-
-
-def _number(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise _Retryable("a logprob is not a number", "malformed") from None
-
-
-def _legacy_steps(lp: dict, tokenizer: Any) -> list[TokenScores]:
-    tokens, token_lps, tops = lp["tokens"], lp.get("token_logprobs") or [], lp["top_logprobs"]
-    if len(tops) != len(tokens) or len(token_lps) != len(tokens):
-        raise _Retryable(f"the logprobs list {len(tokens)} tokens, {len(tops)} distributions and {len(token_lps)} "
-                         "logprobs", "missing_logprobs")
-    steps = []
-    for token, token_lp, top in zip(tokens, token_lps, tops):
-        if not isinstance(top, dict) or not isinstance(token, str):
-            raise _Retryable("a logprobs entry is not a token -> logprob mapping", "malformed")
-        scores: dict[bytes | str, float] = {}
-        for name, value in top.items():
-            _add(scores, _named_token(str(name), tokenizer), _number(value))
-        steps.append(TokenScores(_named_token(token, tokenizer) or "", _number(token_lp), scores))
-    return steps
-
-
-def _content_steps(content: list, tokenizer: Any) -> list[TokenScores]:
-    steps = []
-    for entry in content:
-        if not isinstance(entry, dict) or not isinstance(entry.get("top_logprobs"), list):
-            raise _Retryable("a logprobs content entry has no top_logprobs list", "malformed")
-        scores: dict[bytes | str, float] = {}
-        own_bytes = None  # the chosen token's bytes as listed among the alternatives
-        for alt in entry["top_logprobs"]:
-            if not isinstance(alt, dict):
-                raise _Retryable("a top_logprobs entry is not an object", "malformed")
-            key = _content_token(alt, tokenizer, check=True)
-            _add(scores, key, _number(alt.get("logprob")))
-            if alt.get("id") is not None and alt.get("id") == entry.get("id"):
-                own_bytes = _bytes(alt)
-        entry_bytes = _bytes(entry)
-        if own_bytes is None and tokenizer is not None and isinstance(entry.get("id"), int):
-            own_bytes = _piece(tokenizer, entry["id"])
-        if entry_bytes is not None and own_bytes is not None and entry_bytes != own_bytes:
-            # llama.cpp's server lists the tokens of a UTF-8 character as one entry with the last one's
-            # scores: the positions from here on are unknown, so the answer ends before them.
-            break
-        steps.append(TokenScores(_content_token(entry, tokenizer) or "", _number(entry.get("logprob")), scores))
-    return steps
-
-
-# A control token the server names by id without its bytes, when the remote's tokenizer is unknown:
-# the only control token a completion ends on is its end of text, which the bridge maps to the local one.
-_UNNAMED_CONTROL_TOKEN = "<|endoftext|>"
-
-
-def _content_token(entry: dict, tokenizer: Any, check: bool = False) -> bytes | str | None:
-    """A content-list token: by id through the remote's tokenizer, else its bytes, else its text.
-    check: compare the tokenizer's bytes with the server's (alternatives are never merged entries)."""
-    token_id, raw = entry.get("id"), _bytes(entry)
-    if tokenizer is not None and isinstance(token_id, int) and not isinstance(token_id, bool):
-        piece = _piece(tokenizer, token_id)
-        if check and raw and piece != raw:
-            raise RemoteError(f"the remote's tokenizer is not the server's: token {token_id} is {raw!r} there and "
-                              f"{piece!r} here; pass the remote's own family as template=", kind="config")
-        return piece or tokenizer.token_to_piece(token_id, special=True)
-    if raw is not None:
-        return raw or (_UNNAMED_CONTROL_TOKEN if token_id is not None else None)
-    token = entry.get("token")
-    return _named_token(token, tokenizer) if isinstance(token, str) else None
-
-
-def _named_token(token: str, tokenizer: Any) -> bytes | str | None:
-    """A token the server names by text: vLLM's 'token_id:N' through the remote's tokenizer; None for
-    text that names no token (a partial UTF-8 character sent as '' or U+FFFD)."""
-    if token.startswith("token_id:"):
-        if tokenizer is None:
-            raise RemoteError("the server names tokens by id (token_id:N) and the remote's tokenizer is unknown: "
-                              "pass template= a LocalModel of the remote's family", kind="unsupported")
-        try:
-            token_id = int(token[len("token_id:"):])
-        except ValueError:
-            raise _Retryable(f"the server named a token {token!r}", "malformed") from None
-        return _piece(tokenizer, token_id) or tokenizer.token_to_piece(token_id, special=True)
-    return None if not token or "\ufffd" in token else token
-
-
-def _piece(tokenizer: Any, token_id: int) -> bytes:
-    if not 0 <= token_id < tokenizer.n_vocab:
-        raise RemoteError(f"the server named token {token_id}, which the remote's tokenizer does not have "
-                          f"({tokenizer.n_vocab} tokens)", kind="config")
-    return tokenizer.token_to_piece(token_id)
-
-
-def _bytes(entry: dict) -> bytes | None:
-    raw = entry.get("bytes")
-    if raw is None:
-        return None
-    try:
-        return bytes(raw)
-    except (TypeError, ValueError):
-        raise _Retryable("a token's bytes are not a list of bytes", "malformed") from None
-
-
-def _add(scores: dict, key: bytes | str | None, logprob: float) -> None:
-    """Adds a token's probability; two entries naming one token (bytes of one UTF-8 string) share it."""
-    if key is None:
-        return
-    held = scores.get(key)
-    scores[key] = logprob if held is None else max(held, logprob) + math.log1p(math.exp(-abs(held - logprob)))
-
-
-def _parse_chat_stream(body: str) -> ChatReply:
-    parts, reasoning, finish, done = [], [], None, False
-    for line in body.splitlines():
-        if not line.startswith("data:"):
-            continue
-        data = line[5:].strip()
-        if data == "[DONE]":
-            done = True
-            break
-        try:
-            choices = json.loads(data)["choices"]
-            if not choices:  # a usage-only chunk (OpenAI, vLLM, SGLang and llama.cpp send one on request)
-                continue
-            choice = choices[0]
-            delta = choice.get("delta") or {}
-        except (json.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
-            raise _Retryable("a stream event is not a chat completion chunk", "malformed") from None
-        # Reasoning models (vLLM, SGLang, llama.cpp with a reasoning format) stream their thinking in
-        # reasoning_content: the reply is the answer, or the reasoning when there is no answer.
-        parts.append(delta.get("content") or "")
-        reasoning.append(delta.get("reasoning_content") or "")
-        finish = choice.get("finish_reason") or finish
-    if not done or finish is None:
-        raise _Retryable("the stream ended before its last event", "truncated")
-    return ChatReply("".join(parts) or "".join(reasoning), finish)
-
-
-def _token_identity(body: Any) -> str:
-    """How an answer names its tokens: 'ids', 'bytes' or 'text'."""
-    lp = body["choices"][0]["logprobs"]
-    if isinstance(lp.get("content"), list):
-        first = lp["content"][0] if lp["content"] else {}
-        return "ids" if isinstance(first.get("id"), int) else "bytes" if "bytes" in first else "text"
-    return "ids" if any(str(t).startswith("token_id:") for t in lp["tokens"]) else "text"
+# -- parsing: every shape check raises Retryable('malformed' | 'missing_logprobs' | 'truncated') --------
 
 
 def _scrubbed(error: Exception) -> Exception:

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import InvalidParameterError
+from ..errors import InvalidParameterError
 
 _HISTORY_HEADER = re.compile(r"^##\s*History[^\n]*\n", re.MULTILINE)
 _TASK_HEADER = re.compile(r"^##\s*Task\s*\n", re.MULTILINE)

@@ -1,7 +1,7 @@
 """`cogenesis eval`: the paper's Table 1 on a dataset, with gold bits per byte and privacy leakage.
 
 Modes: local (local model with context, no remote), remote (remote alone, public instruction only),
-sketch, and logits:<rule> (e.g. logits:weighted:tail, see teacher.parse_rule). Everything a run
+sketch, and logits:<rule> (e.g. logits:weighted:tail, see FusionConfig.parse). Everything a run
 computes is appended to JSONL files in the output directory, one line per (sample, mode), so an
 interrupted run resumes where it stopped; the table is rebuilt from those files at the end.
 
@@ -25,19 +25,19 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from tqdm import tqdm
 
-from .collab import NO_REPEAT_NGRAM, OUTLINE_PROMPT, CoGenerator, derive_instruction
+from ..collab import NO_REPEAT_NGRAM, OUTLINE_PROMPT, CoGenerator, derive_instruction
+from ..errors import InvalidParameterError, RemoteError
+from ..fusion import FusionConfig
+from ..jsonl import KeyedLog, read_jsonl
+from ..local import LocalModel
+from ..privacy import POLICIES, EgressGuard, summarize
+from ..remote import RemoteModel
 from .datasets import Sample
-from .errors import InvalidParameterError, RemoteError
-from .jsonl import KeyedLog, read_jsonl
 from .judge import CRITERIA, Judge
-from .local import LocalModel
 from .leakscan import leaked, plant_canaries, profile_facts
 from .metrics import default_embedder, distinct_n, facts_used, repeated_ngram_rate, rouge_l
-from .privacy import POLICIES, EgressGuard, summarize
-from .remote import RemoteModel
-from .teacher import GoldScorer, parse_rule
+from .scoring import GoldScorer
 
 
 # A policy of the eval: a guard policy, optionally ':text-only' to turn attribution off (for measurements).
@@ -53,7 +53,7 @@ def validate_modes(modes: Sequence[str], gate: object = None) -> list[str]:
     for mode in modes:
         mode = mode.strip()
         if mode.startswith("logits"):
-            parse_rule(mode.partition(":")[2] or "weighted", gate)
+            FusionConfig.parse(mode.partition(":")[2] or "weighted", gate)
         elif mode not in ("local", "remote", "sketch"):
             raise InvalidParameterError(f"unknown mode {mode!r}: use local, remote, sketch or logits:<rule>")
         out.append(mode)
@@ -92,7 +92,7 @@ class Evaluation:
                 raise InvalidParameterError(f"privacy policy must be one of {', '.join(POLICIES)}, got {policy!r}")
         if remote is None and any(m != "local" for m in self.modes):
             raise InvalidParameterError("modes other than 'local' need a remote")
-        self.rules = {r: parse_rule(r, gate) for r in settings.rules}
+        self.rules = {r: FusionConfig.parse(r, gate) for r in settings.rules}
         self.scorer = None
         if settings.gold and scorer_remote is not None:
             self.scorer = GoldScorer(local, scorer_remote, self.rules,
@@ -125,7 +125,7 @@ class Evaluation:
             stats = {}
         else:
             kind = "sketch" if mode == "sketch" else "logits"
-            fusion = parse_rule(mode.partition(":")[2] or "weighted", self.gate) if mode.startswith("logits") else None
+            fusion = FusionConfig.parse(mode.partition(":")[2] or "weighted", self.gate) if mode.startswith("logits") else None
             gen = CoGenerator(self.local, None if mode == "local" else self.remote, mode=kind, fusion=fusion,
                               privacy={"policy": policy.removesuffix(TEXT_ONLY), "record_bodies": True},
                               lookahead=s.lookahead,
@@ -206,9 +206,18 @@ class Evaluation:
 
     # -- whole run ----------------------------------------------------------------------------------
 
+    def _with_progress(self, samples: Sequence[Sample]):
+        if not self.progress:
+            return samples
+        try:
+            from tqdm import tqdm
+        except ImportError:  # the [eval] extra is not installed: no progress bar
+            return samples
+        return tqdm(samples, desc="samples", unit="sample", file=sys.stderr)
+
     def run(self, samples: Sequence[Sample]) -> dict:
         """Evaluate every sample (skipping work already in out_dir), then write results.json and table.md."""
-        for sample in tqdm(samples, desc="samples", unit="sample", disable=not self.progress, file=sys.stderr):
+        for sample in self._with_progress(samples):
             self._sample(sample)
         results = aggregate(self.out, [s.tid for s in samples], [mode_label(m, p) for m, p in self._jobs()],
                             list(self.rules))

@@ -13,35 +13,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _native
-from .collab import FusionConfig, local_prompt, teacher_forced_rows
+from .. import _native
+from ..errors import InvalidParameterError
+from ..fusion import FEATURE_NAMES, FusionConfig, log_softmax, remote_dense
+from ..local import LocalModel
 from .datasets import Sample
-from .errors import InvalidParameterError
-from .fusion import FEATURE_NAMES, FILLS, RULES, _log_softmax, _remote_dense
-from .local import LocalModel
 
 GATE_GRID = np.linspace(0.0, 1.0, 21)  # local weights at which each position's log-normalizer is stored
 
-
-def parse_rule(spec: str, gate: object = None) -> FusionConfig:
-    """'weighted', 'weighted:tail', 'weighted:tail:w=0.7', 'context_delta:tail:a=0.5', 'gate:tail', 'max:mask'."""
-    parts = spec.split(":")
-    rule, fill, options = parts[0], "mask", {}
-    for part in parts[1:]:
-        if part in FILLS:
-            fill = part
-        elif part[:2] in ("w=", "a="):
-            try:
-                options["weight" if part[0] == "w" else "alpha"] = float(part[2:])
-            except ValueError:
-                raise InvalidParameterError(f"fusion rule {spec!r}: {part!r} is not a number") from None
-        else:
-            raise InvalidParameterError(f"fusion rule {spec!r}: unknown part {part!r} (fills: {', '.join(FILLS)}; w=, a=)")
-    if rule not in RULES:
-        raise InvalidParameterError(f"fusion rule {spec!r}: rule must be one of {', '.join(RULES)}")
-    if rule == "gate" and gate is None:
-        raise InvalidParameterError(f"fusion rule {spec!r} needs a gate weights file (--gate)")
-    return FusionConfig(rule=rule, fill=fill, gate=gate if rule == "gate" else None, **options)
 
 
 @dataclass
@@ -103,7 +82,7 @@ class GoldScorer:
     def __init__(self, local: LocalModel, remote: LocalModel, rules: dict[str, FusionConfig], *, top_k: int = 20,
                  gate_fill: str | None = None):
         self.local, self.remote, self.rules, self.top_k, self.gate_fill = local, remote, rules, top_k, gate_fill
-        self._bridge = _native.VocabBridge(local.native)
+        self._bridge = local.vocab_bridge
         self._noctx_session = local.new_session()
         self._zero_gate = _native.Gate.from_arrays(np.zeros(8, np.float32), np.ones(8, np.float32),
                                                    np.zeros((1, 8), np.float32), np.zeros(1, np.float32),
@@ -115,8 +94,8 @@ class GoldScorer:
                                       parse_special=True)
         nll, steps = 0.0, []
         with self.remote.pooled_session() as session:
-            for row, target in zip(teacher_forced_rows(session, prompt, gold), gold):
-                lp = _log_softmax(row)
+            for row, target in zip(LocalModel.teacher_forced_rows(session, prompt, gold), gold):
+                lp = log_softmax(row)
                 nll -= lp[target]
                 top = np.argpartition(-lp, self.top_k)[:self.top_k]
                 steps.append((top.astype(np.int32), lp[top].astype(np.float32)))
@@ -143,9 +122,9 @@ class GoldScorer:
             return self._bridge.map(pieces, lps)
 
         needs_noctx = any(c.rule == "context_delta" for c in self.rules.values())
-        noctx_rows = (teacher_forced_rows(self._noctx_session, local_prompt(local, "", sample.instruction), gold_l)
+        noctx_rows = (LocalModel.teacher_forced_rows(self._noctx_session, local.private_prompt("", sample.instruction), gold_l)
                       if needs_noctx else None)
-        prompt = local_prompt(local, sample.context, sample.instruction)
+        prompt = local.private_prompt(sample.context, sample.instruction)
         if len(prompt) + len(gold_l) > local.n_ctx:
             raise InvalidParameterError(
                 f"sample {sample.tid}: prompt ({len(prompt)} tokens) + gold ({len(gold_l)}) exceed the local "
@@ -154,10 +133,10 @@ class GoldScorer:
         gate_rows: list[tuple] = []
         fused_positions, unfused_nll = 0, 0.0
         with local.pooled_session(scope=local.scope_for(sample.context)) as session:
-            rows = teacher_forced_rows(session, prompt, gold_l)
+            rows = LocalModel.teacher_forced_rows(session, prompt, gold_l)
             for i, (row, offset, target) in enumerate(zip(rows, _offsets(local, gold_l), gold_l)):
                 noctx = next(noctx_rows) if noctx_rows is not None else None
-                ll = _log_softmax(row)
+                ll = log_softmax(row)
                 nll["local"] -= ll[target]
                 scores = remote_at(i, offset)
                 if scores is None or len(scores[0]) == 0:
@@ -169,7 +148,7 @@ class GoldScorer:
                 for label, cfg in self.rules.items():
                     fused, _ = _native.fuse(row, scores[0], scores[1], rule=cfg.rule, fill=cfg.fill, weight=cfg.weight,
                                             alpha=cfg.alpha, local_noctx=noctx, gate=cfg.gate)
-                    nll[label] -= _log_softmax(fused)[target]
+                    nll[label] -= log_softmax(fused)[target]
                 if self.gate_fill:
                     gate_rows.append(self._gate_row(row, ll, scores, target))
         score = GoldScore(sample.tid, len(sample.gold.encode("utf-8")), len(gold_l), len(gold_r), fused_positions,
@@ -188,7 +167,7 @@ class GoldScorer:
         ids, lps = scores
         _, info = _native.fuse(row, ids, lps, rule="gate", fill=self.gate_fill, gate=self._zero_gate)
         features = [info["features"][name] for name in FEATURE_NAMES]
-        rd, _, _ = _remote_dense(ids, lps, len(ll), self.gate_fill, ll)  # the remote side as fuse() builds it
+        rd, _, _ = remote_dense(ids, lps, len(ll), self.gate_fill, ll)  # the remote side as fuse() builds it
         with np.errstate(invalid="ignore"):
             mix = GATE_GRID[:, None] * ll[None, :] + (1.0 - GATE_GRID)[:, None] * rd[None, :]
         mix[-1] = ll  # w = 1 is exactly local (0 * -inf would be NaN)

