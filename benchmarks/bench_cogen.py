@@ -20,12 +20,11 @@ import time
 import types
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import cogenesis_device as cg  # noqa: E402
-from bench_collab import prompts  # noqa: E402
-from cogenesis_device.testing import SERVERS, LoopbackServer  # noqa: E402
-from cogenesis_device.remote import RemoteModel  # noqa: E402
-from report import fmt, summarize, write  # noqa: E402
+import cogenesis_device as cg
+from bench_collab import prompts
+from cogenesis_device.testing import SERVERS, LoopbackServer
+from cogenesis_device.remote import RemoteModel
+from report import fmt, summarize, write
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,11 +8,16 @@ adds the round-trip time. Every protocol runs in this one script, interleaved, o
 with greedy decoding (so all of them write the same text):
   - local only: the local model alone (the speed logits mode is measured against);
   - per-token (paper): one request per token, max_tokens=1, no overlap;
-  - per-token + overlap: the same, decoding locally while the request is in flight;
+  - per-token + overlap: the same, decoding locally while the request is in flight (overlap alone,
+    so lookahead's gain over it is lookahead's own);
   - lookahead k: k tokens per request, with overlap;
   - default: the depth chosen per request from measurements (lookahead=None).
 The local prefill of the private context is warmed up first and excluded: tokens/s counts the
-generation after the first token. A second table splits the default's time per token into local
+generation after the first token. The wait for the first token (for lookahead k, a request for k
+remote tokens) is in the first-token and end-to-end columns: wall time from the call to the last of
+the N tokens. Every remote protocol must write the per-token protocol's text on every prompt: the
+JSON records it per row and per RTT, and the run exits with status 1 (after writing the results)
+when a text differs. A second table splits the default's time per token into local
 decode, fusion and sampling, attribution, waiting on the remote, and the client's guard, HTTP and
 parsing. Writes results/collab.json and results/collab.md.
 """
@@ -20,17 +25,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import cogenesis_device as cg  # noqa: E402
-from cogenesis_device.testing import FaultProxy, LoopbackServer  # noqa: E402
-from report import fmt, summarize, write  # noqa: E402
+import cogenesis_device as cg
+from cogenesis_device.testing import FaultProxy, LoopbackServer
+from report import fmt, model_info, summarize, write
 
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "context-aware" / "dev.json"
 DEFAULT = "default (adaptive)"
+PAPER = "per-token (paper)"
+METRICS = ("tokens_per_s", "first_token_ms", "end_to_end_ms", "round_trips_per_token", "wasted_per_accepted", "depth")
 PROFILE = ("decode_ms", "sample_ms", "attribution_ms", "wait_ms", "guard_ms", "http_ms", "parse_ms", "other_ms")
 
 
@@ -51,7 +56,8 @@ def run_once(generator: cg.CoGenerator, remote: cg.RemoteModel, instruction: str
     for _ in stream:
         pass
     result, s = stream.result, stream.result.stats
-    row = {"tokens_per_s": s.decode_tokens_per_s, "round_trips_per_token": s.round_trips_per_token,
+    row = {"tokens_per_s": s.decode_tokens_per_s, "first_token_ms": s.first_token_ms,
+           "end_to_end_ms": s.total_ms, "n_tokens": s.n_tokens, "round_trips_per_token": s.round_trips_per_token,
            "wasted_per_accepted": s.wasted_per_accepted,
            "depth": s.remote_tokens_asked / s.round_trips if s.round_trips else 0.0,
            "text": result.text, "fallback": result.fallback}
@@ -68,7 +74,11 @@ def run_once(generator: cg.CoGenerator, remote: cg.RemoteModel, instruction: str
     return row
 
 
-def main() -> None:
+def first_difference(a: str, b: str) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=48)
@@ -82,10 +92,11 @@ def main() -> None:
     pairs = prompts(args.prompts)
 
     local = cg.LocalModel(n_ctx=2048, n_threads=args.threads)
-    protocols = {"per-token (paper)": dict(lookahead=1, overlap=False), "per-token + overlap": dict(lookahead=1)}
+    protocols = {PAPER: dict(lookahead=1, overlap=False), "per-token + overlap": dict(lookahead=1, overlap=True)}
     protocols.update({f"lookahead {k}": dict(lookahead=k) for k in lookaheads})
     protocols[DEFAULT] = {}
-    rows, profiles = [], []
+    rows, profiles, text_checks = [], [], []
+    info = model_info(local.path)
     with LoopbackServer(n_ctx=2048, n_threads=args.threads) as server, FaultProxy(server.base_url) as proxy, \
             cg.RemoteModel(proxy.base_url, template=local) as remote:
         remote.connect()
@@ -95,24 +106,38 @@ def main() -> None:
         for rtt in rtts:
             proxy.rtt_ms = rtt
             samples = {name: [] for name in generators}
-            for _ in range(args.repeats):
-                for instruction, context in pairs:
-                    texts = set()
+            mismatches = []  # (repeat, prompt, protocol, first differing character)
+            for repeat in range(args.repeats):
+                for p, (instruction, context) in enumerate(pairs):
+                    texts = {}
                     for name, generator in generators.items():  # interleaved: the same noise for all
                         run_once(generator, remote, instruction, context, 2)  # warm the local prefix cache
                         sample = run_once(generator, remote, instruction, context, args.tokens)
                         samples[name].append(sample)
-                        if name != "local only":
-                            texts.add(sample["text"])
-                    if len(texts) != 1:
-                        print(f"warning: protocols wrote different texts for {instruction[:40]!r}", file=sys.stderr)
+                        texts[name] = sample["text"]
+                    reference = texts[PAPER]  # every remote protocol must write the per-token protocol's text
+                    for name, text in texts.items():
+                        same = name == "local only" or text == reference
+                        samples[name][-1]["same_text"] = same
+                        if not same:
+                            at = first_difference(text, reference)
+                            mismatches.append({"repeat": repeat, "prompt": p, "protocol": name, "at_char": at})
+                            print(f"ERROR: rtt {rtt:.0f} ms, prompt {p}, repeat {repeat}: {name!r} wrote a different "
+                                  f"text from {PAPER!r} (from character {at}: {text[at:at + 30]!r} vs "
+                                  f"{reference[at:at + 30]!r})", file=sys.stderr)
+            text_checks.append({"rtt_ms": rtt, "same_text": not mismatches, "runs": args.repeats * len(pairs),
+                                "mismatches": mismatches})
             for name, runs in samples.items():
-                row = {"rtt_ms": rtt, "protocol": name,
-                       **{key: summarize([r[key] for r in runs]) for key in
-                          ("tokens_per_s", "round_trips_per_token", "wasted_per_accepted", "depth")},
-                       "fallbacks": sum(r["fallback"] for r in runs)}
+                remote_row = name != "local only"
+                row = {**info, "threads": args.threads, "test": f"logits mode, {args.tokens} tokens, RTT {rtt:g} ms",
+                       "rtt_ms": rtt, "protocol": name, **{key: summarize([r[key] for r in runs]) for key in METRICS},
+                       "n_tokens": summarize([r["n_tokens"] for r in runs]),
+                       "fallbacks": sum(r["fallback"] for r in runs),
+                       "same_text_as_per_token": sum(r["same_text"] for r in runs) if remote_row else None,
+                       "runs": len(runs)}
                 rows.append(row)
                 print(f"rtt {rtt:5.0f} ms  {name:20} {fmt(row['tokens_per_s'])} tok/s  "
+                      f"end-to-end {fmt(row['end_to_end_ms'], 0)} ms  "
                       f"{fmt(row['round_trips_per_token'], 2)} RT/tok  depth {fmt(row['depth'])}", file=sys.stderr)
             profiles.append({"rtt_ms": rtt, **{k: summarize([r["profile"][k] for r in samples[DEFAULT]])["mean"]
                                                 for k in (*PROFILE, "total_ms")}})
@@ -122,30 +147,45 @@ def main() -> None:
              f"--prompts {len(pairs)} --rtts {args.rtts} --lookaheads {args.lookaheads} --threads {args.threads}`", "",
              f"Remote: llama.cpp's server (SmolLM2-135M, {args.threads} thread(s)) behind the delay proxy; local: "
              f"SmolLM2-135M with the private context ({args.threads} thread(s)); greedy, the default fusion and "
-             f"attribution. Tokens/s after the first token; mean ± sd over {args.repeats} repeats x {len(pairs)} "
-             "prompts. Ratios are of mean tokens/s in this run.", "",
-             "| RTT ms | protocol | tok/s | vs local only | vs per-token (paper) | round trips/token | "
-             "mean depth | remote tokens wasted per accepted |", "|---|---|---|---|---|---|---|---|"]
+             f"attribution. Tokens/s after the first token; first token and end-to-end: wall time from the call "
+             f"to the first token and to the last of the {args.tokens} (the first includes the first request, "
+             f"of k remote tokens for lookahead k); mean ± sd over {args.repeats} repeats x {len(pairs)} "
+             "prompts. Ratios are of means in this run (end-to-end: per-token time over this time). Same text: "
+             "runs whose text is the per-token protocol's.", "",
+             "| RTT ms | protocol | tok/s | vs local only | vs per-token (paper) | first token ms | "
+             f"end-to-end ms ({args.tokens} tok) | end-to-end vs per-token | round trips/token | "
+             "mean depth | remote tokens wasted per accepted | same text |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         same = [r for r in rows if r["rtt_ms"] == row["rtt_ms"]]
         mean = row["tokens_per_s"]["mean"]
         local_only = next(r for r in same if r["protocol"] == "local only")["tokens_per_s"]["mean"]
-        paper = next(r for r in same if r["protocol"] == "per-token (paper)")["tokens_per_s"]["mean"]
+        paper = next(r for r in same if r["protocol"] == PAPER)
         remote_row = row["protocol"] != "local only"
         lines.append(f"| {row['rtt_ms']:.0f} | {row['protocol']} | {fmt(row['tokens_per_s'])} | "
-                     f"{mean / local_only:.2f}x | {mean / paper:.2f}x | "
+                     f"{mean / local_only:.2f}x | {mean / paper['tokens_per_s']['mean']:.2f}x | "
+                     f"{fmt(row['first_token_ms'])} | {fmt(row['end_to_end_ms'], 0)} | "
+                     f"{paper['end_to_end_ms']['mean'] / row['end_to_end_ms']['mean']:.2f}x | "
                      + (f"{fmt(row['round_trips_per_token'], 2)} | {fmt(row['depth'])} | "
-                        f"{fmt(row['wasted_per_accepted'], 2)} |" if remote_row else "- | - | - |"))
-    lines += ["", "The default against the best fixed depth in the same run:", "",
-              "| RTT ms | default tok/s | best fixed | its tok/s | default / best |", "|---|---|---|---|---|"]
+                        f"{fmt(row['wasted_per_accepted'], 2)} | {row['same_text_as_per_token']}/{row['runs']} |"
+                        if remote_row else "- | - | - | - |"))
+    lines += ["", "The default against the best fixed depth in the same run, by tokens/s after the first token and "
+              "by end-to-end time:", "",
+              "| RTT ms | default tok/s | best fixed | its tok/s | default / best | default end-to-end ms | "
+              "best fixed (end-to-end) | its end-to-end ms | best / default (end-to-end) |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for rtt in rtts:
         same = [r for r in rows if r["rtt_ms"] == rtt]
         fixed = [r for r in same if r["protocol"].startswith(("lookahead", "per-token +"))]
         best = max(fixed, key=lambda r: r["tokens_per_s"]["mean"])
+        fastest = min(fixed, key=lambda r: r["end_to_end_ms"]["mean"])
         default = next(r for r in same if r["protocol"] == DEFAULT)
         lines.append(f"| {rtt:.0f} | {default['tokens_per_s']['mean']:.1f} | {best['protocol']} | "
                      f"{best['tokens_per_s']['mean']:.1f} | "
-                     f"{default['tokens_per_s']['mean'] / best['tokens_per_s']['mean']:.2f}x |")
+                     f"{default['tokens_per_s']['mean'] / best['tokens_per_s']['mean']:.2f}x | "
+                     f"{default['end_to_end_ms']['mean']:.0f} | {fastest['protocol']} | "
+                     f"{fastest['end_to_end_ms']['mean']:.0f} | "
+                     f"{fastest['end_to_end_ms']['mean'] / default['end_to_end_ms']['mean']:.2f}x |")
     lines += ["", "Where the default's time goes, ms per generated token (engine: decode, fusion and sampling, "
               "attribution, blocked waiting on the remote; client, on its own thread and overlapping the "
               "engine: guard, HTTP send-to-answer, parsing; other: the rest of the engine loop and the Python "
@@ -156,9 +196,23 @@ def main() -> None:
         lines.append(f"| {p['rtt_ms']:.0f} | {p['total_ms']:.2f} | {p['decode_ms']:.2f} | {p['sample_ms']:.2f} | "
                      f"{p['attribution_ms']:.2f} | {p['wait_ms']:.2f} | {p['other_ms']:.2f} | {p['guard_ms']:.2f} | "
                      f"{p['http_ms']:.2f} | {p['parse_ms']:.2f} |")
-    path = write("collab", {"args": vars(args), "rows": rows, "profile": profiles}, "\n".join(lines))
+    short = [r for r in rows if min(r["n_tokens"]["samples"]) < args.tokens]
+    if short:
+        lines += ["", "Runs that ended before " + str(args.tokens) + " tokens (end of text): " + ", ".join(
+            f"RTT {r['rtt_ms']:g} ms {r['protocol']} (min {min(r['n_tokens']['samples']):.0f})" for r in short) + "."]
+    same_text = all(c["same_text"] for c in text_checks)
+    lines += ["", "Every remote protocol wrote the per-token protocol's text on every run: "
+              + ("**yes**." if same_text else "**NO** (" + "; ".join(
+                  f"RTT {c['rtt_ms']:g} ms: " + ", ".join(sorted({m['protocol'] for m in c['mismatches']}))
+                  for c in text_checks if not c["same_text"]) + ").")]
+    path = write("collab", {"args": vars(args), "same_text": same_text, "text_checks": text_checks, "rows": rows,
+                            "profile": profiles}, "\n".join(lines))
     print(f"wrote {path}", file=sys.stderr)
+    if not same_text:
+        print("FAILED: the protocols wrote different texts (see text_checks in the JSON)", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -20,16 +20,14 @@ import os
 import statistics
 import sys
 import zlib
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import cogenesis_device as cg  # noqa: E402
-from bench_collab import DEV, prompts, run_once  # noqa: E402
-from cogenesis_device.eval import leakscan  # noqa: E402
-from cogenesis_device.eval.datasets import public_part  # noqa: E402
-from cogenesis_device.testing import SERVERS, FaultProxy, LoopbackServer  # noqa: E402
-from cogenesis_device.eval.metrics import rouge_l  # noqa: E402
-from report import fmt, summarize, write  # noqa: E402
+import cogenesis_device as cg
+from bench_collab import DEV, prompts, run_once
+from cogenesis_device.eval import leakscan
+from cogenesis_device.eval.datasets import public_part
+from cogenesis_device.testing import SERVERS, FaultProxy, LoopbackServer
+from cogenesis_device.eval.metrics import rouge_l
+from report import fmt, summarize, write
 
 
 def speed(local, remote, proxy, args) -> list[dict]:

@@ -31,7 +31,7 @@ import unicodedata
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any, Callable, Iterable, Sequence
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from .errors import InvalidParameterError, PrivacyBlockedError
 from .jsonl import append_private
@@ -54,6 +54,9 @@ PROTOCOL_KEYS = frozenset(
     "repeat_penalty best_of logit_bias user seed suffix response_format type json_schema schema strict tools "
     "tool_choice function parameters description continue_final_message add_generation_prompt "
     "return_tokens_as_token_ids".split())
+# Endpoint paths our client appends to the base URL: public like PROTOCOL_KEYS (a profile that says
+# "completions" must not stop every request to /v1/completions).
+PROTOCOL_PATHS = ("/chat/completions", "/completions", "/models", "/apply-template")
 _PLACEHOLDER_RE = re.compile("|".join(re.escape(p) for p in sorted(set(PLACEHOLDERS.values()))))
 _FIELD_KEY = re.compile(r"[A-Za-z][\w .'/-]{0,39}")
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
@@ -381,6 +384,13 @@ class AuditRecord:
 # -- the guard ---------------------------------------------------------------------------------------
 
 
+def _without_protocol_path(url: str) -> str:
+    """The URL without the endpoint path our client appended to the base URL (PROTOCOL_PATHS)."""
+    parts = urlsplit(url)
+    path = next((parts.path[:-len(p)] for p in PROTOCOL_PATHS if parts.path.endswith(p)), parts.path)
+    return urlunsplit(parts._replace(path=path))
+
+
 class EgressGuard:
     """Checks, redacts and records the requests of one job.
 
@@ -436,7 +446,8 @@ class EgressGuard:
     def check_envelope(self, url: str, headers: Sequence[tuple[str, str]]) -> None:
         """Raises PrivacyBlockedError if the URL or a header value holds private text, whatever the
         policy: they cannot be redacted, and nothing private belongs there. The refusal is recorded."""
-        for what, value in (("the URL", url), *((f"header {name!r}", value) for name, value in headers)):
+        for what, value in (("the URL", _without_protocol_path(url)),
+                            *((f"header {name!r}", value) for name, value in headers)):
             findings = self.find(value)
             if findings:
                 record = AuditRecord(time=time.time(), method="", endpoint=urlsplit(url).path, bytes_sent=0,
