@@ -1,4 +1,5 @@
 """Generation through the native loop: parity, sampling, streaming, stops, threads, arrays in and out."""
+import ctypes
 import gc
 import itertools
 import re
@@ -264,6 +265,10 @@ def _peaks(call):
     where the kernel does not let a process reset it."""
     gc.collect()
     try:
+        ctypes.CDLL(None).malloc_trim(0)  # glibc: hand freed memory back, so a new allocation shows in the RSS
+    except (OSError, AttributeError):
+        pass
+    try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
         rss_before = _status_bytes("VmRSS")
@@ -285,14 +290,19 @@ def test_token_arrays_are_read_in_place_or_converted(model):
     native = model.native
     n = 1 << 23
     eos = np.full(n, native.eos, dtype=np.int32)
-    for converted in (eos.astype(np.int64), np.repeat(eos, 2)[::2]):  # the control: these must be copied, and are seen
+    # The control: these must be copied, and numpy's allocation of the copy is seen. The resident set
+    # sees a copy too (one made in C++ as well), unless the process reuses memory it already holds,
+    # as it may late in a long test session: then only the traced figure is asserted.
+    rss_sees_copies = True
+    for converted in (eos.astype(np.int64), np.repeat(eos, 2)[::2]):
         traced, rss = _peaks(lambda: native.detokenize(converted))
-        assert traced >= 4 * n and (rss is None or rss >= 3 * n), (converted.dtype, traced, rss)
+        assert traced >= 4 * n, (converted.dtype, traced, rss)
+        rss_sees_copies &= rss is not None and rss >= 3 * n
     readonly = eos.copy()
     readonly.flags.writeable = False  # only read: a read-only array is taken as it is
     for in_place in (eos, readonly):
         traced, rss = _peaks(lambda: native.detokenize(in_place))
-        assert traced < n // 8 and (rss is None or rss < n // 2), (traced, rss)
+        assert traced < n // 8 and (not rss_sees_copies or rss < n // 2), (traced, rss)
     # converted input means the same tokens
     tokens = model.native.tokenize("Arrays in: read in place, or converted to int32.")
     text = native.detokenize(tokens)
