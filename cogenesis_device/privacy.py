@@ -385,12 +385,13 @@ class AuditRecord:
 
 
 def _app_supplied_part(url: str) -> str:
-    """What of a request's URL the app (or the environment) wrote: the host, the base path and the
-    query. The scheme, the port and the endpoint path our client appends (PROTOCOL_PATHS) are protocol:
-    a profile that says "HTTP" or "completions" must not stop every request."""
+    """What of a request's URL the app (or the environment) wrote: user info, host, base path, query and
+    fragment. The scheme, the port and the endpoint path our client appends (PROTOCOL_PATHS) are
+    protocol: a profile that says "HTTP" or "completions" must not stop every request."""
     parts = urlsplit(url)
     path = next((parts.path[:-len(p)] for p in PROTOCOL_PATHS if parts.path.endswith(p)), parts.path)
-    return " ".join(x for x in (parts.hostname or "", path, parts.query) if x)
+    written = (parts.username, parts.password, parts.hostname, path, parts.query, parts.fragment)
+    return " ".join(x for x in written if x)
 
 
 class EgressGuard:

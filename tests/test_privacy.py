@@ -170,5 +170,7 @@ def test_the_endpoint_path_is_public_but_the_rest_of_the_url_is_checked():
         guard.check_envelope("http://127.0.0.1:8080/brennecke/v1/completions", [])
     with pytest.raises(PrivacyBlockedError, match="the URL holds private text"):
         guard.check_envelope("http://127.0.0.1:8080/v1/completions?completions=1", [])
-    with pytest.raises(PrivacyBlockedError, match="the URL holds private text"):
-        guard.check_envelope("https://brennecke.example.org/v1/completions", [])
+    for url in ("https://brennecke.example.org/v1/completions", "http://brennecke:x@127.0.0.1:8080/v1/completions",
+                "http://127.0.0.1:8080/v1/completions#brennecke"):
+        with pytest.raises(PrivacyBlockedError, match="the URL holds private text"):
+            guard.check_envelope(url, [])
