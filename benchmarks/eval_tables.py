@@ -7,7 +7,6 @@ private text, readable by its owner only) and copies the aggregate `table.md` an
 to benchmarks/results/eval/NAME/, with `run.json`: the command, the commit, the date and the wall time.
 """
 import argparse
-import datetime
 import json
 import os
 import shlex
@@ -16,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from report import code_stamp
+from report import code_stamp, machine
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "eval")
 GOLD_RULES = ("weighted:mask,weighted:tail,weighted:local,weighted:tail:w=0.8,weighted:local:w=0.8,"
@@ -57,9 +56,8 @@ def main() -> int:
         for file in ("table.md", "results.json"):
             shutil.copyfile(os.path.join(out, file), os.path.join(dest, file))
         with open(os.path.join(dest, "run.json"), "w") as f:
-            json.dump({"command": shlex.join(command), **code_stamp(),
-                       "date": datetime.datetime.now().isoformat(timespec="seconds"),
-                       "wall_seconds": round(seconds, 1), "cpus": os.cpu_count()}, f, indent=1)
+            json.dump({"command": shlex.join(command), **code_stamp(), **machine(),
+                       "wall_seconds": round(seconds, 1)}, f, indent=1)
         print(f"{name}: {seconds / 60:.1f} min -> {dest}", file=sys.stderr)
     return 0
 

@@ -14,7 +14,7 @@ from typing import Iterator, Sequence, Union
 import numpy as np
 
 from . import _native
-from .errors import InvalidParameterError, MissingFileError, StateError
+from .errors import CogenesisIOError, InvalidParameterError, MissingFileError, StateError
 from .registry import DEFAULT_MODEL, resolve_model
 
 Prompt = Union[str, Sequence[int], np.ndarray]
@@ -473,16 +473,26 @@ def _write_private(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
-def _load_state(session: _native.Session, path: str | os.PathLike, key: bytes | None) -> None:
-    """Loads a state file into the session's main sequence, decrypting it with key when given."""
+def _open_state(path: str | os.PathLike):
+    """The state file, opened for reading. The open does not block and the check is on the opened file,
+    so a FIFO (which would wait for a writer), or a path swapped for one after a check, is refused."""
     try:
-        regular = stat.S_ISREG(os.stat(path).st_mode)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         raise MissingFileError(f"state file not found: '{os.fspath(path)}'") from None
-    if not regular:  # opening a FIFO would wait for a writer
+    except OSError as exc:
+        raise CogenesisIOError(f"cannot read state file '{os.fspath(path)}': {exc.strerror}") from None
+    f = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        f.close()
         raise StateError(f"not a regular file (state file '{os.fspath(path)}')")
+    return f
+
+
+def _load_state(session: _native.Session, path: str | os.PathLike, key: bytes | None) -> None:
+    """Loads a state file into the session's main sequence, decrypting it with key when given."""
     if key is None:
-        with open(path, "rb") as f:
+        with _open_state(path) as f:
             sealed = f.read(len(_SEALED_MAGIC)) == _SEALED_MAGIC
         if sealed:
             raise StateError(f"state file '{os.fspath(path)}' is encrypted: pass its key as cache_key=")
@@ -490,7 +500,7 @@ def _load_state(session: _native.Session, path: str | os.PathLike, key: bytes | 
         return
     aead = _aead(key)
     limit = session.state_max_size + len(_SEALED_MAGIC) + _NONCE + _TAG
-    with open(path, "rb") as f:
+    with _open_state(path) as f:
         size = os.fstat(f.fileno()).st_size
         if size > limit:  # checked before reading, like the engine does for plain files
             raise StateError(f"state file of {size} bytes is larger than this session can hold ({limit} bytes) "

@@ -31,7 +31,7 @@ import unicodedata
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any, Callable, Iterable, Sequence
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from .errors import InvalidParameterError, PrivacyBlockedError
 from .jsonl import append_private
@@ -384,11 +384,14 @@ class AuditRecord:
 # -- the guard ---------------------------------------------------------------------------------------
 
 
-def _without_protocol_path(url: str) -> str:
-    """The URL without the endpoint path our client appended to the base URL (PROTOCOL_PATHS)."""
+def _app_supplied_part(url: str) -> str:
+    """What of a request's URL the app (or the environment) wrote: user info, host, base path, query and
+    fragment. The scheme, the port and the endpoint path our client appends (PROTOCOL_PATHS) are
+    protocol: a profile that says "HTTP" or "completions" must not stop every request."""
     parts = urlsplit(url)
     path = next((parts.path[:-len(p)] for p in PROTOCOL_PATHS if parts.path.endswith(p)), parts.path)
-    return urlunsplit(parts._replace(path=path))
+    written = (parts.username, parts.password, parts.hostname, path, parts.query, parts.fragment)
+    return " ".join(x for x in written if x)
 
 
 class EgressGuard:
@@ -446,7 +449,7 @@ class EgressGuard:
     def check_envelope(self, url: str, headers: Sequence[tuple[str, str]]) -> None:
         """Raises PrivacyBlockedError if the URL or a header value holds private text, whatever the
         policy: they cannot be redacted, and nothing private belongs there. The refusal is recorded."""
-        for what, value in (("the URL", _without_protocol_path(url)),
+        for what, value in (("the URL", _app_supplied_part(url)),
                             *((f"header {name!r}", value) for name, value in headers)):
             findings = self.find(value)
             if findings:

@@ -28,3 +28,32 @@ def next_token_scores(base_url: str, prompt: str, pieces: dict[bytes, int], top_
         if token is not None:
             merged[token] = merged.get(token, 0.0) + math.exp(logprob)
     return {token: math.log(min(p, 1.0)) for token, p in merged.items()}
+
+
+def longest_prefix(data: bytes, pieces: dict[bytes, int]) -> int:
+    """The local token whose bytes are the longest prefix of `data` (the lowest id among equal bytes)."""
+    return next(pieces[data[:n]] for n in range(len(data), 0, -1) if data[:n] in pieces)
+
+
+def bridged_positions(answer: dict, pieces: dict[bytes, int]) -> list[tuple[bytes, dict[int, float]]]:
+    """What llama.cpp's server listed at each position of a /completions answer, for a remote with
+    another tokenizer: per position, the bytes of the token it chose, and {local id: probability}
+    with each listed token mapped to the local token that is the longest prefix of its bytes, and
+    the probabilities of tokens landing on one id added. Control tokens (an id without bytes) are
+    left out. The positions end where an entry's bytes are not those of its token among the
+    alternatives (llama.cpp lists the tokens of one UTF-8 character as one entry)."""
+    positions = []
+    for entry in answer["choices"][0]["logprobs"]["content"]:
+        own = bytes(entry["bytes"])
+        alternatives = entry["top_logprobs"]
+        listed = next((bytes(a["bytes"]) for a in alternatives if a["id"] == entry["id"]), None)
+        if listed is not None and listed != own:
+            break
+        merged: dict[int, float] = {}
+        for alternative in alternatives:
+            data = bytes(alternative["bytes"])
+            if data and alternative["logprob"] > -9999:
+                token = longest_prefix(data, pieces)
+                merged[token] = merged.get(token, 0.0) + math.exp(alternative["logprob"])
+        positions.append((own, {token: min(p, 1.0) for token, p in merged.items()}))
+    return positions

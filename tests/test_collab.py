@@ -2,13 +2,16 @@
 import json
 import os
 import secrets
+import threading
+import time
 
 import pytest
 
 import cogenesis_device as cg
 from cogenesis_device.eval import leakscan
 from cogenesis_device.errors import InvalidParameterError, PrivacyBlockedError
-from reference import next_token_scores
+from cogenesis_device.testing import FaultProxy
+from reference import bridged_positions, next_token_scores
 
 DEV = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "context-aware", "dev.json")
 CONTEXT = ("Name: Odalys Brennecke\nLocation: Tromsø, Norway\nOccupation: marine biologist\n"
@@ -40,12 +43,21 @@ def test_batched_verification_scores_the_same_positions(model, remote):
 
 
 def test_weight_one_is_the_local_model_alone(model, remote):
-    alone = cg.CoGenerator(model, None).generate(INSTRUCTION, CONTEXT, **GREEDY)
+    # Both jobs evaluate the prompt's last token alone (the fused one first, the local one then reuses its
+    # cache): llama.cpp's scores depend slightly on the batch shape, and a whole-prompt prefill flips a
+    # near-tie of this model at token 28.
+    model.forget(context=CONTEXT)
     fused = cg.CoGenerator(model, remote, fusion={"weight": 1.0}).generate(
         INSTRUCTION, CONTEXT, **GREEDY)
-    assert fused.text == alone.text
-    assert all(a.source == "fused" and a.remote_share == 0.0 for a in fused.attribution[:1])
-    assert alone.stats.round_trips == 0 and all(a.source == "local" for a in alone.attribution)
+    alone = cg.CoGenerator(model, None).generate(INSTRUCTION, CONTEXT, **GREEDY)
+    assert alone.stats.n_reused > 0 and alone.stats.round_trips == 0
+    assert fused.tokens == alone.tokens and fused.text == alone.text
+    assert fused.stats.round_trips > 0 and not fused.fallback
+    # every token was fused with the remote's scores, and none of its choice came from them
+    assert len(fused.attribution) == 32
+    assert all(a.source == "fused" and a.weight == 1.0 and a.remote_share == 0.0 for a in fused.attribution)
+    assert any(a.remote_p is not None for a in fused.attribution)
+    assert all(a.source == "local" for a in alone.attribution)
 
 
 def test_weight_zero_follows_the_remote_alone(model, remote, loopback_server, pieces):
@@ -89,9 +101,82 @@ def test_sketch_mode_sends_only_the_public_instruction(model, remote, proxy):
 
 
 def test_stream_yields_the_text_of_the_result(model, remote):
+    """The pieces, joined, are the generated tokens as the model's own detokenizer writes them; one
+    piece per token (and at most one more: text held back at the end), not one block at the end."""
     stream = cg.CoGenerator(model, remote).stream(INSTRUCTION, CONTEXT, max_tokens=16, temperature=0.0)
     pieces = list(stream)
-    assert "".join(pieces) == stream.result.text and stream.result.stats.first_token_ms > 0
+    result = stream.result
+    assert len(result.tokens) == 16 and len(result.tokens) <= len(pieces) <= len(result.tokens) + 1
+    assert "".join(pieces) == model.detokenize(result.tokens) == result.text
+    assert result.stats.first_token_ms > 0 and not result.fallback
+
+
+def test_the_local_model_decodes_while_a_request_is_in_flight(model):
+    """overlap=True evaluates the pending token between sending a request and reading its answer. Seen
+    from the server, which holds each request 100 ms: the generating thread's CPU time grows while it
+    holds one (it computes), and with overlap=False it does not (it waits). The text is the same."""
+    from providers import SecondModelProvider
+
+    from cogenesis_device.testing import ScriptedRemote
+
+    provider = SecondModelProvider(model)  # the remote: the same model without the context, scripted
+    clock = time.pthread_getcpuclockid(threading.get_ident())  # this thread runs the engine's loop
+    busy: list[float] = []  # per request: CPU seconds of the generating thread while the server held it
+
+    def script(prompt, n):
+        held = time.clock_gettime(clock)
+        time.sleep(0.1)
+        busy.append(time.clock_gettime(clock) - held)
+        name = lambda t: model.native.token_to_piece(t).decode("utf-8", "replace")  # noqa: E731
+        return [(name(token), {name(t): lp for t, lp in top}) for token, _, top in provider.continue_text(prompt, n)]
+
+    runs = {}
+    with ScriptedRemote(script) as server, cg.RemoteModel(server.base_url, template=model, timeout=30) as remote:
+        remote.connect()
+        for overlap in (True, False):
+            busy.clear()
+            result = cg.CoGenerator(model, remote, lookahead=1, overlap=overlap).generate(
+                INSTRUCTION, CONTEXT, max_tokens=4, temperature=0.0)
+            assert not result.fallback and result.stats.round_trips == len(busy) == 4
+            runs[overlap] = result.tokens, list(busy)
+    assert runs[True][0] == runs[False][0]
+    with_overlap, without = runs[True][1], runs[False][1]
+    # a decode costs tens of ms of CPU here; the request reaches the server a few ms after it starts
+    assert sum(b > 0.002 for b in with_overlap) >= len(with_overlap) // 2, with_overlap
+    assert max(without) < 0.001, without
+
+
+def test_cancel_from_another_thread_stops_a_generation_waiting_on_the_remote(model, remote, proxy):
+    """CoStream.cancel() from another thread, while the loop waits on a request that takes 5 s: the
+    request is aborted, the stream ends at once as 'cancelled', and the session goes back to the pool
+    with the user's cache kept and its no-context sequence empty."""
+    remote.connect()
+    proxy.clear()
+    proxy.rtt_ms = 5000.0
+    # overlap=False: the loop goes straight into the provider's wait once the request is sent (with
+    # overlap, a cancel can also land in the decode that runs meanwhile, a path that needs no abort)
+    stream = cg.CoGenerator(model, remote, lookahead=1, overlap=False).stream(
+        INSTRUCTION, CONTEXT, max_tokens=4, temperature=0.0)
+    cancelled_at = []
+
+    def cancel_once_sent():
+        while not proxy.records:
+            time.sleep(0.005)
+        time.sleep(0.2)  # the loop is waiting on the answer by now
+        cancelled_at.append(time.monotonic())
+        stream.cancel()
+
+    canceller = threading.Thread(target=cancel_once_sent)
+    canceller.start()
+    pieces = list(stream)
+    returned = time.monotonic()
+    canceller.join()
+    result = stream.result
+    assert result.finish_reason == "cancelled" and not result.fallback, result.fallback_reason
+    assert pieces == [] and result.tokens == [] and len(proxy.records) == 1  # no retry, no second request
+    assert returned - cancelled_at[0] < 1.0  # not after the answer (5 s)
+    with model.pooled_session(scope=model.scope_for(CONTEXT)) as session:
+        assert session.seq_len() > 0 and session.seq_len(seq_id=1) == 0
 
 
 def test_a_draft_is_private_redacted_or_blocked(model, remote, proxy):
@@ -157,17 +242,58 @@ def test_bad_arguments_are_named(model, remote):
         cg.CoGenerator(model, remote, privacy="whatever").generate(INSTRUCTION, CONTEXT, max_tokens=4)
 
 
+class RecordingProxy(FaultProxy):
+    """A FaultProxy that also keeps the body of every answer it forwards, as the server sent it."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.answers: list[bytes] = []
+
+    async def _forward(self, *args):
+        response = await super()._forward(*args)
+        self.answers.append(response.body)
+        return response
+
+
 @pytest.mark.slow
-def test_cross_tokenizer_remote_fuses_through_the_bridge(model, gemma_path):
-    """Gemma 3 (262,144 tokens, base model) as the remote of SmolLM2 (49,152 tokens)."""
+def test_cross_tokenizer_remote_fuses_through_the_bridge(model, gemma_path, pieces):
+    """Gemma 3 (262,144 tokens, base model) as the remote of SmolLM2 (49,152 tokens), checked against
+    what the Gemma server answered (each answer as it crossed the proxy), mapped onto local ids in the
+    test (longest byte prefix, reference.bridged_positions): every remote probability the result
+    reports is the one listed for that token at that position, every fused token is a listed one, and a
+    lookahead run goes on exactly while the chosen token has the bytes of the remote's own token."""
     from cogenesis_device.testing import LoopbackServer
 
-    with LoopbackServer(str(gemma_path), n_ctx=1024) as server, \
-            cg.RemoteModel(server.base_url, template="raw", max_top_k=10) as gemma:
-        generator = cg.CoGenerator(model, gemma, fusion={"weight": 0.2}, lookahead=4)
+    with LoopbackServer(str(gemma_path), n_ctx=1024) as server, RecordingProxy(server.base_url) as proxy, \
+            cg.RemoteModel(proxy.base_url, template="raw", max_top_k=10) as gemma:
+        # Without attribution, each request's prompt is the instruction and the text as written: it
+        # tells which generated token the answer's first position scores.
+        generator = cg.CoGenerator(model, gemma, fusion={"weight": 0.2}, lookahead=4, attribution=False)
         assert generator.remote_tokenizer is None  # no shared tokenizer: cross-tokenizer mode
+        gemma.connect()
+        proxy.clear()
+        proxy.answers.clear()
         result = generator.generate(INSTRUCTION, CONTEXT, max_tokens=12, temperature=0.0)
     assert not result.fallback and result.stats.n_tokens == 12
+    tokens = result.tokens
+    assert all(r.path.endswith("/completions") for r in proxy.records) and len(proxy.answers) == len(proxy.records)
+    written = {INSTRUCTION + "\n\n" + model.detokenize(tokens[:g]): g for g in range(len(tokens))}
+    starts = [written[json.loads(r.body)["prompt"]] for r in proxy.records]
+    assert starts[0] == 0 and starts == sorted(set(starts)) and len(starts) == result.stats.round_trips
+    for k, (start, answer) in enumerate(zip(starts, proxy.answers)):
+        end = starts[k + 1] if k + 1 < len(starts) else len(tokens)
+        listed = bridged_positions(json.loads(answer), pieces)
+        assert 1 <= end - start <= max(len(listed), 1)  # a run uses only positions the remote answered
+        for j, (own, scores) in enumerate(listed[:end - start]):
+            info = result.attribution[start + j]
+            if info.remote_p is not None or info.source == "fused":
+                assert info.token in scores, (start + j, info, scores)  # mask fill: only listed tokens
+                assert info.remote_p == pytest.approx(scores[info.token], rel=1e-4), (start + j, info)
+            is_own = model.native.token_to_piece(info.token) == own
+            if j < end - start - 1:
+                assert is_own, (start + j, info, own)  # the run went on: the remote's own token
+            elif end < len(tokens) and j + 1 < len(listed):
+                assert not is_own, (start + j, info, own)  # the run stopped: not the remote's token
     fused = [a for a in result.attribution if a.remote_p is not None]
     assert len(fused) >= 6  # most chosen tokens are listed by the remote, mapped onto local ids
     assert result.stats.round_trips < 12  # runs continued across aligned token boundaries

@@ -2,14 +2,19 @@
 import json
 import os
 import secrets
+import zlib
 from importlib import resources
 
+import numpy as np
 import pytest
 
 import cogenesis_device as cg
 from cogenesis_device.eval import datasets
+from cogenesis_device.collab import NO_REPEAT_NGRAM, OUTLINE_PROMPT
 from cogenesis_device.eval.runner import EvalSettings, Evaluation
 from cogenesis_device.eval.judge import Judge
+from cogenesis_device.eval.leakscan import leaked, plant_canaries, profile_facts
+from cogenesis_device.eval.metrics import distinct_n, facts_used, repeated_ngram_rate, rouge_l
 
 from conftest import THREADS
 
@@ -39,49 +44,104 @@ def _evaluation(out, model, remote, **settings):
                       progress=False)
 
 
+def _planted(sample):
+    """The context the eval's modes see: the sample's, with its canaries planted (seeded by the sample id)."""
+    return plant_canaries(sample.context, seed=zlib.crc32(sample.tid.encode()))
+
+
+def _facts(sample):
+    """The facts the eval's leak scan looks for in what a sample's jobs sent."""
+    public = OUTLINE_PROMPT.format(instruction=sample.instruction)
+    return profile_facts(sample.context, public) + _planted(sample)[1]
+
+
+def _mode_bodies(proxy):
+    """What the modes sent, as the proxy saw it on the wire (the judge reads the profile by design)."""
+    return [r.body.decode("utf-8", "replace") for r in proxy.records
+            if r.method == "POST" and b"You are grading" not in r.body]
+
+
+def _files(out):
+    return {name: (out / name).read_text() for name in ("generations.jsonl", "judge.jsonl", "gold.jsonl")}
+
+
 def test_eval_writes_table_1_without_leaking_and_resumes(model, patient_remote, proxy, tmp_path):
     remote = patient_remote
     samples, canaries = _dataset(tmp_path)
     out = tmp_path / "run"
     _evaluation(out, model, remote).run(samples[:1])  # an "interrupted" run: one sample done
-    first_requests = len(proxy.records)
-    results = _evaluation(out, model, remote).run(samples)
+    first_requests, first_files = len(proxy.records), _files(out)
+    evaluation = _evaluation(out, model, remote)
+    results = evaluation.run(samples)
     gens = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
     assert sorted((g["tid"], g["mode"]) for g in gens) == sorted((s.tid, m) for s in samples for m in MODES)
+    # the second run appended the second sample and left the first one's rows as they were
+    assert first_requests < len(proxy.records)
+    for name, text in _files(out).items():
+        assert text.startswith(first_files[name]) and len(text) > len(first_files[name]), name
+        assert {json.loads(line)["tid"] for line in text[len(first_files[name]):].splitlines()} == {samples[1].tid}
     assert set(results["modes"]) == set(MODES) and all(e["samples"] == 2 for e in results["modes"].values())
+    by_tid = {s.tid: s for s in samples}
+    for g in gens:
+        sample = by_tid[g["tid"]]
+        # each row's metrics are those of its recorded text against the sample's gold
+        assert g["rouge_l"] == rouge_l(g["text"], sample.gold)
+        assert g["facts_used"] == pytest.approx(facts_used(g["text"], sample.facts()), rel=0, abs=0, nan_ok=True)
+        assert g["repeated_4grams"] == repeated_ngram_rate(g["text"], 4) and g["distinct_2"] == distinct_n(g["text"], 2)
+        assert g["cosine"] == pytest.approx(evaluation.embedder.cosine(g["text"], sample.gold) if g["text"] else 0.0,
+                                            abs=1e-5)
+        if g["mode"] == "local":
+            # the local mode is LocalModel.generate on the local prompt with the planted context, greedy, with the
+            # eval's repetition control (a fresh scope: the same full prefill as the eval's first job of the sample)
+            prompt = model.private_prompt(_planted(sample)[0], sample.instruction)
+            alone = model.generate(prompt, max_tokens=12, temperature=0.0, no_repeat_ngram=NO_REPEAT_NGRAM,
+                                   scope=f"test-{secrets.token_hex(4)}")
+            assert g["text"] == alone.text and g["stats"]["n_tokens"] == len(alone.tokens)
     for mode, entry in results["modes"].items():
+        rows = [g for g in gens if g["mode"] == mode]
         assert entry["fallbacks"] == 0, mode
         assert entry["leak"]["jobs_leaking"] == 0, mode
-        assert 0.0 <= entry["rouge_l"][0] <= 1.0 and -1.0 <= entry["cosine"][0] <= 1.0
+        # the table's figures are the rows' own: mean and sample sd of the per-row values, sums of the audits
+        for metric in ("rouge_l", "cosine", "facts_used", "repeated_4grams", "distinct_2"):
+            values = [g[metric] for g in rows if not np.isnan(g[metric])]  # NaN: not defined for the row
+            expected = [np.mean(values), np.std(values, ddof=1), 2] if len(values) == 2 else [np.nan, np.nan, 0]
+            assert entry[metric] == pytest.approx(expected, nan_ok=True), (mode, metric)
+        assert entry["leak"]["requests"] == sum(g["audit"]["requests"] for g in rows)
+        assert entry["leak"]["bytes_sent"] == sum(g["audit"]["bytes_sent"] for g in rows)
         if mode != "remote":  # the remote-alone answer is timed by nobody here
             assert entry["decode_tokens_per_s"][0] > 0 and entry["first_token_ms"][0] > 0, mode
     assert results["modes"]["local"]["leak"]["requests"] == 0
     assert results["modes"]["logits:weighted:tail"]["leak"]["requests"] > 0
     judged = [json.loads(line) for line in (out / "judge.jsonl").read_text().splitlines()]
-    assert len(judged) == 2 * len(MODES)
+    assert sorted((j["tid"], j["mode"]) for j in judged) == sorted((g["tid"], g["mode"]) for g in gens)
     # The judge reads the profiles by design: its requests are counted, and reported as such.
     sent = results["judge_sent"]
     assert sent["requests"] == 2 * len(judged) and sent["private_spans"] >= len(judged)
+    assert sent["requests"] == sum(b"You are grading" in r.body for r in proxy.records)
     assert "Sent by design: the judge's" in (out / "table.md").read_text()
     bpb = results["gold_bpb"]
+    gold = [json.loads(line) for line in (out / "gold.jsonl").read_text().splitlines()]
     assert bpb["_samples"] == 2 and {"local", "remote", "weighted:tail", "max:tail"} <= set(bpb)
+    assert [g["n_bytes"] for g in gold] == [len(by_tid[g["tid"]].gold.encode()) for g in gold] and bpb["_bytes"] == sum(
+        g["n_bytes"] for g in gold)
+    for system in ("local", "remote", "weighted:tail", "max:tail"):
+        assert bpb[system]["bpb"] == pytest.approx(sum(g["nll"][system] for g in gold) / np.log(2) / bpb["_bytes"])
     assert 0 < bpb["local"]["bpb"] < 8
     table = (out / "table.md").read_text()
     assert "Gold bits per byte" in table and "| logits:weighted:tail |" in table
-    # Nothing private left the process: not the canaries, not the door codes. The judge is the exception by
-    # design (it reads the profile), so only the modes' requests are checked here.
-    mode_bodies = [r.body.decode("utf-8", "replace") for r in proxy.records if b"You are grading" not in r.body]
+    # Nothing private left the process: not the canaries, not the door codes, not a profile fact (an independent
+    # recount of the leak scan, from the bodies on the wire). The judge is the exception by design.
+    mode_bodies = _mode_bodies(proxy)
     assert mode_bodies and not any(c.split()[0] in b or c.split()[1] in b for c in canaries for b in mode_bodies)
     assert not any(s.context.splitlines()[-1].split(": ")[1] in b for s in samples for b in mode_bodies)
-    # the second run did only the second sample; a third run has nothing left to do
-    assert first_requests < len(proxy.records)
-    before = len(proxy.records)
+    assert all(leaked(_facts(s), mode_bodies) == [] for s in samples)
+    # a third run has nothing left to do: no request, no line written
+    before, files = len(proxy.records), _files(out)
     _evaluation(out, model, remote).run(samples)
-    assert len(proxy.records) == before
-    assert len((out / "generations.jsonl").read_text().splitlines()) == len(gens)
+    assert len(proxy.records) == before and _files(out) == files
 
 
-def test_eval_audit_policy_reports_what_redaction_prevents(model, patient_remote, tmp_path):
+def test_eval_audit_policy_reports_what_redaction_prevents(model, patient_remote, proxy, tmp_path):
     """With attribution off (':text-only') the generated prefix carries the profile's name: the guard finds it under both policies, redact sends it
     redacted, audit sends it as it is, and the independent scan sees the difference. (Before, with
     attribution on, both policies found 0 spans and the comparison held whatever the code did.)"""
@@ -99,6 +159,15 @@ def test_eval_audit_policy_reports_what_redaction_prevents(model, patient_remote
     assert redacted["found_before_redaction"] > 0 and audited["found_before_redaction"] > 0
     assert redacted["jobs_leaking"] == 0
     assert audited["jobs_leaking_profile"] == 1 and "profile:name" in audited["leaked_kinds"]
+    # The leaks reported are what the bodies on the wire reveal, recounted independently of the eval's records
+    # (the redact job, which leaks nothing, sent its bodies through the same proxy).
+    rows = {json.loads(line)["mode"]: json.loads(line)
+            for line in (tmp_path / "audit" / "generations.jsonl").read_text().splitlines()}
+    recount = {(f.kind, f.value) for f in leaked(_facts(samples[0]), _mode_bodies(proxy))}
+    assert {tuple(f) for f in rows["logits:weighted:tail:w=0.9 [audit:text-only]"]["leak"]["leaked"]} == recount
+    assert rows["logits:weighted:tail:w=0.9 [redact:text-only]"]["leak"]["leaked"] == []
+    assert audited["leaked_kinds"] == sorted({kind for kind, _ in recount})
+    assert audited["canaries_leaked"] == sum(kind.startswith("canary") for kind, _ in recount)
 
 
 def test_eval_cli_on_a_dev_slice(proxy, tmp_path, capsys):

@@ -1,8 +1,11 @@
-"""Generation through the native loop: parity, sampling, streaming, stops, threads."""
+"""Generation through the native loop: parity, sampling, streaming, stops, threads, arrays in and out."""
+import ctypes
+import gc
 import itertools
 import re
 import threading
 import time
+import tracemalloc
 
 import llama_cpp
 import numpy as np
@@ -249,3 +252,96 @@ def test_truncate_rolls_back_the_kv_cache(model):
     s.prefill(toks[-1:])
     np.testing.assert_allclose(s.logits(), first, atol=1e-4)
     assert s.seq_tokens().tolist() == toks
+
+
+def _status_bytes(field):
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M).group(1)) * 1024
+
+
+def _peaks(call):
+    """Memory a call takes at its peak: numpy's allocations (tracemalloc), and the process's resident set
+    (VmHWM, reset through /proc/self/clear_refs), which also sees a copy made in C++. The second is None
+    where the kernel does not let a process reset it."""
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)  # glibc: hand freed memory back, so a new allocation shows in the RSS
+    except (OSError, AttributeError):
+        pass
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        rss_before = _status_bytes("VmRSS")
+    except OSError:
+        rss_before = None
+    tracemalloc.start()
+    try:
+        call()
+        traced = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return traced, None if rss_before is None else _status_bytes("VmHWM") - rss_before
+
+
+def test_token_arrays_are_read_in_place_or_converted(model):
+    """A C-contiguous int32 array is read where it is; another dtype, a strided view or a list is converted,
+    to the same tokens. The array is 32 MiB of EOS (rendered as "" without special=True), so detokenize reads
+    all of it and a copy would stand far above the allocator's noise."""
+    native = model.native
+    n = 1 << 23
+    eos = np.full(n, native.eos, dtype=np.int32)
+    # The control: these must be copied, and numpy's allocation of the copy is seen. The resident set
+    # sees a copy too (one made in C++ as well), unless the process reuses memory it already holds,
+    # as it may late in a long test session: then only the traced figure is asserted.
+    rss_sees_copies = True
+    for converted in (eos.astype(np.int64), np.repeat(eos, 2)[::2]):
+        traced, rss = _peaks(lambda: native.detokenize(converted))
+        assert traced >= 4 * n, (converted.dtype, traced, rss)
+        rss_sees_copies &= rss is not None and rss >= 3 * n
+    readonly = eos.copy()
+    readonly.flags.writeable = False  # only read: a read-only array is taken as it is
+    for in_place in (eos, readonly):
+        traced, rss = _peaks(lambda: native.detokenize(in_place))
+        assert traced < n // 8 and (not rss_sees_copies or rss < n // 2), (traced, rss)
+    # converted input means the same tokens
+    tokens = model.native.tokenize("Arrays in: read in place, or converted to int32.")
+    text = native.detokenize(tokens)
+    wide = np.zeros(2 * len(tokens), dtype=np.int64)
+    wide[::2] = tokens
+    for same in (tokens.tolist(), tokens.astype(np.int64), wide[::2], tokens.astype(np.uint16)):
+        assert native.detokenize(same) == text
+    session = model.new_session()
+    session.prefill(wide[::2])
+    assert session.seq_tokens().tolist() == tokens.tolist()
+
+
+def test_returned_arrays_own_their_memory(model):
+    """Each call returns memory of its own: not a view of the engine's buffers (the logits buffer is
+    overwritten by the next evaluation) and not shared with another call's array."""
+    session = model.new_session()
+    tokens = model.native.tokenize("Arrays out own their memory")
+    assert not np.shares_memory(tokens, model.native.tokenize("Arrays out own their memory"))
+    session.prefill(tokens)
+    first, again = session.logits(), session.logits()
+    kept = first.copy()
+    assert first.dtype == np.float32 and first.flags.c_contiguous and first.flags.writeable
+    assert not isinstance(first.base, np.ndarray) and not np.shares_memory(first, again)
+    first[:] = 0.0  # writing to one changes neither the engine nor the next call's array
+    np.testing.assert_array_equal(session.logits(), kept)
+    session.decode([0], [int(tokens[0])])
+    assert not np.array_equal(session.logits(), kept)  # the engine's buffer moved on...
+    np.testing.assert_array_equal(again, kept)  # ...the array returned before did not
+    held = session.seq_tokens()
+    held[:] = -1
+    assert session.seq_tokens().tolist() == [*tokens.tolist(), int(tokens[0])]
+    gen = _native.Generation(session, tokens, _native.Sampler(temperature=0), max_tokens=3)
+    gen.run()
+    out = gen.tokens
+    assert not np.shares_memory(out, gen.tokens)
+    expected = out.copy()
+    gen.close()
+    del session, gen
+    gc.collect()
+    # the arrays outlive the session and generation that returned them
+    np.testing.assert_array_equal(again, kept)
+    np.testing.assert_array_equal(out, expected)

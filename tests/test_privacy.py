@@ -159,12 +159,18 @@ def test_a_short_draft_is_private_too():
 
 
 def test_the_endpoint_path_is_public_but_the_rest_of_the_url_is_checked():
-    """A profile that uses the word 'completions' (rare in English, so private) once stopped every
-    request to /v1/completions; the endpoint path is the client's own text."""
-    guard = EgressGuard(["Goals: track milestone completions for the Brennecke team"])
+    """A profile that uses the word 'completions' (rare in English, so private), or 'HTTP' in prose (a
+    capitalized word, so a name), once stopped every request to /v1/completions. The scheme, the port and
+    the endpoint path are protocol; the host, the base path and the query are checked."""
+    guard = EgressGuard(["Goals: track milestone completions for the Brennecke team; heed standardized HTTP "
+                         "methods; PIN 8080"])
     for path in ("/v1/completions", "/v1/chat/completions", "/v1/models"):
         guard.check_envelope(f"http://127.0.0.1:8080{path}", [])
     with pytest.raises(PrivacyBlockedError, match="the URL holds private text"):
         guard.check_envelope("http://127.0.0.1:8080/brennecke/v1/completions", [])
     with pytest.raises(PrivacyBlockedError, match="the URL holds private text"):
         guard.check_envelope("http://127.0.0.1:8080/v1/completions?completions=1", [])
+    for url in ("https://brennecke.example.org/v1/completions", "http://brennecke:x@127.0.0.1:8080/v1/completions",
+                "http://127.0.0.1:8080/v1/completions#brennecke"):
+        with pytest.raises(PrivacyBlockedError, match="the URL holds private text"):
+            guard.check_envelope(url, [])

@@ -88,9 +88,31 @@ def test_an_immediate_end_of_text_is_an_answer(real_server, model, tokenizer):
     assert step.token == end and step.top[end] == step.logprob == max(step.top.values())
 
 
-def test_chat_completion(remote):
-    reply = remote.chat([{"role": "user", "content": "Say hello."}], max_tokens=8, public=True)
-    assert reply.text and reply.finish_reason in ("length", "stop")
+def test_chat_completion_is_the_models_greedy_reply(remote, proxy, loopback_server, model):
+    """The reply read from the stream is what the same model writes greedily for the prompt the server
+    renders (read raw from its /apply-template), run locally. The prompt is one where every one of the
+    8 tokens leads by more than 1 nat (checked below), far above the 0.27 nats by which the server's
+    newer kernels round differently, so greedy decoding cannot differ between the two builds."""
+    from reference import post
+
+    messages = [{"role": "user", "content": "Name the first three letters of the alphabet."}]
+    reply = remote.chat(messages, max_tokens=8, public=True)
+    sent = json.loads(proxy.records[-1].body)
+    assert sent["messages"] == messages and sent["max_tokens"] == 8 and sent["stream"] is True
+    rendered = post(f"{loopback_server.base_url.removesuffix('/v1')}/apply-template", {"messages": messages})["prompt"]
+    prompt = model.tokenize(rendered, parse_special=True)
+    session = model.new_session()
+    session.prefill(np.asarray(prompt[:-1], dtype=np.int32))
+    token, greedy = prompt[-1], []
+    for _ in range(8):
+        session.decode([0], [token])
+        row = session.logits(0).astype(np.float64)
+        first, second = np.sort(row)[-2:][::-1]
+        assert first - second > 1.0  # logits differ as log-probabilities do
+        token = int(np.argmax(row))
+        assert not model.native.is_eog(token)
+        greedy.append(token)
+    assert reply.text == model.detokenize(greedy) and reply.finish_reason == "length"
 
 
 @pytest.mark.parametrize("fault, params", [

@@ -58,15 +58,28 @@ def test_map_merges_drops_and_sorts(bridge):
 
 
 @pytest.mark.slow
-def test_cross_tokenizer_mapping_from_gemma(model, bridge, gemma_path):
+def test_cross_tokenizer_mapping_from_gemma(model, bridge, gemma_path, pieces):
+    """Each Gemma token maps to the local token whose bytes are the longest prefix of its bytes (the
+    lowest id among equal bytes), computed here from the local vocabulary; map() returns those ids,
+    with the probabilities of Gemma tokens landing on one id added."""
     gemma = _native.Model(str(gemma_path), vocab_only=True)
-    text = " The committee approved the unprecedented reorganization yesterday."
+    text = " The committee approved the unprecedented reorganization yesterday. Ünïcödé ✓ 東京"
     gemma_tokens = gemma.tokenize(text, add_special=False)
     remote_pieces = [gemma.token_to_piece(int(t)) for t in gemma_tokens]
-    ids, _ = bridge.map(remote_pieces, np.full(len(remote_pieces), -1.0, dtype=np.float32))
-    assert len(ids) > 0
-    local = {model.native.token_to_piece(int(i)) for i in ids}
-    assert all(any(p.startswith(l) for p in remote_pieces) for l in local)
+    assert b"".join(remote_pieces) == text.encode()
+    by_bytes = {}
+    for i, p in pieces.items():
+        by_bytes.setdefault(p, i)
+    expected = [next(by_bytes[p[:n]] for n in range(len(p), 0, -1) if p[:n] in by_bytes) for p in remote_pieces]
+    assert [bridge.lookup(p) for p in remote_pieces] == expected
+    assert any(pieces[e] != p for e, p in zip(expected, remote_pieces))  # some map onto a strict prefix
+    logprobs = np.log(np.linspace(0.04, 0.001, len(remote_pieces))).astype(np.float32)
+    ids, lps = bridge.map(remote_pieces, logprobs)
+    merged = {}
+    for e, lp in zip(expected, logprobs.astype(np.float64)):
+        merged[e] = merged.get(e, 0.0) + math.exp(lp)
+    assert sorted(ids.tolist()) == sorted(merged)
+    np.testing.assert_allclose(np.exp(lps), [merged[i] for i in ids.tolist()], rtol=1e-5)
 
 
 def test_end_of_turn_names_sent_as_text_map_to_the_end_of_generation(bridge, model):

@@ -186,10 +186,12 @@ class CoStream:
     def cancel(self) -> None:
         """Stop at the next token and abort the request in flight (safe from any thread)."""
         engine, provider = self._engine, self._provider
-        if provider is not None:
-            provider.cancel()
+        # The engine first: a request aborted while the engine still waits on it would read as a
+        # remote failure (a fallback to local-only) rather than as the cancellation it is.
         if engine is not None:
             engine.cancel()
+        if provider is not None:
+            provider.cancel()
 
     def close(self) -> None:
         """Stop the generation and release its session and request; `result` holds what was written."""
