@@ -30,6 +30,9 @@ from cogenesis_device.eval.metrics import rouge_l
 from report import fmt, summarize, write
 
 
+REMOTE_NAMES = {"llama.cpp": "llama.cpp's server", "llama-cpp-python": "llama_cpp.server"}
+
+
 def speed(local, remote, proxy, args) -> list[dict]:
     rows = []
     pairs = prompts(args.prompts)
@@ -63,7 +66,8 @@ def sweep(local, remote, proxy, args) -> list[dict]:
             profile = item["additional_profile"]
             context, canaries = leakscan.plant_canaries(profile, seed=zlib.crc32(str(item["tid"]).encode()))
             facts = leakscan.profile_facts(profile, instruction)
-            result = generator.generate(instruction, context, max_tokens=args.sweep_tokens, temperature=0.0)
+            result = generator.generate(instruction, context, max_tokens=args.sweep_tokens,
+                                        sampling=cg.SamplingParams.collaborative())
             bodies = [r.body for r in result.audit]
             last = result.audit[-1] if result.audit else None
             sent = (last.sent_tokens + last.withheld_tokens) if last else 0
@@ -72,7 +76,7 @@ def sweep(local, remote, proxy, args) -> list[dict]:
                          "withheld": last.withheld_tokens if last else 0, "sent": sent,
                          "context_bits": last.context_bits if last else 0.0,
                          "rouge_l": rouge_l(result.text, item["conversations"][1]["value"]),
-                         "tokens_per_s": result.stats.decode_tokens_per_s})
+                         "tokens_per_s": result.stats.tokens_per_s_after_first})
         row = {"attribution": label, "samples": len(jobs),
                "withheld_share": sum(j["withheld"] for j in jobs) / max(1, sum(j["sent"] for j in jobs)),
                "jobs_leaking_profile": sum(j["profile_leaked"] > 0 for j in jobs),
@@ -111,10 +115,10 @@ def main() -> None:
 
     command = (f"`python benchmarks/bench_egress.py --repeats {args.repeats} --prompts {args.prompts} --tokens "
                f"{args.tokens} --rtts {args.rtts} --samples {args.samples} --thresholds {args.thresholds} "
-               f"--sweep-tokens {args.sweep_tokens}`")
+               f"--sweep-tokens {args.sweep_tokens} --server {args.server}`")
     lines = ["# Egress privacy: cost and trade-off", "", command, "",
              "## Speed: attribution on vs off (logits mode, lookahead 8, greedy)", "",
-             f"Remote: llama_cpp.server (SmolLM2-135M) behind the delay proxy; tokens/s after the first token; mean ± sd "
+             f"Remote: {REMOTE_NAMES[args.server]} (SmolLM2-135M) behind the delay proxy; tokens/s after the first token; mean ± sd "
              f"over {args.repeats} repeats x {args.prompts} prompts, interleaved.", "",
              "| RTT ms | setting | tok/s | on / off |", "|---|---|---|---|"]
     for row in speed_rows:
