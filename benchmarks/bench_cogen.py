@@ -13,6 +13,7 @@ Writes results/cogen.json and results/cogen.md.
 from __future__ import annotations
 
 import argparse
+import re
 import importlib.util
 import subprocess
 import sys
@@ -36,6 +37,7 @@ def load_before(commit: str) -> types.ModuleType:
         source = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:cogenesis_device/{name}.py"],
                                 check=True, capture_output=True, text=True).stdout
         source = source.replace("from .attribution import", "from .before_attribution import")
+        source = re.sub(r'info\["(\w+)"\]', r"info.\1", source)  # FusionInfo is a bound class now, not a dict
         full = f"cogenesis_device.before_{name}"
         spec = importlib.util.spec_from_loader(full, loader=None)
         module = importlib.util.module_from_spec(spec)
@@ -58,18 +60,20 @@ def load_before(commit: str) -> types.ModuleType:
 
 
 def overhead(generator, instruction: str, context: str, tokens: int) -> dict:
-    stream = generator.stream(instruction, context, max_tokens=tokens, temperature=0.0)
+    stream = generator.stream(instruction, context, max_tokens=tokens)  # both loops' default: greedy
     for _ in stream:
         pass
     s = stream.result.stats
     decode_ms = getattr(stream, "_bench_decode_ms", None)
     decode_ms = s.local_decode_ms if decode_ms is None else decode_ms
     rest = s.total_ms - decode_ms - s.network_wait_ms
+    # Tokens/s after the first token; the loop of --before named it decode_tokens_per_s.
+    rate = s.tokens_per_s_after_first if hasattr(s, "tokens_per_s_after_first") else s.decode_tokens_per_s
     engine = getattr(stream, "engine_stats", None)  # the Python loop has no such counters
     native = {} if engine is None else {
         "fusion_and_attribution_ms_per_token": (engine.sample_ms + engine.attribution_ms) / s.n_tokens}
     return {"overhead_ms_per_token": rest / s.n_tokens, "decode_ms_per_token": decode_ms / s.n_tokens, **native,
-            "wait_ms_per_token": s.network_wait_ms / s.n_tokens, "tokens_per_s": s.decode_tokens_per_s,
+            "wait_ms_per_token": s.network_wait_ms / s.n_tokens, "tokens_per_s": rate,
             "text": stream.result.text, "round_trips": s.round_trips, "fallback": stream.result.fallback}
 
 

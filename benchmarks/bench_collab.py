@@ -52,11 +52,11 @@ def prompts(n: int) -> list[tuple[str, str]]:
 
 def run_once(generator: cg.CoGenerator, remote: cg.RemoteModel, instruction: str, context: str, tokens: int) -> dict:
     before = dict(remote.timings)
-    stream = generator.stream(instruction, context, max_tokens=tokens, temperature=0.0)
+    stream = generator.stream(instruction, context, max_tokens=tokens, sampling=cg.SamplingParams.collaborative())
     for _ in stream:
         pass
     result, s = stream.result, stream.result.stats
-    row = {"tokens_per_s": s.decode_tokens_per_s, "first_token_ms": s.first_token_ms,
+    row = {"tokens_per_s": s.tokens_per_s_after_first, "first_token_ms": s.first_token_ms,
            "end_to_end_ms": s.total_ms, "n_tokens": s.n_tokens, "round_trips_per_token": s.round_trips_per_token,
            "wasted_per_accepted": s.wasted_per_accepted,
            "depth": s.remote_tokens_asked / s.round_trips if s.round_trips else 0.0,

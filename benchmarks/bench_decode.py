@@ -210,7 +210,7 @@ def bench_cached_first_token(model, repeats: int, threads: int) -> dict:
             g = _native.Generation(s, prompt, greedy, max_tokens=1)
             g.step()
             elapsed = (time.perf_counter() - t0) * 1000
-            assert g.timings["n_reused"] == len(context)
+            assert g.timings.n_reused == len(context)
             return elapsed
 
         for _ in range(repeats):  # interleaved: prefilled, cold, warm

@@ -22,6 +22,7 @@ from .local import Completion, CompletionStream, GenerationStats, LocalModel  # 
 from .privacy import EgressGuard  # noqa: E402
 from .registry import DEFAULT_MODEL, MODELS, resolve_model  # noqa: E402
 from .remote import RemoteModel  # noqa: E402
+from .sampling import SamplingParams  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -38,6 +39,7 @@ __all__ = [
     "LocalModel",
     "MODELS",
     "RemoteModel",
+    "SamplingParams",
     "TokenInfo",
     "errors",
     "resolve_model",

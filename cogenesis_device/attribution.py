@@ -43,14 +43,17 @@ NO_CONTEXT_SEQ = 1  # the session's sequence without the private context (the ma
 PLACEHOLDER = _native.PLACEHOLDER  # what a request carries for a withheld run (the engine's CG_PLACEHOLDER)
 
 
+_ENGINE = _native.cogen_default_params()  # the engine loop's attribution defaults
+
+
 @dataclass(frozen=True)
 class AttributionConfig:
     """When a generated token is withheld from the remote (see the module docstring)."""
 
-    threshold: float = 2.0  # nats of log-ratio, with vs without the context
-    min_logprob: float = -10.0  # nats: tokens less likely than this without the context are withheld
-    budget_bits: float = 8.0  # most context information in `window` consecutive sent tokens
-    window: int = 16
+    threshold: float = _ENGINE["threshold"]  # nats of log-ratio, with vs without the context
+    min_logprob: float = _ENGINE["min_logprob"]  # nats: tokens less likely than this without the context are withheld
+    budget_bits: float = _ENGINE["budget_bits"]  # most context information in `window` consecutive sent tokens
+    window: int = _ENGINE["window"]
 
     def __post_init__(self):
         for name in ("threshold", "min_logprob", "budget_bits"):

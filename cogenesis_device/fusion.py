@@ -45,6 +45,10 @@ VocabBridge = _native.VocabBridge
 schedule_consult = _native.schedule_consult
 
 
+# The collaborative loop's fusion defaults (cg_cogen_default_params), which FusionConfig() is.
+_COGEN_FUSION = _native.cogen_default_params()["fusion"]
+
+
 @dataclass(frozen=True)
 class FusionConfig:
     """How local and remote scores are combined (see fusion.py). schedule=(P, K, T): consult the
@@ -53,13 +57,13 @@ class FusionConfig:
     context) is at least this share of the local top-1's; 0 is the paper's fusion, where a remote
     listing a single token dictates the text."""
 
-    rule: str = "weighted"
-    fill: str = "mask"
-    weight: float = 0.5
-    alpha: float = 1.0
+    rule: str = _COGEN_FUSION["rule"]
+    fill: str = _COGEN_FUSION["fill"]
+    weight: float = _COGEN_FUSION["weight"]
+    alpha: float = _COGEN_FUSION["alpha"]
     gate: object = None
     schedule: tuple[int, int, int] | None = None
-    plausible: float = 0.1
+    plausible: float = _COGEN_FUSION["plausible"]
 
     @classmethod
     def parse(cls, spec: str, gate: object = None) -> "FusionConfig":

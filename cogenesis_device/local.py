@@ -16,6 +16,7 @@ import numpy as np
 from . import _native
 from .errors import CogenesisIOError, InvalidParameterError, MissingFileError, StateError
 from .registry import DEFAULT_MODEL, resolve_model
+from .sampling import SamplingParams
 
 Prompt = Union[str, Sequence[int], np.ndarray]
 # The system turn of the private prompt (private_prompt): the context the local model writes from.
@@ -25,35 +26,16 @@ _CONTEXT_MARK, _USER_MARK = "\uE000", "\uE001"  # private-use characters: in no 
 _ROWS_PER_DECODE = 32  # rows per teacher-forced decode (a session's n_outputs_max)
 
 
-@dataclass(frozen=True)
-class GenerationStats:
-    """Timings of one generation (milliseconds) and token counts."""
+def plain_prompt(messages: Sequence[dict]) -> str:
+    """A prompt without chat markup: each message's text followed by a blank line (roles are dropped).
+    The format for base models, which have no chat template and simply continue text."""
+    return "".join(m["content"] + "\n\n" for m in messages)
 
-    load_ms: float
-    prefill_ms: float
-    first_token_ms: float
-    decode_ms: float
-    sample_ms: float
-    n_prompt: int
-    n_reused: int  # prompt tokens found in the KV cache (not prefilled again)
-    n_generated: int
-    n_decoded: int
 
-    @property
-    def prefill_tokens_per_s(self) -> float:
-        n = self.n_prompt - self.n_reused
-        return n / self.prefill_ms * 1000.0 if self.prefill_ms > 0 else 0.0
-
-    @property
-    def decode_tokens_per_s(self) -> float:
-        return self.n_decoded / self.decode_ms * 1000.0 if self.decode_ms > 0 else 0.0
-
-    def summary(self) -> str:
-        return (
-            f"prompt {self.n_prompt} tok ({self.n_reused} cached), prefill {self.prefill_ms:.0f} ms, "
-            f"first token {self.first_token_ms:.0f} ms, {self.n_generated} tok generated, "
-            f"decode {self.decode_tokens_per_s:.1f} tok/s, sampling {self.sample_ms:.1f} ms"
-        )
+# A generation's timings and token counts, bound from the engine (cg_timings): fields, rates, to_dict().
+GenerationStats = _native.Timings
+_GENERATE_DEFAULTS = _native.generate_default_params()
+_SESSION_DEFAULTS = _native.session_default_params()
 
 
 @dataclass(frozen=True)
@@ -124,7 +106,7 @@ def _completion(gen: _native.Generation) -> Completion:
         text=gen.text,
         tokens=gen.tokens.tolist(),
         finish_reason=gen.finish_reason,
-        stats=GenerationStats(**gen.timings),
+        stats=gen.timings,
     )
 
 
@@ -144,9 +126,9 @@ class LocalModel:
         self,
         model: str | os.PathLike = DEFAULT_MODEL,
         *,
-        n_ctx: int = 2048,
+        n_ctx: int = _SESSION_DEFAULTS["n_ctx"],
         n_threads: int | None = None,
-        n_batch: int = 512,
+        n_batch: int = _SESSION_DEFAULTS["n_batch"],
     ):
         self.path = resolve_model(model)
         self.name = os.fspath(model)
@@ -197,6 +179,11 @@ class LocalModel:
         """Format [{"role": ..., "content": ...}, ...] with the model's own chat template."""
         pairs = [(m["role"], m["content"]) for m in messages]
         return self._model.apply_chat_template(pairs, add_generation_prompt=add_generation_prompt)
+
+    def format_prompt(self, messages: Sequence[dict]) -> str:
+        """The text that asks this model to answer `messages`: its chat template with the assistant turn
+        opened, or, for a model without one (a base model such as Gemma 3 270M), plain_prompt(messages)."""
+        return self.apply_chat_template(messages) if self.has_chat_template else plain_prompt(messages)
 
     def private_prompt(self, context: str, user: str, draft: str = "") -> list[int]:
         """The prompt tokens of a job with a private context: the context in the system turn
@@ -341,9 +328,14 @@ class LocalModel:
 
     # -- generation --------------------------------------------------------
 
-    def generate(self, prompt: Prompt, **options) -> Completion:
-        """Generate a completion with the GIL released. See stream() for the options."""
-        gen, session = self._start(prompt, **options)
+    def generate(self, prompt: Prompt, sampling: SamplingParams | None = None, *,
+                 max_tokens: int = _GENERATE_DEFAULTS["max_tokens"], stop: Sequence[str] | None = None,
+                 ignore_eos: bool = False, chat: bool = False, system: str | None = None,
+                 prefix_cache: str | os.PathLike | None = None, cache_key: bytes | None = None,
+                 scope: str | None = None) -> Completion:
+        """Generate a completion with the GIL released. The arguments are stream()'s."""
+        gen, session = self._start(prompt, sampling, max_tokens, stop, ignore_eos, chat, system, prefix_cache,
+                                   cache_key, scope)
         try:
             gen.run()
             return _completion(gen)
@@ -351,52 +343,31 @@ class LocalModel:
             gen.close()
             self._release(session)
 
-    def stream(
-        self,
-        prompt: Prompt,
-        **options,
-    ) -> CompletionStream:
+    def stream(self, prompt: Prompt, sampling: SamplingParams | None = None, *,
+               max_tokens: int = _GENERATE_DEFAULTS["max_tokens"], stop: Sequence[str] | None = None,
+               ignore_eos: bool = False, chat: bool = False, system: str | None = None,
+               prefix_cache: str | os.PathLike | None = None, cache_key: bytes | None = None,
+               scope: str | None = None) -> CompletionStream:
         """Generate token by token, yielding text as it becomes final.
 
-        Options: max_tokens=128, temperature=0.8 (<= 0: greedy), top_k=40, top_p=0.95, min_p=0.05,
-        repeat_penalty=1.0, repeat_last_n=64, no_repeat_ngram=0 (n >= 1: never complete an n-gram the
-        generated text already holds), seed=None (random), stop=None (list of strings),
-        ignore_eos=False, chat=False (wrap the prompt as a user turn with the model's chat
-        template), system=None (system message when chat=True), prefix_cache=None
-        (a file written by cache_prefix), cache_key=None (its key, if it was written with one),
-        scope=None: whose private data the prompt holds (a user id, or scope_for(context)). A pooled
+        prompt: text, or token ids. sampling: a SamplingParams (default: the engine's, SamplingParams()).
+        max_tokens: most tokens to generate. stop: strings that end the text (not included).
+        ignore_eos: go on past the end-of-generation token. chat: wrap the prompt as a user turn with the
+        model's chat template; system: the system message then. prefix_cache: a file written by
+        cache_prefix; cache_key: its key, if it was written with one.
+        scope: whose private data the prompt holds (a user id, or scope_for(context)). A pooled
         session keeps its KV cache for the next job of the same scope only, so jobs of one user skip
         the prefill of their shared prefix and jobs of another user never learn of it. Calls without
         a scope are one scope together.
         """
-        gen, session = self._start(prompt, **options)
+        gen, session = self._start(prompt, sampling, max_tokens, stop, ignore_eos, chat, system, prefix_cache,
+                                   cache_key, scope)
         return CompletionStream(gen, session, self._release)
 
-    def _start(
-        self,
-        prompt: Prompt,
-        *,
-        max_tokens: int = 128,
-        temperature: float = 0.8,
-        top_k: int = 40,
-        top_p: float = 0.95,
-        min_p: float = 0.05,
-        repeat_penalty: float = 1.0,
-        repeat_last_n: int = 64,
-        no_repeat_ngram: int = 0,
-        seed: int | None = None,
-        stop: Sequence[str] | None = None,
-        ignore_eos: bool = False,
-        chat: bool = False,
-        system: str | None = None,
-        prefix_cache: str | os.PathLike | None = None,
-        cache_key: bytes | None = None,
-        scope: str | None = None,
-    ):
-        sampler = _native.Sampler(
-            temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-            repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, seed=seed, no_repeat_ngram=no_repeat_ngram,
-        )
+    def _start(self, prompt, sampling, max_tokens, stop, ignore_eos, chat, system, prefix_cache, cache_key, scope):
+        if sampling is not None and not isinstance(sampling, SamplingParams):
+            raise InvalidParameterError(f"sampling must be a SamplingParams, got {type(sampling).__name__}")
+        sampler = (sampling or SamplingParams()).sampler()
         tokens = self._prompt_tokens(prompt, chat=chat, system=system)
         session = self._acquire(scope)
         try:

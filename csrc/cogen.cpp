@@ -259,24 +259,44 @@ void register_cogen(py::module_ & m) {
         .def_readonly("remote_logprob", &cg_cogen_token::remote_logprob, "under the remote's top-k; NaN if unlisted")
         .def_readonly("context_nats", &cg_cogen_token::context_nats, "log-ratio with vs without the context; NaN if not scored");
 
-    py::class_<cg_cogen_stats>(m, "CoGenerationStats", "Statistics of one collaborative generation (ms and counts).")
-        .def_readonly("prefill_ms", &cg_cogen_stats::prefill_ms)
-        .def_readonly("first_token_ms", &cg_cogen_stats::first_token_ms)
-        .def_readonly("decode_ms", &cg_cogen_stats::decode_ms)
-        .def_readonly("sample_ms", &cg_cogen_stats::sample_ms)
-        .def_readonly("wait_ms", &cg_cogen_stats::wait_ms, "blocked in the provider's wait")
-        .def_readonly("attribution_ms", &cg_cogen_stats::attribution_ms)
-        .def_readonly("total_ms", &cg_cogen_stats::total_ms)
-        .def_readonly("n_prompt", &cg_cogen_stats::n_prompt)
-        .def_readonly("n_reused", &cg_cogen_stats::n_reused)
-        .def_readonly("n_generated", &cg_cogen_stats::n_generated)
-        .def_readonly("n_requests", &cg_cogen_stats::n_requests)
-        .def_readonly("n_accepted", &cg_cogen_stats::n_accepted, "positions where the fused token was the remote's own")
-        .def_readonly("n_asked", &cg_cogen_stats::n_asked, "positions asked of the remote, over all requests")
-        .def_readonly("n_scored", &cg_cogen_stats::n_scored,
-                      "positions fused with the remote's scores (n_asked - n_scored were wasted)")
-        .def_readonly("n_withheld", &cg_cogen_stats::n_withheld)
-        .def_readonly("context_bits", &cg_cogen_stats::context_bits);
+    using S = cg_cogen_stats;
+    py::class_<S> stats(m, "CoGenerationStats", "Statistics of one collaborative generation (ms and counts).");
+    def_fields(stats, [](const S &, py::dict &) {},
+        Field<S, double>{"prefill_ms", &S::prefill_ms, "the prompts (both sequences' first part) not already cached"},
+        Field<S, double>{"first_token_ms", &S::first_token_ms, "init to the first token"},
+        Field<S, double>{"decode_ms", &S::decode_ms, "evaluating generated tokens (and the no-context side with them)"},
+        Field<S, double>{"sample_ms", &S::sample_ms, "fusion and the sampler chain"},
+        Field<S, double>{"wait_ms", &S::wait_ms, "blocked in the provider's wait"},
+        Field<S, double>{"attribution_ms", &S::attribution_ms, "scoring tokens without the context, deciding what may leave"},
+        Field<S, double>{"total_ms", &S::total_ms, "init to the latest call"},
+        Field<S, int32_t>{"n_prompt", &S::n_prompt, "prompt tokens"},
+        Field<S, int32_t>{"n_reused", &S::n_reused, "prompt tokens found in the KV cache"},
+        Field<S, int32_t>{"n_generated", &S::n_generated, "tokens generated (excluding a final end-of-generation token)"},
+        Field<S, int32_t>{"n_requests", &S::n_requests, "requests submitted"},
+        Field<S, int32_t>{"n_accepted", &S::n_accepted, "positions where the fused token was the remote's own"},
+        Field<S, int32_t>{"n_asked", &S::n_asked, "positions asked of the remote, over all requests"},
+        Field<S, int32_t>{"n_scored", &S::n_scored, "positions fused with the remote's scores (n_asked - n_scored were wasted)"},
+        Field<S, int32_t>{"n_withheld", &S::n_withheld, "generated tokens withheld (as of the latest request)"},
+        Field<S, float>{"context_bits", &S::context_bits, "context information in the tokens sent (latest request)"});
+
+    const cg_cogen_params d = cg_cogen_default_params();
+    m.def("cogen_default_params", [] {
+        const cg_cogen_params p = cg_cogen_default_params();
+        py::dict out;
+        out["max_tokens"] = p.max_tokens;
+        out["lookahead"] = p.lookahead;
+        out["remote_top_k"] = p.top_k;
+        out["overlap"] = p.overlap;
+        out["batch_verify"] = p.batch_verify;
+        out["attribution"] = p.attribution;
+        out["threshold"] = as_decimal(p.attr_threshold);
+        out["min_logprob"] = as_decimal(p.attr_min_logprob);
+        out["budget_bits"] = as_decimal(p.attr_budget_bits);
+        out["window"] = p.attr_window;
+        out["fusion"] = fusion_params_dict(p.fusion);
+        out["sampling"] = sampling_params_dict(p.sampling);
+        return out;
+    }, "cg_cogen_default_params(): the collaborative loop's defaults, with its fusion and sampling.");
 
     py::class_<CoGenerationHandle, std::shared_ptr<CoGenerationHandle>>(m, "CoGeneration",
         "The collaborative (logits-mode) loop in the engine. provider: an object with\n"
@@ -287,15 +307,18 @@ void register_cogen(py::module_ & m) {
         "None generates local-only. The session is reserved until the generation finishes or close().")
         .def(py::init(&start), py::arg("session"), py::arg("prompt"), py::kw_only(), py::arg("noctx_prompt") = py::none(),
              py::arg("public_prefix") = "", py::arg("provider") = py::none(), py::arg("bridge") = nullptr,
-             py::arg("remote_vocab") = nullptr, py::arg("max_tokens") = 256, py::arg("lookahead") = 0,
-             py::arg("remote_top_k") = 0, py::arg("overlap") = true, py::arg("batch_verify") = false,
+             py::arg("remote_vocab") = nullptr, py::arg("max_tokens") = d.max_tokens, py::arg("lookahead") = d.lookahead,
+             py::arg("remote_top_k") = d.top_k, py::arg("overlap") = d.overlap, py::arg("batch_verify") = d.batch_verify,
              py::arg("schedule") = py::none(), py::arg("stop") = std::vector<std::string>{},
-             py::arg("rule") = "weighted", py::arg("fill") = "mask", py::arg("weight") = 0.5f, py::arg("alpha") = 1.0f,
-             py::arg("plausible") = 0.1f, py::arg("gate") = nullptr, py::arg("temperature") = 0.8f,
-             py::arg("top_k") = 40, py::arg("top_p") = 0.95f, py::arg("min_p") = 0.05f,
-             py::arg("repeat_penalty") = 1.0f, py::arg("repeat_last_n") = 64, py::arg("seed") = py::none(),
-             py::arg("no_repeat_ngram") = 0, py::arg("attribution") = true, py::arg("threshold") = 2.0f, py::arg("min_logprob") = -10.0f,
-             py::arg("budget_bits") = 8.0f, py::arg("window") = 16)
+             py::arg("rule") = fusion_rule_name(d.fusion.rule), py::arg("fill") = sparse_fill_name(d.fusion.fill),
+             py::arg("weight") = d.fusion.weight, py::arg("alpha") = d.fusion.alpha, py::arg("plausible") = d.fusion.plausible,
+             py::arg("gate") = nullptr, py::arg("temperature") = d.sampling.temperature, py::arg("top_k") = d.sampling.top_k,
+             py::arg("top_p") = d.sampling.top_p, py::arg("min_p") = d.sampling.min_p,
+             py::arg("repeat_penalty") = d.sampling.repeat_penalty, py::arg("repeat_last_n") = d.sampling.repeat_last_n,
+             py::arg("seed") = py::none(), py::arg("no_repeat_ngram") = d.sampling.no_repeat_ngram,
+             py::arg("attribution") = d.attribution, py::arg("threshold") = d.attr_threshold,
+             py::arg("min_logprob") = d.attr_min_logprob, py::arg("budget_bits") = d.attr_budget_bits,
+             py::arg("window") = d.attr_window)
         .def("step", &step,
              "Generate one token (GIL released; the provider's callbacks take it). Returns (CoToken, text):\n"
              "text is what became final (held back while it may start a stop string or a UTF-8 character).")

@@ -20,15 +20,39 @@ int32_t parse_sparse_fill(const std::string & name) {
     throw StatusError(CG_ERR_INVALID_ARGUMENT, "unknown sparse fill '" + name + "' (mask, tail, local)");
 }
 
-py::dict fusion_info_dict(const cg_fusion_info & info) {
+const char * fusion_rule_name(int32_t rule) {
+    switch (rule) {
+        case CG_FUSION_WEIGHTED: return "weighted";
+        case CG_FUSION_MAX: return "max";
+        case CG_FUSION_CONTEXT_DELTA: return "context_delta";
+        case CG_FUSION_GATE: return "gate";
+    }
+    return "?";
+}
+
+const char * sparse_fill_name(int32_t fill) {
+    switch (fill) {
+        case CG_FILL_MASK: return "mask";
+        case CG_FILL_TAIL: return "tail";
+        case CG_FILL_LOCAL: return "local";
+    }
+    return "?";
+}
+
+py::dict fusion_params_dict(const cg_fusion_params & p) {
     py::dict d;
-    d["weight"] = info.weight;
-    d["local_top"] = info.local_top;
-    d["remote_top"] = info.remote_top;
-    d["fused_top"] = info.fused_top;
-    d["chosen"] = info.chosen;
-    d["consulted"] = info.consulted;
-    d["overruled"] = info.overruled;
+    d["rule"] = fusion_rule_name(p.rule);
+    d["fill"] = sparse_fill_name(p.fill);
+    d["weight"] = as_decimal(p.weight);
+    d["alpha"] = as_decimal(p.alpha);
+    d["plausible"] = as_decimal(p.plausible);
+    return d;
+}
+
+namespace {
+
+// The gate's eight features by name, in the gate's order.
+py::dict fusion_features_dict(const cg_fusion_features & f) {
     static const std::pair<const char *, float cg_fusion_features::*> kFeatures[] = {
         {"local_entropy", &cg_fusion_features::local_entropy},
         {"remote_entropy", &cg_fusion_features::remote_entropy},
@@ -40,12 +64,9 @@ py::dict fusion_info_dict(const cg_fusion_info & info) {
         {"remote_p_of_local_top", &cg_fusion_features::remote_p_of_local_top},
     };
     py::dict feats;
-    for (const auto & [name, member] : kFeatures) feats[name] = info.features.*member;
-    d["features"] = feats;
-    return d;
+    for (const auto & [name, member] : kFeatures) feats[name] = f.*member;
+    return feats;
 }
-
-namespace {
 
 py::tuple fuse(const FloatArray & local, const TokenArray & remote_ids, const FloatArray & remote_logprobs,
                const std::string & rule, const std::string & fill, float weight, float alpha, float plausible,
@@ -81,15 +102,31 @@ py::tuple fuse(const FloatArray & local, const TokenArray & remote_ids, const Fl
         rc = cg_fuse(&p, gate ? gate->ptr : nullptr, local.data(), noctx, (int32_t) n, &dist, dst, &info);
     }
     check(rc);
-    return py::make_tuple(result, fusion_info_dict(info));
+    return py::make_tuple(result, info);
 }
 
 }  // namespace
 
 void register_fusion(py::module_ & m) {
+    const cg_fusion_params d = cg_fusion_default_params();
+    m.def("fusion_default_params", [] { return fusion_params_dict(cg_fusion_default_params()); },
+          "cg_fusion_default_params(): the fusion rule's defaults.");
+    py::class_<cg_fusion_info> info(m, "FusionInfo", "How one fused step was chosen.");
+    def_fields(info, [](const cg_fusion_info & i, py::dict & out) { out["features"] = fusion_features_dict(i.features); },
+        Field<cg_fusion_info, float>{"weight", &cg_fusion_info::weight, "the local side's weight"},
+        Field<cg_fusion_info, int32_t>{"local_top", &cg_fusion_info::local_top, "the local model's top token"},
+        Field<cg_fusion_info, int32_t>{"remote_top", &cg_fusion_info::remote_top, "the remote's top token (-1: none)"},
+        Field<cg_fusion_info, int32_t>{"fused_top", &cg_fusion_info::fused_top, "the fused distribution's top token"},
+        Field<cg_fusion_info, int32_t>{"chosen", &cg_fusion_info::chosen, "the token sampled (-1 from cg_fuse)"},
+        Field<cg_fusion_info, bool>{"consulted", &cg_fusion_info::consulted, "remote scores took part"},
+        Field<cg_fusion_info, bool>{"overruled", &cg_fusion_info::overruled,
+                                    "no listed remote token was plausible: the step is local-only"});
+    info.def_property_readonly("features", [](const cg_fusion_info & i) { return fusion_features_dict(i.features); },
+                               "The gate's eight features by name (fusion.FEATURE_NAMES order).");
     m.def("fuse", &fuse, py::arg("local"), py::arg("remote_ids"), py::arg("remote_logprobs"), py::kw_only(),
-          py::arg("rule") = "weighted", py::arg("fill") = "mask", py::arg("weight") = 0.5f, py::arg("alpha") = 1.0f,
-          py::arg("plausible") = 0.0f, py::arg("local_noctx") = py::none(), py::arg("gate") = nullptr, py::arg("out") = py::none(),
+          py::arg("rule") = fusion_rule_name(d.rule), py::arg("fill") = sparse_fill_name(d.fill), py::arg("weight") = d.weight,
+          py::arg("alpha") = d.alpha, py::arg("plausible") = d.plausible, py::arg("local_noctx") = py::none(),
+          py::arg("gate") = nullptr, py::arg("out") = py::none(),
           "Fuse dense local logits with a sparse remote top-k (ids, logprobs) into log-probabilities.\n"
           "Returns (fused, info). float32 C-contiguous inputs are read in place and `out`, if given, is\n"
           "written in place; all are used only during the call (GIL released).\n"

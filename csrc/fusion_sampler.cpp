@@ -53,20 +53,23 @@ void set_remote(FusionSamplerHandle & h, const TokenArray & ids, const FloatArra
 }  // namespace
 
 void register_fusion_sampler(py::module_ & m) {
+    const cg_fusion_params f = cg_fusion_default_params();
+    const cg_sampling_params d = cg_sampling_default_params();
     py::class_<FusionSamplerHandle, SamplerHandle, std::shared_ptr<FusionSamplerHandle>>(m, "FusionSampler",
         "A Sampler whose chain starts with the fusion link: set_remote() before a step fuses that step;\n"
         "a step without it is local-only. Then the usual chain (top-k, top-p, min-p, temperature, dist/greedy).")
-        .def(py::init(&create), py::arg("model"), py::kw_only(), py::arg("rule") = "weighted", py::arg("fill") = "mask",
-             py::arg("weight") = 0.5f, py::arg("alpha") = 1.0f, py::arg("plausible") = 0.0f, py::arg("gate") = nullptr,
-             py::arg("temperature") = 0.8f, py::arg("top_k") = 40, py::arg("top_p") = 0.95f, py::arg("min_p") = 0.05f,
-             py::arg("repeat_penalty") = 1.0f, py::arg("repeat_last_n") = 64, py::arg("seed") = py::none(),
-             py::arg("no_repeat_ngram") = 0)
+        .def(py::init(&create), py::arg("model"), py::kw_only(), py::arg("rule") = fusion_rule_name(f.rule),
+             py::arg("fill") = sparse_fill_name(f.fill), py::arg("weight") = f.weight, py::arg("alpha") = f.alpha,
+             py::arg("plausible") = f.plausible, py::arg("gate") = nullptr, py::arg("temperature") = d.temperature,
+             py::arg("top_k") = d.top_k, py::arg("top_p") = d.top_p, py::arg("min_p") = d.min_p,
+             py::arg("repeat_penalty") = d.repeat_penalty, py::arg("repeat_last_n") = d.repeat_last_n,
+             py::arg("seed") = py::none(), py::arg("no_repeat_ngram") = d.no_repeat_ngram)
         .def("set_remote", &set_remote, py::arg("ids"), py::arg("logprobs"), py::arg("local_noctx") = py::none(),
              "The remote top-k for the next step (copied), and the local no-context scores for context_delta.")
         .def("last_info", [](const FusionSamplerHandle & h) {
                 cg_fusion_info info{};
                 check(cg_fusion_sampler_last_info(h.link, &info));
-                return fusion_info_dict(info);
+                return info;
             }, "Attribution of the last step: weight, local/remote/fused top tokens, chosen token, features.");
 }
 

@@ -1,6 +1,8 @@
 // Binding of cg_generation: a pull-based token loop (GIL released per step).
 #include "handles.h"
 
+#include <cstdio>
+
 #include <pybind11/stl.h>
 
 namespace cgpy {
@@ -101,31 +103,60 @@ void run(GenerationHandle & g) {
     check(rc);
 }
 
-py::dict timings(const GenerationHandle & g) {
-    g.require_open();
-    const cg_timings t = cg_generation_timings(g.ptr);
-    py::dict d;
-    d["load_ms"] = t.load_ms;
-    d["prefill_ms"] = t.prefill_ms;
-    d["first_token_ms"] = t.first_token_ms;
-    d["decode_ms"] = t.decode_ms;
-    d["sample_ms"] = t.sample_ms;
-    d["n_prompt"] = t.n_prompt;
-    d["n_reused"] = t.n_reused;
-    d["n_generated"] = t.n_generated;
-    d["n_decoded"] = t.n_decoded;
-    return d;
+double prefill_tokens_per_s(const cg_timings & t) {
+    return t.prefill_ms > 0 ? (t.n_prompt - t.n_reused) / t.prefill_ms * 1000.0 : 0.0;
+}
+
+double decode_tokens_per_s(const cg_timings & t) {
+    return t.decode_ms > 0 ? t.n_decoded / t.decode_ms * 1000.0 : 0.0;
 }
 
 }  // namespace
 
 void register_generation(py::module_ & m) {
+    const cg_generate_params d = cg_generate_default_params();
+    m.def("generate_default_params", [] {
+        const cg_generate_params p = cg_generate_default_params();
+        py::dict out;
+        out["max_tokens"] = p.max_tokens;
+        out["ignore_eos"] = p.ignore_eos;
+        out["seq_id"] = p.seq_id;
+        return out;
+    }, "cg_generate_default_params(): a generation's defaults.");
+    py::class_<cg_timings> timings(m, "Timings", "Timings of one generation (milliseconds) and token counts.");
+    using T = cg_timings;
+    def_fields(timings, [](const T & t, py::dict & out) {
+            out["prefill_tokens_per_s"] = prefill_tokens_per_s(t);
+            out["decode_tokens_per_s"] = decode_tokens_per_s(t);
+        },
+        Field<T, double>{"load_ms", &T::load_ms, "model load (once per model)"},
+        Field<T, double>{"prefill_ms", &T::prefill_ms, "evaluating the prompt tokens not already cached"},
+        Field<T, double>{"first_token_ms", &T::first_token_ms, "start of generation to the first token chosen"},
+        Field<T, double>{"decode_ms", &T::decode_ms, "evaluating generated tokens"},
+        Field<T, double>{"sample_ms", &T::sample_ms, "the sampler chain"},
+        Field<T, int32_t>{"n_prompt", &T::n_prompt, "prompt tokens"},
+        Field<T, int32_t>{"n_reused", &T::n_reused, "prompt tokens found in the KV cache (not prefilled again)"},
+        Field<T, int32_t>{"n_generated", &T::n_generated, "tokens generated (excluding a final end-of-generation token)"},
+        Field<T, int32_t>{"n_decoded", &T::n_decoded, "generated tokens evaluated (decode_ms covers these)"});
+    timings
+        .def_property_readonly("prefill_tokens_per_s", &prefill_tokens_per_s,
+                               "prompt tokens evaluated (not reused) per second of prefill")
+        .def_property_readonly("decode_tokens_per_s", &decode_tokens_per_s,
+                               "generated tokens evaluated per second of decode: the package's one definition")
+        .def("summary", [](const T & t) {
+            char line[256];
+            std::snprintf(line, sizeof line,
+                          "prompt %d tok (%d cached), prefill %.0f ms, first token %.0f ms, %d tok generated, "
+                          "decode %.1f tok/s, sampling %.1f ms", t.n_prompt, t.n_reused, t.prefill_ms,
+                          t.first_token_ms, t.n_generated, decode_tokens_per_s(t), t.sample_ms);
+            return std::string(line);
+        }, "One line for people.");
     py::class_<GenerationHandle, std::shared_ptr<GenerationHandle>>(m, "Generation",
         "One generation on a Session: starting it reuses the cached prefix and prefills the rest; step()\n"
         "produces one token; run() goes to the end. The session is reserved until it finishes or close().")
         .def(py::init(&start), py::arg("session"), py::arg("prompt"), py::arg("sampler"), py::kw_only(),
-             py::arg("max_tokens") = 128, py::arg("stop") = std::vector<std::string>{}, py::arg("ignore_eos") = false,
-             py::arg("seq_id") = 0)
+             py::arg("max_tokens") = d.max_tokens, py::arg("stop") = std::vector<std::string>{},
+             py::arg("ignore_eos") = d.ignore_eos, py::arg("seq_id") = d.seq_id)
         .def("step", &step,
              "Generate one token (GIL released). Returns (token, text): token is -1 when the call produced none;\n"
              "text is what became final (held back while it may start a stop string or a UTF-8 character).")
@@ -149,7 +180,10 @@ void register_generation(py::module_ & m) {
             cg_generation_tokens(g.ptr, toks.data(), (int32_t) toks.size());
             return to_numpy(std::move(toks));
         })
-        .def_property_readonly("timings", &timings, "Timing stats in milliseconds and token counts.");
+        .def_property_readonly("timings", [](const GenerationHandle & g) {
+            g.require_open();
+            return cg_generation_timings(g.ptr);
+        }, "Timings (a copy, as of now).");
 }
 
 }  // namespace cgpy

@@ -9,6 +9,8 @@
 #include <pybind11/pybind11.h>
 
 #include <atomic>
+#include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -75,6 +77,45 @@ py::array_t<T> to_numpy(std::vector<T> && v) {
     return py::array_t<T>({(py::ssize_t) owned->size()}, {(py::ssize_t) sizeof(T)}, owned->data(), free_when_done);
 }
 
+// One read-only field of a bound result struct: its name, member and docstring.
+template <typename S, typename T>
+struct Field {
+    const char * name;
+    T S::*       member;
+    const char * doc = "";
+};
+
+// Binds each field read-only, and to_dict() with all of them (plus what `extra` adds): the
+// field list is written once per struct, so the attributes and the dict cannot drift apart.
+template <typename S, typename Extra, typename... T>
+void def_fields(py::class_<S> & cls, Extra extra, Field<S, T>... fields) {
+    (cls.def_readonly(fields.name, fields.member, fields.doc), ...);
+    cls.def("to_dict", [=](const S & s) {
+        py::dict d;
+        ((d[fields.name] = s.*(fields.member)), ...);
+        extra(s, d);
+        return d;
+    }, "The fields as a dict (for JSON).");
+    cls.def("__repr__", [](const py::object & self) {
+        return py::str("{}({})").format(py::type::of(self).attr("__name__"), self.attr("to_dict")());
+    });
+}
+
+// A float parameter as Python reads it: the shortest decimal that is the same float (0.95f -> 0.95,
+// not 0.949999988), so defaults compare and print as they are written in the engine.
+inline double as_decimal(float x) {
+    char text[32];
+    for (int digits = 1; digits <= 9; ++digits) {  // 9 significant digits always round-trip a float
+        std::snprintf(text, sizeof text, "%.*g", digits, x);
+        if (std::strtof(text, nullptr) == x) break;
+    }
+    return std::strtod(text, nullptr);
+}
+
+// The engine's default parameters as dicts (the single source of defaults for the Python layer).
+py::dict sampling_params_dict(const cg_sampling_params & p);
+py::dict fusion_params_dict(const cg_fusion_params & p);
+
 // Validated sampling parameters (seed None = random), shared by Sampler and FusionSampler.
 cg_sampling_params sampling_params(float temperature, int32_t top_k, float top_p, float min_p, float repeat_penalty,
                                    int32_t repeat_last_n, std::optional<int64_t> seed, int32_t no_repeat_ngram);
@@ -126,6 +167,7 @@ const char * finish_name(cg_finish_reason r);
 
 int32_t parse_fusion_rule(const std::string & name);
 int32_t parse_sparse_fill(const std::string & name);
-py::dict fusion_info_dict(const cg_fusion_info & info);
+const char * fusion_rule_name(int32_t rule);
+const char * sparse_fill_name(int32_t fill);
 
 }  // namespace cgpy

@@ -26,6 +26,19 @@ cg_sampling_params sampling_params(float temperature, int32_t top_k, float top_p
     return p;
 }
 
+py::dict sampling_params_dict(const cg_sampling_params & p) {
+    py::dict d;
+    d["temperature"] = as_decimal(p.temperature);
+    d["top_k"] = p.top_k;
+    d["top_p"] = as_decimal(p.top_p);
+    d["min_p"] = as_decimal(p.min_p);
+    d["repeat_penalty"] = as_decimal(p.repeat_penalty);
+    d["repeat_last_n"] = p.repeat_last_n;
+    d["no_repeat_ngram"] = p.no_repeat_ngram;
+    d["seed"] = p.seed == CG_SEED_RANDOM ? py::object(py::none()) : py::object(py::int_(p.seed));
+    return d;
+}
+
 namespace {
 
 std::shared_ptr<SamplerHandle> create(float temperature, int32_t top_k, float top_p, float min_p, float repeat_penalty,
@@ -40,12 +53,16 @@ std::shared_ptr<SamplerHandle> create(float temperature, int32_t top_k, float to
 }  // namespace
 
 void register_sampler(py::module_ & m) {
+    const cg_sampling_params d = cg_sampling_default_params();
+    m.def("sampling_default_params", [] { return sampling_params_dict(cg_sampling_default_params()); },
+          "cg_sampling_default_params(): the sampler chain's defaults (seed None: random).");
     py::class_<SamplerHandle, std::shared_ptr<SamplerHandle>>(m, "Sampler",
         "The engine's sampler chain: penalties -> no-repeat n-gram -> top_k -> top_p -> min_p -> temperature ->\n"
-        "dist (or greedy when temperature <= 0). Parameters are validated here.")
-        .def(py::init(&create), py::kw_only(), py::arg("temperature") = 0.8f, py::arg("top_k") = 40,
-             py::arg("top_p") = 0.95f, py::arg("min_p") = 0.05f, py::arg("repeat_penalty") = 1.0f,
-             py::arg("repeat_last_n") = 64, py::arg("seed") = py::none(), py::arg("no_repeat_ngram") = 0,
+        "dist (or greedy when temperature <= 0). Parameters are validated here; defaults are the engine's.")
+        .def(py::init(&create), py::kw_only(), py::arg("temperature") = d.temperature, py::arg("top_k") = d.top_k,
+             py::arg("top_p") = d.top_p, py::arg("min_p") = d.min_p, py::arg("repeat_penalty") = d.repeat_penalty,
+             py::arg("repeat_last_n") = d.repeat_last_n, py::arg("seed") = py::none(),
+             py::arg("no_repeat_ngram") = d.no_repeat_ngram,
              "seed=None draws a random seed at every reset; a fixed seed makes each generation reproducible.\n"
              "no_repeat_ngram=n (>= 1) never completes an n-gram the generated text already holds (the\n"
              "prompt's n-grams may be repeated); 0 disables.")

@@ -49,12 +49,26 @@ void run_nogil(SessionHandle & s, Call call) {
 }  // namespace
 
 void register_session(py::module_ & m) {
+    const cg_session_params d = cg_session_default_params();
+    m.def("session_default_params", [] {
+        const cg_session_params p = cg_session_default_params();
+        py::dict out;
+        out["n_ctx"] = p.n_ctx;
+        out["n_batch"] = p.n_batch;
+        out["n_ubatch"] = p.n_ubatch;
+        out["n_threads"] = p.n_threads;
+        out["n_threads_batch"] = p.n_threads_batch;
+        out["n_seq_max"] = p.n_seq_max;
+        out["flash_attn"] = p.flash_attn;
+        out["n_outputs_max"] = p.n_outputs_max;
+        return out;
+    }, "cg_session_default_params(): a session's defaults (n_threads: this machine's cores).");
     py::class_<SessionHandle, SessionPtr>(m, "Session",
         "One llama context (KV cache) over a Model, holding up to n_seq_max token sequences that share the\n"
         "n_ctx window. Use a Session from one thread at a time; create one per thread.")
-        .def(py::init(&create), py::arg("model"), py::kw_only(), py::arg("n_ctx") = 2048, py::arg("n_batch") = 512, py::arg("n_ubatch") = 256,
-             py::arg("n_threads") = 0, py::arg("n_threads_batch") = 0, py::arg("n_seq_max") = 1,
-             py::arg("flash_attn") = 1, py::arg("n_outputs_max") = 32,
+        .def(py::init(&create), py::arg("model"), py::kw_only(), py::arg("n_ctx") = d.n_ctx, py::arg("n_batch") = d.n_batch,
+             py::arg("n_ubatch") = d.n_ubatch, py::arg("n_threads") = 0, py::arg("n_threads_batch") = 0,
+             py::arg("n_seq_max") = d.n_seq_max, py::arg("flash_attn") = d.flash_attn, py::arg("n_outputs_max") = d.n_outputs_max,
              "n_threads=0 uses every core; n_threads_batch=0 follows n_threads; flash_attn: -1 auto, 0 off, 1 on;\n"
              "n_outputs_max: most logits rows one decode() may return (each costs n_vocab floats of compute buffer).")
         .def_property_readonly("n_ctx", [](const SessionHandle & s) { return cg_session_n_ctx(s.ptr); })

@@ -40,7 +40,7 @@ def pieces(model) -> dict[bytes, int]:
     return out
 
 
-GREEDY = dict(temperature=0.0)
+GREEDY = dict(sampling=cg.SamplingParams.greedy())
 
 
 @pytest.fixture(scope="session")

@@ -90,7 +90,7 @@ def test_an_encrypted_state_file_holds_no_token_in_clear_and_needs_its_key(model
     data = sealed.read_bytes()
     assert not any(tokens[i:i + 16] in data for i in range(0, len(tokens) - 16, 4)) and b"CGKV" not in data
     prompt = CONTEXT + "\nWrite one sentence about your week."
-    options = dict(max_tokens=12, temperature=0, ignore_eos=True, scope="dana")
+    options = dict(max_tokens=12, sampling=cg.SamplingParams.greedy(), ignore_eos=True, scope="dana")
     from_sealed = model.generate(prompt, prefix_cache=sealed, cache_key=key, **options)
     from_plain = model.generate(prompt, prefix_cache=plain, **options)
     assert from_sealed.text == from_plain.text and from_sealed.stats.n_reused >= n - 1
@@ -113,7 +113,7 @@ def test_forget_deletes_the_cache_file_and_the_pooled_sessions_of_a_user(model, 
     path = tmp_path / "dana.kv"
     model.cache_prefix(CONTEXT, path)
     prompt = CONTEXT + "\nWrite one sentence about your week."
-    options = dict(max_tokens=2, temperature=0, ignore_eos=True, scope="dana")
+    options = dict(max_tokens=2, sampling=cg.SamplingParams.greedy(), ignore_eos=True, scope="dana")
     model.generate(prompt, **options)
     assert model.generate(prompt, **options).stats.n_reused > 0  # the user's own cache serves the user
     model.forget(path, scope="dana")

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+import cogenesis_device as cg
+
 
 def run_cli(*args, stdin=None):
     exe = shutil.which("cogenesis")
@@ -18,7 +20,7 @@ def run_cli(*args, stdin=None):
 def test_generate_streams_text_and_reports_stats(model):
     proc = run_cli("generate", "Name a fruit.", "-n", "12", "--temp", "0", "--seed", "1")
     assert proc.returncode == 0, proc.stderr
-    expected = model.generate("Name a fruit.", chat=True, max_tokens=12, temperature=0)
+    expected = model.generate("Name a fruit.", chat=True, max_tokens=12, sampling=cg.SamplingParams.greedy())
     assert proc.stdout == expected.text + "\n"
     assert "finish=" in proc.stderr and "tok/s" in proc.stderr and "first token" in proc.stderr
 
@@ -26,7 +28,8 @@ def test_generate_streams_text_and_reports_stats(model):
 def test_generate_reads_the_prompt_from_stdin_and_raw_mode(model):
     proc = run_cli("generate", "--raw", "-n", "8", "--temp", "0", stdin="The capital of France is")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == model.generate("The capital of France is", max_tokens=8, temperature=0).text + "\n"
+    assert proc.stdout == model.generate("The capital of France is", max_tokens=8,
+                                         sampling=cg.SamplingParams.greedy()).text + "\n"
 
 
 @pytest.mark.parametrize(

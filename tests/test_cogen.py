@@ -75,7 +75,7 @@ def _check_against_the_protocol(model, remote, proxy, base_url, pieces, instruct
     for lookahead in (1, 4, 8):
         proxy.clear()
         result = cg.CoGenerator(model, remote, lookahead=lookahead, **AS_WRITTEN).generate(
-            instruction, context, max_tokens=N_TOKENS, temperature=0.0)
+            instruction, context, max_tokens=N_TOKENS, sampling=cg.SamplingParams.collaborative())
         assert not result.fallback, result.fallback_reason
         # Round trips and bytes are the HTTP traffic the proxy saw.
         assert result.stats.round_trips == len(proxy.records) == len(result.audit)
@@ -93,7 +93,7 @@ def test_the_schedule_consults_the_remote_on_its_steps_only(model, loopback_serv
     instruction, context = prompts(1)[0]
     schedule = (3, 2, 1)  # every step below 3, then one of every 3
     result = cg.CoGenerator(model, remote, lookahead=4, fusion={"schedule": schedule}, **AS_WRITTEN).generate(
-        instruction, context, max_tokens=N_TOKENS, temperature=0.0)
+        instruction, context, max_tokens=N_TOKENS, sampling=cg.SamplingParams.collaborative())
     consulted = [_native.schedule_consult(*schedule, i) for i in range(len(result.tokens))]
     assert any(a.source == "fused" for a in result.attribution)
     assert all(a.source == "local" for a, c in zip(result.attribution, consulted) if not c)

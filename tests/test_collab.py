@@ -17,7 +17,7 @@ DEV = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "con
 CONTEXT = ("Name: Odalys Brennecke\nLocation: Tromsø, Norway\nOccupation: marine biologist\n"
            "Private: training for the Lofoten ultramarathon; allergic to shellfish; sister Ingrid Solheim.")
 INSTRUCTION = "Write a short note inviting my colleagues to a team dinner"
-GREEDY = dict(max_tokens=32, temperature=0.0)
+GREEDY = dict(max_tokens=32, sampling=cg.SamplingParams.collaborative())
 
 
 def dev_samples(n):
@@ -64,8 +64,8 @@ def test_weight_zero_follows_the_remote_alone(model, remote, loopback_server, pi
     # The paper's fusion (no plausibility limit) and the text as written (no attribution placeholders).
     # No repetition control either: the reference below is the remote's greedy text as it is.
     fused = cg.CoGenerator(model, remote, fusion={"weight": 0.0, "plausible": 0.0}, lookahead=1,
-                           attribution=False).generate(INSTRUCTION, CONTEXT, max_tokens=12, temperature=0.0,
-                                                       no_repeat_ngram=0)
+                           attribution=False).generate(INSTRUCTION, CONTEXT, max_tokens=12,
+                                                       sampling=cg.SamplingParams.collaborative(no_repeat_ngram=0))
     # The reference: the remote's top token, one raw HTTP request at a time, on the same public prompt.
     public, tokens = model.apply_chat_template([{"role": "user", "content": INSTRUCTION}]), []
     for _ in range(12):
@@ -92,7 +92,7 @@ def test_sketch_mode_sends_only_the_public_instruction(model, remote, proxy):
     remote.connect()
     proxy.clear()
     result = cg.CoGenerator(model, remote, mode="sketch", outline_tokens=48).generate(
-        INSTRUCTION, CONTEXT, max_tokens=24, temperature=0.0)
+        INSTRUCTION, CONTEXT, max_tokens=24, sampling=cg.SamplingParams.collaborative())
     # The 135M remote often answers in prose: then the text is written without an outline, and says so.
     assert (result.outline is None) == (result.outline_note is not None) and result.text and not result.fallback
     [request] = proxy.records
@@ -103,7 +103,8 @@ def test_sketch_mode_sends_only_the_public_instruction(model, remote, proxy):
 def test_stream_yields_the_text_of_the_result(model, remote):
     """The pieces, joined, are the generated tokens as the model's own detokenizer writes them; one
     piece per token (and at most one more: text held back at the end), not one block at the end."""
-    stream = cg.CoGenerator(model, remote).stream(INSTRUCTION, CONTEXT, max_tokens=16, temperature=0.0)
+    stream = cg.CoGenerator(model, remote).stream(INSTRUCTION, CONTEXT, max_tokens=16,
+                                                  sampling=cg.SamplingParams.collaborative())
     pieces = list(stream)
     result = stream.result
     assert len(result.tokens) == 16 and len(result.tokens) <= len(pieces) <= len(result.tokens) + 1
@@ -136,7 +137,7 @@ def test_the_local_model_decodes_while_a_request_is_in_flight(model):
         for overlap in (True, False):
             busy.clear()
             result = cg.CoGenerator(model, remote, lookahead=1, overlap=overlap).generate(
-                INSTRUCTION, CONTEXT, max_tokens=4, temperature=0.0)
+                INSTRUCTION, CONTEXT, max_tokens=4, sampling=cg.SamplingParams.collaborative())
             assert not result.fallback and result.stats.round_trips == len(busy) == 4
             runs[overlap] = result.tokens, list(busy)
     assert runs[True][0] == runs[False][0]
@@ -156,7 +157,7 @@ def test_cancel_from_another_thread_stops_a_generation_waiting_on_the_remote(mod
     # overlap=False: the loop goes straight into the provider's wait once the request is sent (with
     # overlap, a cancel can also land in the decode that runs meanwhile, a path that needs no abort)
     stream = cg.CoGenerator(model, remote, lookahead=1, overlap=False).stream(
-        INSTRUCTION, CONTEXT, max_tokens=4, temperature=0.0)
+        INSTRUCTION, CONTEXT, max_tokens=4, sampling=cg.SamplingParams.collaborative())
     cancelled_at = []
 
     def cancel_once_sent():
@@ -207,7 +208,8 @@ def test_no_canary_or_private_span_leaves_over_20_dev_samples(model, remote, pro
         proxy.clear()
         for mode in ("logits", "sketch"):
             generator = cg.CoGenerator(model, remote, mode=mode, lookahead=8, outline_tokens=24)
-            result = generator.generate(instruction, context, draft=draft, max_tokens=12, temperature=0.0)
+            result = generator.generate(instruction, context, draft=draft, max_tokens=12,
+                                        sampling=cg.SamplingParams.collaborative())
             redacted += result.audit_summary()["redacted_spans"]
         # what the user and we chose to send: the instruction, also inside our outline request
         public = leakscan.simplify(instruction + "\n" + cg.collab.OUTLINE_PROMPT.format(instruction=instruction))
@@ -224,7 +226,8 @@ def test_no_canary_or_private_span_leaves_over_20_dev_samples(model, remote, pro
 
 
 def test_to_html_colours_tokens_by_source(model, remote, tmp_path):
-    result = cg.CoGenerator(model, remote).generate(INSTRUCTION, CONTEXT, max_tokens=12, temperature=0.0)
+    result = cg.CoGenerator(model, remote).generate(INSTRUCTION, CONTEXT, max_tokens=12,
+                                                    sampling=cg.SamplingParams.collaborative())
     page = result.to_html(str(tmp_path / "out.html"))
     assert page == (tmp_path / "out.html").read_text()
     assert page.count("<span style=\"background:rgba(") == len(result.attribution)
@@ -273,7 +276,7 @@ def test_cross_tokenizer_remote_fuses_through_the_bridge(model, gemma_path, piec
         gemma.connect()
         proxy.clear()
         proxy.answers.clear()
-        result = generator.generate(INSTRUCTION, CONTEXT, max_tokens=12, temperature=0.0)
+        result = generator.generate(INSTRUCTION, CONTEXT, max_tokens=12, sampling=cg.SamplingParams.collaborative())
     assert not result.fallback and result.stats.n_tokens == 12
     tokens = result.tokens
     assert all(r.path.endswith("/completions") for r in proxy.records) and len(proxy.answers) == len(proxy.records)
@@ -300,7 +303,8 @@ def test_cross_tokenizer_remote_fuses_through_the_bridge(model, gemma_path, piec
 
 
 def test_closing_a_stream_midway_cancels_it_and_frees_the_session(model, remote):
-    stream = cg.CoGenerator(model, remote, lookahead=4).stream(INSTRUCTION, CONTEXT, max_tokens=32, temperature=0.0)
+    stream = cg.CoGenerator(model, remote, lookahead=4).stream(INSTRUCTION, CONTEXT, max_tokens=32,
+                                                               sampling=cg.SamplingParams.collaborative())
     with stream:
         first = next(stream)
     result = stream.result
@@ -329,7 +333,7 @@ def test_a_server_naming_tokens_by_id_is_read_through_the_remote_tokenizer(model
 
         with ScriptedRemote(script) as server, cg.RemoteModel(server.base_url, template=model, timeout=30) as remote:
             result = cg.CoGenerator(model, remote, lookahead=4, privacy="audit").generate(
-                INSTRUCTION, CONTEXT, max_tokens=16, temperature=0.0)
+                INSTRUCTION, CONTEXT, max_tokens=16, sampling=cg.SamplingParams.collaborative())
             assert remote.capabilities.token_identity == ("ids" if naming == "token_id" else "text")
         assert not result.fallback, result.fallback_reason
         assert result.stats.remote_tokens_accepted > 0 and any(a.source == "fused" for a in result.attribution)

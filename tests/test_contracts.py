@@ -43,7 +43,8 @@ def test_auto_mode_uses_logits_where_scores_exist_and_sketch_elsewhere(name, mod
     spec = SERVERS[name]
     with ReplayServer(spec["routes"]) as server, _remote(server, spec, model) as remote:
         result = cg.CoGenerator(model, remote, lookahead=2).generate(INSTRUCTION, "Name: Odalys",
-                                                                     max_tokens=4, temperature=0.0)
+                                                                     max_tokens=4,
+                                                                     sampling=cg.SamplingParams.collaborative())
     assert result.mode == spec["mode"] and result.mode_reason.startswith(f"auto: {spec['mode']} mode")
     if spec["mode"] == "sketch":
         assert spec["missing"] in result.mode_reason and result.outline == "".join(OUTLINE)

@@ -84,7 +84,7 @@ def run_attack(model, script, context, **options):
         remote.connect()
         attacker.bodies.clear()
         result = cg.CoGenerator(model, remote, lookahead=4, **options).generate(
-            INSTRUCTION, context, max_tokens=48, temperature=0.0)
+            INSTRUCTION, context, max_tokens=48, sampling=cg.SamplingParams.collaborative())
         return result, list(attacker.bodies)
 
 
@@ -142,7 +142,7 @@ def test_withheld_tokens_are_those_whose_log_ratio_passes_the_threshold(model, r
     generator = cg.CoGenerator(model, remote, lookahead=1, overlap=False, privacy={"record_bodies": True},
                                attribution={"threshold": threshold, "min_logprob": -1e9, "budget_bits": 1e9})
     instruction = "Write a short note to my sister about my dog"
-    result = generator.generate(instruction, CONTEXT, max_tokens=24, temperature=0.0)
+    result = generator.generate(instruction, CONTEXT, max_tokens=24, sampling=cg.SamplingParams.collaborative())
     infos = result.attribution[:-1]  # the last token is never sent
     tokens = [a.token for a in result.attribution]
     with_context = model.tokenize(model.apply_chat_template(

@@ -78,12 +78,20 @@ def test_invalid_context_size(model, n_ctx):
         (dict(min_p=-0.1), "min_p"),
         (dict(repeat_penalty=0.0), "repeat_penalty"),
         (dict(seed=-1), "seed"),
-        (dict(max_tokens=-1), "max_tokens"),
     ],
 )
 def test_invalid_sampling_parameters(model, options, name):
     with pytest.raises(InvalidParameterError, match=name):
-        model.generate("Hello", **options)
+        model.generate("Hello", cg.SamplingParams(**options))
+
+
+def test_invalid_generation_arguments(model):
+    with pytest.raises(InvalidParameterError, match="max_tokens"):
+        model.generate("Hello", max_tokens=-1)
+    with pytest.raises(InvalidParameterError, match="SamplingParams"):
+        model.generate("Hello", {"temperature": 0.0})
+    with pytest.raises(TypeError, match="temperature"):  # sampling settings go in SamplingParams only
+        model.generate("Hello", temperature=0.0)
 
 
 def test_invalid_token_ids(model):

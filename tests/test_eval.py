@@ -94,8 +94,9 @@ def test_eval_writes_table_1_without_leaking_and_resumes(model, patient_remote, 
             # the local mode is LocalModel.generate on the local prompt with the planted context, greedy, with the
             # eval's repetition control (a fresh scope: the same full prefill as the eval's first job of the sample)
             prompt = model.private_prompt(_planted(sample)[0], sample.instruction)
-            alone = model.generate(prompt, max_tokens=12, temperature=0.0, no_repeat_ngram=NO_REPEAT_NGRAM,
-                                   scope=f"test-{secrets.token_hex(4)}")
+            alone = model.generate(prompt, max_tokens=12,
+                                   scope=f"test-{secrets.token_hex(4)}",
+                                   sampling=cg.SamplingParams.greedy(no_repeat_ngram=NO_REPEAT_NGRAM))
             assert g["text"] == alone.text and g["stats"]["n_tokens"] == len(alone.tokens)
     for mode, entry in results["modes"].items():
         rows = [g for g in gens if g["mode"] == mode]
@@ -109,15 +110,16 @@ def test_eval_writes_table_1_without_leaking_and_resumes(model, patient_remote, 
         assert entry["leak"]["requests"] == sum(g["audit"]["requests"] for g in rows)
         assert entry["leak"]["bytes_sent"] == sum(g["audit"]["bytes_sent"] for g in rows)
         if mode != "remote":  # the remote-alone answer is timed by nobody here
-            assert entry["decode_tokens_per_s"][0] > 0 and entry["first_token_ms"][0] > 0, mode
+            assert entry["tokens_per_s_after_first"][0] > 0 and entry["first_token_ms"][0] > 0, mode
     assert results["modes"]["local"]["leak"]["requests"] == 0
     assert results["modes"]["logits:weighted:tail"]["leak"]["requests"] > 0
     judged = [json.loads(line) for line in (out / "judge.jsonl").read_text().splitlines()]
     assert sorted((j["tid"], j["mode"]) for j in judged) == sorted((g["tid"], g["mode"]) for g in gens)
     # The judge reads the profiles by design: its requests are counted, and reported as such.
     sent = results["judge_sent"]
-    assert sent["requests"] == 2 * len(judged) and sent["private_spans"] >= len(judged)
-    assert sent["requests"] == sum(b"You are grading" in r.body for r in proxy.records)
+    # two calls per verdict, and a retried call is sent (and counted) again
+    assert sent["requests"] == sum(b"You are grading" in r.body for r in proxy.records) >= 2 * len(judged)
+    assert sent["private_spans"] >= len(judged)
     assert "Sent by design: the judge's" in (out / "table.md").read_text()
     bpb = results["gold_bpb"]
     gold = [json.loads(line) for line in (out / "gold.jsonl").read_text().splitlines()]
@@ -193,3 +195,21 @@ def test_eval_rejects_bad_settings(model, tmp_path):
         Evaluation(tmp_path, model, None, EvalSettings(modes=["sketch"], embeddings=False), progress=False)
     with pytest.raises(cg.errors.InvalidParameterError, match="privacy policy"):
         Evaluation(tmp_path, model, None, EvalSettings(modes=["local"], policies=["hide"], embeddings=False))
+
+
+def test_eval_with_a_base_model_as_the_remote(model, gemma_path, tmp_path):
+    """Gemma 3 270M has no chat template: its prompts (on the server, and for the gold scores) are plain text."""
+    from cogenesis_device.cli import main
+
+    samples, _ = _dataset(tmp_path)
+    assert cg.LocalModel(str(gemma_path), n_ctx=256).format_prompt([{"role": "user", "content": "Write."}]) == "Write.\n\n"
+    out = tmp_path / "gemma"
+    code = main(["eval", "--data", str(tmp_path / "data.jsonl"), "--out", str(out), "--limit", "1",
+                 "--modes", "logits:weighted:local", "--rules", "weighted:local", "-n", "8", "--loopback", str(gemma_path),
+                 "--remote-gguf", str(gemma_path), "--judge", "none", "--no-embeddings", "-q", "-t", str(THREADS)])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    logits = results["modes"]["logits:weighted:local"]
+    assert logits["fallbacks"] == 0 and logits["leak"]["requests"] > 0  # the remote answered every request
+    bpb = {system: results["gold_bpb"][system]["bpb"] for system in ("local", "remote", "weighted:local")}
+    assert all(0 < value < 10 for value in bpb.values()) and bpb["remote"] != bpb["local"]

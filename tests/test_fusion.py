@@ -4,6 +4,8 @@ import math
 import numpy as np
 import pytest
 
+import cogenesis_device as cg
+
 from cogenesis_device import _native
 from cogenesis_device import fusion as F
 from cogenesis_device.errors import InvalidParameterError, MissingFileError
@@ -38,7 +40,7 @@ def assert_matches_reference(local, ids, lps, noctx, gate_arrays, rule, fill, **
     assert np.array_equal(np.isfinite(out), finite)
     assert np.array_equal(out[~finite], ref[~finite])
     np.testing.assert_allclose(out[finite], ref[finite], atol=TOL, rtol=0)
-    assert info["fused_top"] == int(np.argmax(ref))
+    assert info.fused_top == int(np.argmax(ref))
     return out, info
 
 
@@ -63,20 +65,20 @@ def test_a_remote_cannot_force_a_token_the_local_model_finds_implausible(model, 
     gate = F.Gate.from_arrays(**random_gate_arrays(np.random.default_rng(2)))
     one = (np.array([implausible], np.int32), np.array([0.0], np.float32))
     forced, info = F.fuse(local, *one, rule=rule, local_noctx=noctx, gate=gate, weight=0.1, plausible=0.0)
-    assert int(np.argmax(forced)) == implausible and info["consulted"] and not info["overruled"]  # the paper's fusion
+    assert int(np.argmax(forced)) == implausible and info.consulted and not info.overruled  # the paper's fusion
     out, info = F.fuse(local, *one, rule=rule, local_noctx=noctx, gate=gate, weight=0.1, plausible=0.1)
-    assert info["fused_top"] == int(np.argmax(local))
+    assert info.fused_top == int(np.argmax(local))
     if rule == "max":
-        assert np.isneginf(out[implausible]) and not info["overruled"]
+        assert np.isneginf(out[implausible]) and not info.overruled
     else:  # with the mask fill nothing listed is left: a local-only step ("max" keeps local scores)
-        assert info["overruled"] and not info["consulted"]
+        assert info.overruled and not info.consulted
         np.testing.assert_allclose(out, F.fuse_reference(local, [], []), atol=1e-5)
     # Among plausible tokens the remote still chooses: here, the local model's second choice.
     second = int(np.argsort(-local)[1])
     assert np.exp(local[second] - local.max()) >= 0.1, "the fixture's second choice must be plausible"
     out, info = F.fuse(local, np.array([second, implausible], np.int32), np.array([-0.05, -3.0], np.float32),
                        rule=rule, local_noctx=noctx, gate=gate, weight=0.1, plausible=0.1)
-    assert info["fused_top"] == second and np.isneginf(out[implausible])
+    assert info.fused_top == second and np.isneginf(out[implausible])
 
 
 def test_plausible_outside_zero_to_one_is_an_error():
@@ -125,9 +127,9 @@ def test_features_match_reference(model, fill):
     ids, lps = top_k(noctx, 20)
     gate = F.Gate.from_arrays(**random_gate_arrays(np.random.default_rng(3)))
     _, info = F.fuse(local, ids, lps, rule="gate", gate=gate, fill=fill)
-    native = np.array([info["features"][k] for k in F.FEATURE_NAMES])
+    native = np.array([info.features[k] for k in F.FEATURE_NAMES])
     np.testing.assert_allclose(native, F.features_reference(local, ids, lps, fill), atol=TOL, rtol=1e-5)
-    assert 0.0 < info["weight"] < 1.0
+    assert 0.0 < info.weight < 1.0
 
 
 @pytest.mark.parametrize("rule", ["weighted", "max", "gate"])
@@ -164,7 +166,7 @@ def test_gate_file_loads_like_arrays(tmp_path):
     ids, lps = top_k(rng.normal(0, 3, 500))
     from_file = F.fuse(local, ids, lps, rule="gate", gate=F.Gate(str(path)))
     from_arrays = F.fuse(local, ids, lps, rule="gate", gate=F.Gate.from_arrays(**g))
-    assert from_file[1]["weight"] == pytest.approx(from_arrays[1]["weight"], abs=1e-6)
+    assert from_file[1].weight == pytest.approx(from_arrays[1].weight, abs=1e-6)
     np.testing.assert_allclose(from_file[0], from_arrays[0], atol=1e-6)
 
     with pytest.raises(MissingFileError):
@@ -216,7 +218,7 @@ def test_empty_top_k_and_sentinels_make_a_local_only_step():
     for ids, lps in (([], []), ([4, 5], [-9999.0, -10000.0])):
         out, info = F.fuse(local, np.asarray(ids, dtype=np.int32), np.asarray(lps, dtype=np.float32), weight=0.0)
         np.testing.assert_allclose(out, log_softmax(local), atol=1e-5)
-        assert info["consulted"] is False and info["weight"] == 1.0 and info["remote_top"] == -1
+        assert info.consulted is False and info.weight == 1.0 and info.remote_top == -1
 
 
 def test_duplicate_ids_are_merged():
@@ -225,7 +227,7 @@ def test_duplicate_ids_are_merged():
     lps = np.log(np.array([0.2, 0.3, 0.1], dtype=np.float32))
     out, info = F.fuse(local, ids, lps, weight=0.0)
     assert out[9] == pytest.approx(math.log(0.5), abs=1e-6)
-    assert info["remote_top"] == 9
+    assert info.remote_top == 9
     np.testing.assert_allclose(out, F.fuse_reference(local, ids, lps, weight=0.0), atol=1e-6)
 
 
@@ -328,17 +330,18 @@ def fused_generation(model, weight, fill="mask", steps=24, rule="weighted"):
 
 def test_weight_one_reproduces_local_greedy_exactly(model):
     gen, infos, local_prompt = fused_generation(model, weight=1.0)
-    local_only = model.generate(model.native.tokenize(local_prompt, parse_special=True), max_tokens=24, temperature=0)
+    local_only = model.generate(model.native.tokenize(local_prompt, parse_special=True), max_tokens=24,
+                                sampling=cg.SamplingParams.greedy())
     assert gen.tokens.tolist() == local_only.tokens
-    assert all(i["chosen"] == i["local_top"] and i["consulted"] and i["weight"] == 1.0 for i in infos)
+    assert all(i.chosen == i.local_top and i.consulted and i.weight == 1.0 for i in infos)
 
 
 def test_weight_zero_follows_the_remote(model):
     gen, infos, _ = fused_generation(model, weight=0.0)
     assert len(infos) > 5
-    assert all(i["chosen"] == i["remote_top"] for i in infos)
+    assert all(i.chosen == i.remote_top for i in infos)
     mixed, mixed_infos, _ = fused_generation(model, weight=0.5)
-    assert {(i["chosen"] == i["local_top"], i["chosen"] == i["remote_top"]) for i in mixed_infos} - {(False, False)}
+    assert {(i.chosen == i.local_top, i.chosen == i.remote_top) for i in mixed_infos} - {(False, False)}
 
 
 def test_fusion_sampler_errors(model):

@@ -53,23 +53,25 @@ def test_one_libllama_in_process(model, llama_ref):
 
 
 def test_same_seed_same_output_and_different_seeds_differ(model):
-    opts = dict(max_tokens=32, temperature=1.2, top_k=0, top_p=1.0, min_p=0.0, ignore_eos=True)
-    a = model.generate("My favourite food is", seed=7, **opts)
-    b = model.generate("My favourite food is", seed=7, **opts)
+    hot = cg.SamplingParams(temperature=1.2, top_k=0, top_p=1.0, min_p=0.0)
+    opts = dict(max_tokens=32, ignore_eos=True)
+    a = model.generate("My favourite food is", hot.replace(seed=7), **opts)
+    b = model.generate("My favourite food is", hot.replace(seed=7), **opts)
     assert a.tokens == b.tokens
-    others = {tuple(model.generate("My favourite food is", seed=s, **opts).tokens) for s in (1, 2, 3)}
+    others = {tuple(model.generate("My favourite food is", hot.replace(seed=s), **opts).tokens) for s in (1, 2, 3)}
     assert len(others | {tuple(a.tokens)}) == 4
 
 
 def test_sampling_with_default_chain_is_reproducible(model):
-    a = model.generate("Write a poem about rain.", chat=True, max_tokens=24, seed=11)
-    b = model.generate("Write a poem about rain.", chat=True, max_tokens=24, seed=11)
+    a = model.generate("Write a poem about rain.", chat=True, max_tokens=24, sampling=cg.SamplingParams(seed=11))
+    b = model.generate("Write a poem about rain.", chat=True, max_tokens=24, sampling=cg.SamplingParams(seed=11))
     assert a.tokens == b.tokens and a.text == b.text
 
 
 def test_repeat_penalty_changes_greedy_output(model):
     plain = model.generate("one one one one one", max_tokens=16, ignore_eos=True, **GREEDY)
-    penal = model.generate("one one one one one", max_tokens=16, ignore_eos=True, repeat_penalty=1.8, **GREEDY)
+    penal = model.generate("one one one one one", max_tokens=16, ignore_eos=True,
+                           sampling=cg.SamplingParams.greedy(repeat_penalty=1.8))
     assert plain.tokens.count(plain.tokens[0]) > penal.tokens.count(plain.tokens[0])
 
 
@@ -95,15 +97,15 @@ def test_no_repeat_ngram_in_generation_spares_the_prompt_and_is_seeded(model):
     prompt = "The cat sat on the mat. The cat sat on the mat. The cat sat on the"
     options = dict(max_tokens=48, ignore_eos=True, **GREEDY)
     free = model.generate(prompt, **options)
-    blocked = model.generate(prompt, no_repeat_ngram=4, **options)
+    blocked = model.generate(prompt, **{**options, "sampling": cg.SamplingParams.greedy(no_repeat_ngram=4)})
     # The prompt's 4-grams may be repeated: the first token (" mat", completing one) is the same.
     assert blocked.tokens[0] == free.tokens[0] == model.tokenize(" mat", add_special=False)[0]
     grams = [tuple(blocked.tokens[i:i + 4]) for i in range(len(blocked.tokens) - 3)]
     assert len(grams) == len(set(grams))
     free_grams = [tuple(free.tokens[i:i + 4]) for i in range(len(free.tokens) - 3)]
     assert len(free_grams) > len(set(free_grams))  # this prompt loops without the block
-    assert model.generate(prompt, no_repeat_ngram=0, **options).tokens == free.tokens  # 0 is off
-    sampled = dict(max_tokens=32, temperature=0.9, seed=11, no_repeat_ngram=3)
+    assert model.generate(prompt, **{**options, "sampling": cg.SamplingParams.greedy(no_repeat_ngram=0)}).tokens == free.tokens  # 0 is off
+    sampled = dict(max_tokens=32, sampling=cg.SamplingParams(temperature=0.9, seed=11, no_repeat_ngram=3))
     assert model.generate(prompt, **sampled).tokens == model.generate(prompt, **sampled).tokens
 
 

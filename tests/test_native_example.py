@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import cogenesis_device as cg
+
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "The capital of France is"
 
@@ -35,7 +37,7 @@ def run(exe, model, *args, env=None):
 
 
 def test_c_program_generates_what_python_does(example, model, tmp_path):
-    expected = model.generate(PROMPT, max_tokens=24, temperature=0).text
+    expected = model.generate(PROMPT, max_tokens=24, sampling=cg.SamplingParams.greedy()).text
     plain = run(example, model)
     assert plain.returncode == 0, plain.stderr
     assert plain.stdout == expected
@@ -111,7 +113,7 @@ def test_c_programs_are_clean_under_address_sanitizer(model, tmp_path):
     proc = run(exe, model, str(tmp_path / "asan.kv"), env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ERROR: AddressSanitizer" not in proc.stderr
-    assert proc.stdout == model.generate(PROMPT, max_tokens=24, temperature=0).text
+    assert proc.stdout == model.generate(PROMPT, max_tokens=24, sampling=cg.SamplingParams.greedy()).text
 
     fuzz = subprocess.run([str(exe.parent / "cogenesis_fusion_fuzz"), "2000", str(model.path)], capture_output=True,
                           text=True, timeout=600, env=env)

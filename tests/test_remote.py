@@ -416,7 +416,8 @@ def test_without_a_template_the_server_renders_the_prompt_or_the_error_asks_for_
             assert untemplated.prompt(HAIKU, public=True) == expected and "Write a haiku about rain." in expected
             assert any(r.endpoint.endswith("/apply-template") for r in untemplated.guard.records)
         result = cg.CoGenerator(model, untemplated).generate("Write a haiku about rain.", "Name: Odalys",
-                                                              max_tokens=4, temperature=0.0)
+                                                              max_tokens=4,
+                                                              sampling=cg.SamplingParams.collaborative())
     assert result.mode == ("logits" if real_server.server == "llama.cpp" else "sketch"), result.mode_reason
     assert not result.fallback, result.fallback_reason
 

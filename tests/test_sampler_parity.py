@@ -12,6 +12,7 @@ import llama_cpp
 import numpy as np
 import pytest
 
+import cogenesis_device as cg
 from cogenesis_device import _native
 
 from conftest import GREEDY
@@ -169,8 +170,8 @@ def test_generation_with_repeat_penalty_matches_llama_cpp_penalties(model):
             return session.logits()
 
         reference = llama_penalty_greedy(next_row, model.n_vocab, last_n, 1.6, 8, history=prompt)
-        ours = model.generate(prompt, max_tokens=8, ignore_eos=True, repeat_penalty=1.6, repeat_last_n=last_n,
-                              **GREEDY)
+        ours = model.generate(prompt, max_tokens=8, ignore_eos=True,
+                              sampling=cg.SamplingParams.greedy(repeat_penalty=1.6, repeat_last_n=last_n))
         assert ours.tokens == reference, last_n
     plain = model.generate(prompt, max_tokens=8, ignore_eos=True, **GREEDY)
     assert plain.tokens != reference  # the penalty decides these tokens
@@ -180,10 +181,10 @@ def test_generation_with_repeat_penalty_matches_llama_cpp_penalties(model):
 def test_each_truncation_setting_reaches_the_chain_through_generate(model, setting):
     """A setting that keeps only the top token makes hot sampling greedy, whatever the seed; dropped or
     passed to another link at the Python boundary, it would not (the other links are off)."""
-    options = dict(top_k=0, top_p=1.0, min_p=0.0, temperature=1.5, max_tokens=10, ignore_eos=True)
-    options.update(setting)
+    sampling = cg.SamplingParams(**{"top_k": 0, "top_p": 1.0, "min_p": 0.0, "temperature": 1.5, **setting})
+    options = dict(max_tokens=10, ignore_eos=True)
     prompt = model.tokenize("Once upon a time, in a village")
     greedy = model.generate(prompt, max_tokens=10, ignore_eos=True, **GREEDY).tokens
-    assert all(model.generate(prompt, seed=seed, **options).tokens == greedy for seed in range(4))
-    options.update(top_k=0, top_p=1.0, min_p=0.0)  # the control: the same sampling without the setting is not greedy
-    assert any(model.generate(prompt, seed=seed, **options).tokens != greedy for seed in range(4))
+    assert all(model.generate(prompt, sampling.replace(seed=seed), **options).tokens == greedy for seed in range(4))
+    sampling = sampling.replace(top_k=0, top_p=1.0, min_p=0.0)  # the control: the same sampling without the setting is not greedy
+    assert any(model.generate(prompt, sampling.replace(seed=seed), **options).tokens != greedy for seed in range(4))

@@ -3,6 +3,8 @@ import os
 
 import pytest
 
+import cogenesis_device as cg
+
 from cogenesis_device import _native
 from cogenesis_device.errors import ContextOverflowError, MissingFileError, StateError
 
@@ -43,16 +45,17 @@ def test_restored_prefix_generates_what_a_fresh_prefill_does(model, tmp_path):
 
     assert from_cache.tokens.tolist() == from_prefill.tokens.tolist()
     assert from_cache.text == from_prefill.text
-    reused = from_cache.timings["n_reused"]
+    reused = from_cache.timings.n_reused
     assert reused >= len(prefix) - 1
-    assert from_cache.timings["n_prompt"] - reused < len(prompt) - len(prefix) + 2
+    assert from_cache.timings.n_prompt - reused < len(prompt) - len(prefix) + 2
 
 
 def test_local_model_prefix_cache_api(model, tmp_path):
     path = tmp_path / "ctx.kv"
     n = model.cache_prefix(CONTEXT, path)
     assert n == len(model.tokenize(CONTEXT))
-    out = model.generate(CONTEXT + INSTRUCTION, prefix_cache=path, max_tokens=16, temperature=0, ignore_eos=True)
+    out = model.generate(CONTEXT + INSTRUCTION, prefix_cache=path, max_tokens=16, ignore_eos=True,
+                         sampling=cg.SamplingParams.greedy())
     assert out.stats.n_reused >= n - 1
     assert out.stats.n_generated == 16
 

@@ -139,10 +139,10 @@ def test_gate_training_exports_a_gate_the_engine_loads(model, scored, tmp_path):
     ids = np.argsort(-row)[:20].astype(np.int32)
     lps = (row[ids] - row.max() - 1.0).astype(np.float32)
     _, info = _native.fuse(row, ids, lps, rule="gate", fill="tail", gate=gate)
-    feats = np.array([info["features"][k] for k in ("local_entropy", "remote_entropy", "local_top_p", "remote_top_p",
+    feats = np.array([info.features[k] for k in ("local_entropy", "remote_entropy", "local_top_p", "remote_top_p",
                                                     "overlap", "divergence", "local_p_of_remote_top",
                                                     "remote_p_of_local_top")])
-    assert info["weight"] == pytest.approx(gate_reference(feats, **arrays), abs=1e-5)
+    assert info.weight == pytest.approx(gate_reference(feats, **arrays), abs=1e-5)
     # and the gate rule scores gold answers through the same scorer
     gated = GoldScorer(model, model, {"gate:tail": FusionConfig.parse("gate:tail", gate)})
     score, _ = gated.score(sample)

@@ -15,24 +15,37 @@ from importlib import resources
 
 from ..errors import CogenesisError, CogenesisIOError, InvalidParameterError
 from ..registry import DEFAULT_MODEL, MODELS
+from .. import _native
+from ..attribution import AttributionConfig
+from ..fusion import FusionConfig
+from ..sampling import SamplingParams
 from . import research
+
+# The defaults shown and used here are the engine's (cg_*_default_params), read through the core.
+_LOCAL, _COLLAB = SamplingParams(), SamplingParams.collaborative()
+_GENERATE, _SESSION = _native.generate_default_params(), _native.session_default_params()
+_FUSION, _ATTRIBUTION = FusionConfig(), AttributionConfig()
 
 
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="generate text with the local model")
     p.add_argument("prompt", nargs="?", help="the prompt (read from stdin when omitted)")
     p.add_argument("-m", "--model", default=DEFAULT_MODEL, help=f"registry name or .gguf path (default {DEFAULT_MODEL})")
-    p.add_argument("-n", "--max-tokens", type=int, default=128, help="tokens to generate (default 128)")
-    p.add_argument("--temp", type=float, default=0.8, help="temperature; 0 is greedy (default 0.8)")
-    p.add_argument("--top-k", type=int, default=40)
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--min-p", type=float, default=0.05)
-    p.add_argument("--repeat-penalty", type=float, default=1.0)
+    p.add_argument("-n", "--max-tokens", type=int, default=_GENERATE["max_tokens"],
+                   help=f"tokens to generate (default {_GENERATE['max_tokens']})")
+    p.add_argument("--temp", type=float, default=_LOCAL.temperature,
+                   help=f"temperature; 0 is greedy (default {_LOCAL.temperature})")
+    p.add_argument("--top-k", type=int, default=_LOCAL.top_k, help=f"0 disables (default {_LOCAL.top_k})")
+    p.add_argument("--top-p", type=float, default=_LOCAL.top_p, help=f"1 disables (default {_LOCAL.top_p})")
+    p.add_argument("--min-p", type=float, default=_LOCAL.min_p, help=f"0 disables (default {_LOCAL.min_p})")
+    p.add_argument("--repeat-penalty", type=float, default=_LOCAL.repeat_penalty,
+                   help=f"1 disables (default {_LOCAL.repeat_penalty})")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--system", default=None, help="system message (chat models)")
     p.add_argument("--raw", action="store_true", help="do not apply the model's chat template")
-    p.add_argument("--n-ctx", type=int, default=2048, help="context window in tokens (default 2048)")
+    p.add_argument("--n-ctx", type=int, default=_SESSION["n_ctx"],
+                   help=f"context window in tokens (default {_SESSION['n_ctx']})")
     p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: all cores)")
 
 
@@ -41,12 +54,11 @@ def _generate(args) -> int:
 
     prompt = args.prompt if args.prompt is not None else sys.stdin.read()
     model = LocalModel(args.model, n_ctx=args.n_ctx, n_threads=args.threads)
-    options = dict(
-        max_tokens=args.max_tokens, temperature=args.temp, top_k=args.top_k, top_p=args.top_p,
-        min_p=args.min_p, repeat_penalty=args.repeat_penalty, seed=args.seed, stop=args.stop,
-    )
+    sampling = _LOCAL.replace(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                              repeat_penalty=args.repeat_penalty, seed=args.seed)
     chat = not args.raw and model.has_chat_template  # base models continue the raw text
-    with model.stream(prompt, chat=chat, system=args.system, **options) as stream:
+    with model.stream(prompt, sampling, max_tokens=args.max_tokens, stop=args.stop, chat=chat,
+                      system=args.system) as stream:
         for text in stream:
             sys.stdout.write(text)
             sys.stdout.flush()
@@ -62,23 +74,28 @@ def _add_collaboration(p) -> None:
     """Options shared by `run` and `demo`."""
     p.add_argument("-m", "--model", default=DEFAULT_MODEL, help=f"local model (default {DEFAULT_MODEL})")
     p.add_argument("-n", "--max-tokens", type=int, default=96, help="tokens to generate (default 96)")
-    p.add_argument("--temp", type=float, default=0.0, help="temperature; 0 is greedy (default 0)")
+    p.add_argument("--temp", type=float, default=_COLLAB.temperature,
+                   help=f"temperature; 0 is greedy (default {_COLLAB.temperature})")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--privacy", default="redact", choices=["redact", "block", "audit"],
                    help="what the egress guard does with private spans (default redact)")
     p.add_argument("--min-span", type=int, default=12, help="shortest private verbatim span in characters (12)")
-    p.add_argument("--rule", default="weighted", choices=["weighted", "max", "context_delta"], help="fusion rule")
-    p.add_argument("--weight", type=float, default=0.5, help="local weight of the weighted rule (default 0.5)")
-    p.add_argument("--fill", default="mask", choices=["mask", "tail", "local"], help="remote scores outside its top-k")
+    p.add_argument("--rule", default=_FUSION.rule, choices=["weighted", "max", "context_delta"],
+                   help=f"fusion rule (default {_FUSION.rule})")
+    p.add_argument("--weight", type=float, default=_FUSION.weight,
+                   help=f"local weight of the weighted rule (default {_FUSION.weight})")
+    p.add_argument("--fill", default=_FUSION.fill, choices=["mask", "tail", "local"],
+                   help=f"remote scores outside its top-k (default {_FUSION.fill})")
     p.add_argument("--lookahead", type=int, default=None,
                    help="remote tokens per round trip (1: per-token protocol; default: adaptive)")
-    p.add_argument("--threshold", type=float, default=2.0,
-                   help="attribution: withhold generated tokens the context explains by more than this many nats (2)")
+    p.add_argument("--threshold", type=float, default=_ATTRIBUTION.threshold,
+                   help="attribution: withhold generated tokens the context explains by more than this many nats "
+                        f"(default {_ATTRIBUTION.threshold})")
     p.add_argument("--no-attribution", action="store_true",
                    help="send the generated text without on-device attribution (the text guard only; measurements)")
     p.add_argument("--audit", default=None, help="append every request to this JSONL file")
     p.add_argument("--html", default=None, help="write the token-attributed text to this HTML file")
-    p.add_argument("--n-ctx", type=int, default=2048)
+    p.add_argument("--n-ctx", type=int, default=_SESSION["n_ctx"])
     p.add_argument("-t", "--threads", type=int, default=None)
 
 
@@ -142,7 +159,7 @@ def _collaborate(args, remote, local, instruction: str | None, context: str, mod
     generator = CoGenerator(local, remote, mode=mode, fusion=fusion, privacy=privacy, lookahead=args.lookahead,
                             attribution=attribution)
     stream = generator.stream(instruction, context, request=request, draft=draft, max_tokens=args.max_tokens,
-                              temperature=args.temp, seed=args.seed)
+                              sampling=_COLLAB.replace(temperature=args.temp, seed=args.seed))
     sys.stdout.write(draft)
     for text in stream:
         sys.stdout.write(text)

@@ -32,12 +32,15 @@ from ..fusion import FusionConfig
 from ..local import LocalModel
 from ..privacy import EgressGuard, summarize
 from ..remote import RemoteModel
+from ..sampling import SamplingParams
 from .instruction import DerivedInstruction, derive_instruction
 from .results import CoResult, CoStats, TokenInfo
 from .sketch import FOLLOW_OUTLINE, OUTLINE_PROMPT, parse_outline
 
 MODES = ("auto", "sketch", "logits")
-NO_REPEAT_NGRAM = 4  # the default repetition control of both modes (README: "Text without loops")
+_COGEN_DEFAULTS = _native.cogen_default_params()
+# The default repetition control of both modes (README: "Text without loops"), the engine's.
+NO_REPEAT_NGRAM = SamplingParams.collaborative().no_repeat_ngram
 
 
 class CoGenerator:
@@ -91,17 +94,19 @@ class CoGenerator:
         self.attribution: AttributionConfig | None = attribution or None
         self._bridge = local.vocab_bridge
 
-    def generate(self, instruction: str | None = None, context: str = "", **options) -> CoResult:
-        """Write a response to `instruction` for the user described by `context`. See stream()."""
-        stream = self.stream(instruction, context, **options)
+    def generate(self, instruction: str | None = None, context: str = "", *, request: str | None = None,
+                 draft: str = "", max_tokens: int = _COGEN_DEFAULTS["max_tokens"],
+                 sampling: SamplingParams | None = None) -> CoResult:
+        """Write a response to `instruction` for the user described by `context`. The arguments are stream()'s."""
+        stream = self.stream(instruction, context, request=request, draft=draft, max_tokens=max_tokens,
+                             sampling=sampling)
         for _ in stream:
             pass
         return stream.result
 
     def stream(self, instruction: str | None = None, context: str = "", *, request: str | None = None,
-               draft: str = "", max_tokens: int = 256, temperature: float = 0.0, top_k: int = 40,
-               top_p: float = 0.95, min_p: float = 0.05, seed: int | None = None,
-               no_repeat_ngram: int = NO_REPEAT_NGRAM) -> "CoStream":
+               draft: str = "", max_tokens: int = _COGEN_DEFAULTS["max_tokens"],
+               sampling: SamplingParams | None = None) -> "CoStream":
         """Like generate(), yielding text as it is written; the CoResult is in `.result` at the end.
 
         instruction: the public, context-free instruction, which the user chose to send.
@@ -109,9 +114,10 @@ class CoGenerator:
             model writes from it, and the instruction sent is derived on the device by removing what
             the context explains (see derive_instruction; the result's `instruction` holds it).
         draft: text the response must begin with (the user's own opening); private, like the context.
-        no_repeat_ngram: the engine never completes an n-gram (of tokens) that the generated text
-            already holds, in both modes: small models loop without it. 0 turns it off.
-        The result's text includes it; max_tokens counts only what is generated after it.
+            The result's text includes it; max_tokens counts only what is generated after it.
+        sampling: a SamplingParams for the local side's (fused) choice, in both modes; by default
+            SamplingParams.collaborative(): greedy, and the engine never completes a 4-gram (of tokens)
+            the generated text already holds, since small models loop without it.
 
         Only the instruction is sent to the remote (with the generated text in logits mode, where
         attribution and the guard withhold what is private)."""
@@ -126,8 +132,10 @@ class CoGenerator:
         private = [context, draft] + ([request] if request is not None else [])
         guard = EgressGuard(private, public=[instruction, OUTLINE_PROMPT.format(instruction=instruction)],
                             tokenizer=self.local, **self.privacy)
-        sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
-                        no_repeat_ngram=no_repeat_ngram)
+        if sampling is None:
+            sampling = SamplingParams.collaborative()
+        elif not isinstance(sampling, SamplingParams):
+            raise InvalidParameterError(f"sampling must be a SamplingParams, got {type(sampling).__name__}")
         return CoStream(self, instruction, user, context, draft, guard, max_tokens, sampling)
 
     def derive_instruction(self, request: str, context: str) -> "DerivedInstruction":
@@ -141,7 +149,7 @@ class CoStream:
     stops it and cancels the request in flight; cancel() does the same from any thread."""
 
     def __init__(self, gen: CoGenerator, instruction: str, user: str, context: str, draft: str, guard: EgressGuard,
-                 max_tokens: int, sampling: dict):
+                 max_tokens: int, sampling: SamplingParams):
         self._gen, self._guard, self._draft = gen, guard, draft
         self._instruction, self._user = instruction, user  # what the remote may read; what the local model reads
         self._start = time.perf_counter()
@@ -230,7 +238,7 @@ class CoStream:
                                outline=self._outline, outline_note=self._outline_note,
                                instruction=self._instruction, mode_reason=self._mode_reason)
 
-    def _run(self, context: str, max_tokens: int, sampling: dict) -> Iterator[str]:
+    def _run(self, context: str, max_tokens: int, sampling: SamplingParams) -> Iterator[str]:
         if self._mode == "auto":
             self._mode, self._mode_reason = self._choose_mode()
         steps = self._sketch if self._mode == "sketch" else self._logits
@@ -256,7 +264,7 @@ class CoStream:
 
     # -- sketch, and local-only ----------------------------------------------------------------------
 
-    def _sketch(self, context: str, max_tokens: int, sampling: dict) -> Iterator[str]:
+    def _sketch(self, context: str, max_tokens: int, sampling: SamplingParams) -> Iterator[str]:
         gen, instruction = self._gen, self._instruction
         user = self._user
         if gen.remote is not None:
@@ -274,11 +282,11 @@ class CoStream:
                 self._remote_failed(exc)
         yield from self._local(context, user, max_tokens, sampling)
 
-    def _local(self, context: str, user: str, max_tokens: int, sampling: dict) -> Iterator[str]:
+    def _local(self, context: str, user: str, max_tokens: int, sampling: SamplingParams) -> Iterator[str]:
         """The local model alone, through the engine's generation loop (as LocalModel generates)."""
         prompt = self._gen.local.private_prompt(context, user, self._draft)
         with self._gen.local.pooled_session(scope=LocalModel.scope_for(context)) as session:
-            sampler = _native.Sampler(**sampling)
+            sampler = sampling.sampler()
             self._engine = _native.Generation(session, np.asarray(prompt, dtype=np.int32), sampler,
                                               max_tokens=max_tokens, stop=[], ignore_eos=False)
             try:
@@ -291,13 +299,13 @@ class CoStream:
                         yield text
                 self._finish = self._engine.finish_reason
                 timings = self._engine.timings
-                self._decode_ms, self._n_reused = timings["decode_ms"], timings["n_reused"]
+                self._decode_ms, self._n_reused = timings.decode_ms, timings.n_reused
             finally:
                 self._engine.close()
 
     # -- logits ------------------------------------------------------------------------------------
 
-    def _logits(self, context: str, max_tokens: int, sampling: dict) -> Iterator[str]:
+    def _logits(self, context: str, max_tokens: int, sampling: SamplingParams) -> Iterator[str]:
         gen, fusion, attribution = self._gen, self._gen.fusion, self._gen.attribution
         remote_prompt = self._remote_prompt(self._instruction)
         if remote_prompt is None:  # no remote, or its probe failed
@@ -321,7 +329,7 @@ class CoStream:
                 weight=fusion.weight, alpha=fusion.alpha, plausible=fusion.plausible, gate=fusion.gate,
                 attribution=gen.attribution is not None, threshold=attribution.threshold,
                 min_logprob=attribution.min_logprob, budget_bits=attribution.budget_bits,
-                window=attribution.window, **sampling)
+                window=attribution.window, **sampling.to_dict())
             with co:
                 while not co.finished:
                     token, text = co.step()

@@ -2,6 +2,7 @@
 request, and the stats."""
 from __future__ import annotations
 
+import dataclasses
 import html
 from dataclasses import dataclass
 
@@ -53,8 +54,9 @@ class CoStats:
         return self.n_tokens / self.total_ms * 1000.0 if self.total_ms > 0 else 0.0
 
     @property
-    def decode_tokens_per_s(self) -> float:
-        """Tokens per second after the first one: the generation rate without the prompt prefill."""
+    def tokens_per_s_after_first(self) -> float:
+        """Tokens per second after the first one, by the wall clock: the generation rate without the
+        prompt prefill and the first request (the engine's decode_tokens_per_s counts decode time only)."""
         generation_ms = self.total_ms - self.first_token_ms
         return (self.n_tokens - 1) / generation_ms * 1000.0 if self.n_tokens > 1 and generation_ms > 0 else 0.0
 
@@ -66,6 +68,11 @@ class CoStats:
     def wasted_per_accepted(self) -> float:
         """Remote tokens asked and never used, per token the fused choice took from the remote (at least 1)."""
         return (self.remote_tokens_asked - self.remote_tokens_used) / max(self.remote_tokens_accepted, 1)
+
+    def to_dict(self) -> dict:
+        """The fields and the rates derived from them (for JSON)."""
+        rates = ("tokens_per_s", "tokens_per_s_after_first", "round_trips_per_token", "wasted_per_accepted")
+        return {**dataclasses.asdict(self), **{name: getattr(self, name) for name in rates}}
 
     def summary(self) -> str:
         return (f"{self.n_tokens} tok in {self.total_ms:.0f} ms ({self.tokens_per_s:.1f} tok/s), first token "

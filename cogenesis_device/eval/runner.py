@@ -33,6 +33,7 @@ from ..jsonl import KeyedLog, read_jsonl
 from ..local import LocalModel
 from ..privacy import POLICIES, EgressGuard, summarize
 from ..remote import RemoteModel
+from ..sampling import SamplingParams
 from .datasets import Sample
 from .judge import CRITERIA, Judge
 from .leakscan import leaked, plant_canaries, profile_facts
@@ -130,11 +131,11 @@ class Evaluation:
                               privacy={"policy": policy.removesuffix(TEXT_ONLY), "record_bodies": True},
                               lookahead=s.lookahead,
                               attribution=not policy.endswith(TEXT_ONLY))
-            result = gen.generate(sample.instruction, context, max_tokens=s.max_tokens, temperature=0.0,
-                                  no_repeat_ngram=s.no_repeat_ngram)
+            result = gen.generate(sample.instruction, context, max_tokens=s.max_tokens,
+                                  sampling=SamplingParams.greedy(no_repeat_ngram=s.no_repeat_ngram))
             text, fallback, audit = result.text, result.fallback_reason, result.audit
             stats = {"first_token_ms": result.stats.first_token_ms, "total_ms": result.stats.total_ms,
-                     "decode_tokens_per_s": result.stats.decode_tokens_per_s,
+                     "tokens_per_s_after_first": result.stats.tokens_per_s_after_first,
                      "round_trips_per_token": result.stats.round_trips_per_token, "n_tokens": result.stats.n_tokens}
         found = leaked(facts, [r.body for r in audit if r.action != "blocked"])
         record = {
@@ -255,7 +256,7 @@ def aggregate(out: Path, tids: list[str], modes: list[str], rules: list[str]) ->
         entry = {"samples": len(rows), "fallbacks": sum(bool(r["fallback"]) for r in rows)}
         for metric in ("rouge_l", "cosine", "history_similarity", "facts_used", "repeated_4grams", "distinct_2"):
             entry[metric] = _mean_sd([r.get(metric) for r in rows])
-        for metric in ("first_token_ms", "decode_tokens_per_s", "round_trips_per_token"):
+        for metric in ("first_token_ms", "tokens_per_s_after_first", "round_trips_per_token"):
             entry[metric] = _mean_sd([r["stats"].get(metric) for r in rows if r["stats"]])
         canary_hits = [[k for k, _ in r["leak"]["leaked"] if k.startswith("canary")] for r in rows]
         profile_hits = [[k for k, _ in r["leak"]["leaked"] if not k.startswith("canary")] for r in rows]
@@ -325,7 +326,7 @@ def to_markdown(results: dict) -> str:
     if modes:
         lines += ["## Generation (mean ± sd over samples)", "",
                   "| mode | n | judge Ovl(w) | judge Per | judge Ovl(w/o) | ROUGE-L | cosine | history sim | facts used | "
-                  "repeated 4-grams | distinct-2 | first token ms | decode tok/s | RT/tok | fallbacks |",
+                  "repeated 4-grams | distinct-2 | first token ms | tok/s after the first | RT/tok | fallbacks |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for mode, e in modes.items():
             j = e["judge"]
@@ -333,7 +334,7 @@ def to_markdown(results: dict) -> str:
                          f"{_fmt(j['overall_without_profile'], 2)} | {_fmt(e['rouge_l'])} | {_fmt(e['cosine'])} | "
                          f"{_fmt(e['history_similarity'])} | {_fmt(e['facts_used'])} | {_fmt(e['repeated_4grams'])} | "
                          f"{_fmt(e['distinct_2'])} | {_fmt(e['first_token_ms'], 0)} | "
-                         f"{_fmt(e['decode_tokens_per_s'], 1)} | {_fmt(e['round_trips_per_token'], 2)} | {e['fallbacks']} |")
+                         f"{_fmt(e['tokens_per_s_after_first'], 1)} | {_fmt(e['round_trips_per_token'], 2)} | {e['fallbacks']} |")
         lines += ["", "The modes of a sample share the local KV cache: the first one run pays the context prefill in "
                       "its first-token time, the others reuse the cached prefix."]
         lines += ["", "## Privacy: what reached the remote (independent scan of the bodies sent, leakscan.py)", "",

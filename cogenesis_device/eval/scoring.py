@@ -90,7 +90,7 @@ class GoldScorer:
 
     def _remote_steps(self, sample: Sample, gold: list[int]) -> tuple[float, list[tuple[np.ndarray, np.ndarray]]]:
         """The remote's nll of the gold (full distribution) and its top-k at each of its positions."""
-        prompt = self.remote.tokenize(self.remote.apply_chat_template([{"role": "user", "content": sample.instruction}]),
+        prompt = self.remote.tokenize(self.remote.format_prompt([{"role": "user", "content": sample.instruction}]),
                                       parse_special=True)
         nll, steps = 0.0, []
         with self.remote.pooled_session() as session:
@@ -166,7 +166,7 @@ class GoldScorer:
     def _gate_row(self, row: np.ndarray, ll: np.ndarray, scores, target: int) -> tuple:
         ids, lps = scores
         _, info = _native.fuse(row, ids, lps, rule="gate", fill=self.gate_fill, gate=self._zero_gate)
-        features = [info["features"][name] for name in FEATURE_NAMES]
+        features = [info.features[name] for name in FEATURE_NAMES]
         rd, _, _ = remote_dense(ids, lps, len(ll), self.gate_fill, ll)  # the remote side as fuse() builds it
         with np.errstate(invalid="ignore"):
             mix = GATE_GRID[:, None] * ll[None, :] + (1.0 - GATE_GRID)[:, None] * rd[None, :]

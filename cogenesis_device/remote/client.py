@@ -22,6 +22,7 @@ import httpx2
 import openai
 
 from ..errors import PrivacyBlockedError, RemoteError
+from ..local import plain_prompt
 from ..privacy import EgressGuard
 from .formats import (ChatReply, Continuation, RemoteCapabilities, Retryable, parse_chat_stream, parse_completion,
                       parse_json, token_identity)
@@ -49,9 +50,9 @@ class RemoteModel:
         malformed, logprob-less or truncated answer; then RemoteError.
     backoff, max_backoff: exponential backoff in seconds between attempts (Retry-After is honoured
         up to max_backoff).
-    template: how the remote prompt is formatted for next-token scores: an object with
-        apply_chat_template (a LocalModel of the same family), a callable(messages) -> str, or "raw"
-        (the instruction as plain text, for base models).
+    template: how the remote prompt is formatted for next-token scores: a LocalModel of the remote's
+        GGUF or of its family (its format_prompt: the chat template, or plain text for a base model),
+        a callable(messages) -> str, or "raw" (plain text, local.plain_prompt).
     tokenizer: the remote's tokenizer (a LocalModel or _native.Model of the server's model), which
         reads tokens the server names by id; by default the template's, when it is a LocalModel.
         Without one, tokens are read from their bytes or text.
@@ -275,9 +276,9 @@ class RemoteModel:
             return self._wait(self._submit(self._attempts("applying the server's chat template",
                                                           lambda: self._apply_template(messages)), guard))
         if self.template == "raw":
-            return "\n\n".join(m["content"] for m in messages) + "\n\n"
-        if hasattr(self.template, "apply_chat_template"):
-            return self.template.apply_chat_template(messages, add_generation_prompt=True)
+            return plain_prompt(messages)
+        if hasattr(self.template, "format_prompt"):
+            return self.template.format_prompt(messages)
         return self.template(messages)
 
     async def _apply_template(self, messages: Messages) -> str:

@@ -168,7 +168,6 @@ int main(int argc, char ** argv) {
     struct cg_cogen_params p = cg_cogen_default_params();
     p.max_tokens = argc > 4 ? atoi(argv[4]) : 32;
     p.lookahead = argc > 5 ? atoi(argv[5]) : 8;
-    p.sampling.temperature = 0.0f;
 
     cg_model * model = NULL;
     if (cg_model_load(argv[1], cg_model_default_params(), &model) != CG_OK) return die("load");
