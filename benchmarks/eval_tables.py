@@ -28,6 +28,12 @@ RUNS = {
     "generation16": ["--limit", "16", "-n", "64", "--privacy", "redact,audit:text-only", *GENERATION],
     # Leakage of logits mode on the whole dev split, under redact.
     "leak150": ["-n", "64", "--modes", "logits:weighted:mask", "--privacy", "redact", *GENERATION],
+    # Gemma 3 270M (a base model, another tokenizer) as the remote: gold bits per byte by rule and fill,
+    # and generation and leakage of logits mode under redact and with nothing withheld.
+    "gemma16": ["--limit", "16", "-n", "64", "--loopback", "gemma3-270m", "--remote-gguf", "gemma3-270m",
+                "--modes", "local,logits:weighted:mask,logits:weighted:local:w=0.8", "--privacy", "redact,audit:text-only",
+                "--rules", "weighted:mask,weighted:tail,weighted:local,weighted:local:w=0.8,max:local",
+                "--no-embeddings"],
     # Repetition without and with the engine's no-repeat n-gram link.
     "repetition12_before": ["--limit", "12", "--modes", "local,sketch,logits:weighted:mask,logits:weighted:local:w=0.8",
                             "--no-repeat-ngram", "0", *GENERATION],
