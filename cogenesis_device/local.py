@@ -330,8 +330,8 @@ class LocalModel:
 
     def generate(self, prompt: Prompt, sampling: SamplingParams | None = None, *,
                  max_tokens: int = _GENERATE_DEFAULTS["max_tokens"], stop: Sequence[str] | None = None,
-                 ignore_eos: bool = False, chat: bool = False, system: str | None = None,
-                 prefix_cache: str | os.PathLike | None = None, cache_key: bytes | None = None,
+                 ignore_eos: bool = _GENERATE_DEFAULTS["ignore_eos"], chat: bool = False,
+                 system: str | None = None, prefix_cache: str | os.PathLike | None = None, cache_key: bytes | None = None,
                  scope: str | None = None) -> Completion:
         """Generate a completion with the GIL released. The arguments are stream()'s."""
         gen, session = self._start(prompt, sampling, max_tokens, stop, ignore_eos, chat, system, prefix_cache,
@@ -345,8 +345,8 @@ class LocalModel:
 
     def stream(self, prompt: Prompt, sampling: SamplingParams | None = None, *,
                max_tokens: int = _GENERATE_DEFAULTS["max_tokens"], stop: Sequence[str] | None = None,
-               ignore_eos: bool = False, chat: bool = False, system: str | None = None,
-               prefix_cache: str | os.PathLike | None = None, cache_key: bytes | None = None,
+               ignore_eos: bool = _GENERATE_DEFAULTS["ignore_eos"], chat: bool = False,
+               system: str | None = None, prefix_cache: str | os.PathLike | None = None, cache_key: bytes | None = None,
                scope: str | None = None) -> CompletionStream:
         """Generate token by token, yielding text as it becomes final.
 
