@@ -197,6 +197,7 @@ def test_eval_rejects_bad_settings(model, tmp_path):
         Evaluation(tmp_path, model, None, EvalSettings(modes=["local"], policies=["hide"], embeddings=False))
 
 
+@pytest.mark.slow
 def test_eval_with_a_base_model_as_the_remote(model, gemma_path, tmp_path):
     """Gemma 3 270M has no chat template: its prompts (on the server, and for the gold scores) are plain text."""
     from cogenesis_device.cli import main
