@@ -93,6 +93,11 @@ def parse_completion(body: Any, n: int, tokenizer: Any = None, top_k: int | None
         tops = [e.get("top_logprobs") if isinstance(e, dict) else None for e in content]
     elif isinstance(lp, dict) and isinstance(lp.get("tokens"), list) and isinstance(lp.get("top_logprobs"), list):
         tops = lp["top_logprobs"]
+    elif lp is None and text.endswith("\ufffd") and finish == "length":
+        # llama.cpp's server holds back the scores of tokens that end inside a UTF-8 character until the
+        # character is complete (then it lists the character once, merged). When max_tokens stops it inside
+        # one, the answer is text with no scores at all: valid, and without scores for these positions.
+        return Continuation(text, [], finish)
     else:
         raise Retryable("the answer carries no logprobs", "missing_logprobs")
     # OpenAI: "up to logprobs+1 elements" (the sampled token is always listed). More is not an answer
