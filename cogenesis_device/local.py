@@ -16,7 +16,7 @@ import numpy as np
 from . import _native
 from .errors import CogenesisIOError, InvalidParameterError, MissingFileError, StateError
 from .registry import DEFAULT_MODEL, resolve_model
-from .sampling import SamplingParams
+from .sampling import ENGINE_DEFAULT, SamplingParams, sampling_or
 
 Prompt = Union[str, Sequence[int], np.ndarray]
 # The system turn of the private prompt (private_prompt): the context the local model writes from.
@@ -365,9 +365,7 @@ class LocalModel:
         return CompletionStream(gen, session, self._release)
 
     def _start(self, prompt, sampling, max_tokens, stop, ignore_eos, chat, system, prefix_cache, cache_key, scope):
-        if sampling is not None and not isinstance(sampling, SamplingParams):
-            raise InvalidParameterError(f"sampling must be a SamplingParams, got {type(sampling).__name__}")
-        sampler = (sampling or SamplingParams()).sampler()
+        sampler = sampling_or(ENGINE_DEFAULT, sampling).sampler()
         tokens = self._prompt_tokens(prompt, chat=chat, system=system)
         session = self._acquire(scope)
         try:

@@ -14,6 +14,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from . import _native
+from .errors import InvalidParameterError
 
 _ENGINE = _native.sampling_default_params()
 _COLLABORATIVE = _native.cogen_default_params()["sampling"]
@@ -55,3 +56,17 @@ class SamplingParams:
     def sampler(self) -> _native.Sampler:
         """A fresh native sampler chain with these parameters."""
         return _native.Sampler(**self.to_dict())
+
+
+# The two defaults, made (and checked) once: a SamplingParams is frozen, so one object serves every call.
+ENGINE_DEFAULT = SamplingParams()
+COLLABORATIVE = SamplingParams.collaborative()
+
+
+def sampling_or(default: SamplingParams, sampling: SamplingParams | None) -> SamplingParams:
+    """`sampling`, or `default` when it is None; anything else is refused with an error that names it."""
+    if sampling is None:
+        return default
+    if not isinstance(sampling, SamplingParams):
+        raise InvalidParameterError(f"sampling must be a SamplingParams, got {type(sampling).__name__}")
+    return sampling

@@ -202,7 +202,7 @@ def test_eval_with_a_base_model_as_the_remote(model, gemma_path, tmp_path):
     """Gemma 3 270M has no chat template: its prompts (on the server, and for the gold scores) are plain text."""
     from cogenesis_device.cli import main
 
-    samples, _ = _dataset(tmp_path)
+    _dataset(tmp_path)  # writes data.jsonl
     assert cg.LocalModel(str(gemma_path), n_ctx=256).format_prompt([{"role": "user", "content": "Write."}]) == "Write.\n\n"
     out = tmp_path / "gemma"
     code = main(["eval", "--data", str(tmp_path / "data.jsonl"), "--out", str(out), "--limit", "1",

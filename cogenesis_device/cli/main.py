@@ -18,11 +18,11 @@ from ..registry import DEFAULT_MODEL, MODELS
 from .. import _native
 from ..attribution import AttributionConfig
 from ..fusion import FusionConfig
-from ..sampling import SamplingParams
+from ..sampling import COLLABORATIVE, ENGINE_DEFAULT
 from . import research
 
 # The defaults shown and used here are the engine's (cg_*_default_params), read through the core.
-_LOCAL, _COLLAB = SamplingParams(), SamplingParams.collaborative()
+_LOCAL, _COLLAB = ENGINE_DEFAULT, COLLABORATIVE
 _GENERATE, _SESSION = _native.generate_default_params(), _native.session_default_params()
 _FUSION, _ATTRIBUTION = FusionConfig(), AttributionConfig()
 

@@ -32,7 +32,7 @@ from ..fusion import FusionConfig
 from ..local import LocalModel
 from ..privacy import EgressGuard, summarize
 from ..remote import RemoteModel
-from ..sampling import SamplingParams
+from ..sampling import COLLABORATIVE, SamplingParams, sampling_or
 from .instruction import DerivedInstruction, derive_instruction
 from .results import CoResult, CoStats, TokenInfo
 from .sketch import FOLLOW_OUTLINE, OUTLINE_PROMPT, parse_outline
@@ -40,7 +40,7 @@ from .sketch import FOLLOW_OUTLINE, OUTLINE_PROMPT, parse_outline
 MODES = ("auto", "sketch", "logits")
 _COGEN_DEFAULTS = _native.cogen_default_params()
 # The default repetition control of both modes (README: "Text without loops"), the engine's.
-NO_REPEAT_NGRAM = SamplingParams.collaborative().no_repeat_ngram
+NO_REPEAT_NGRAM = COLLABORATIVE.no_repeat_ngram
 
 
 class CoGenerator:
@@ -132,10 +132,7 @@ class CoGenerator:
         private = [context, draft] + ([request] if request is not None else [])
         guard = EgressGuard(private, public=[instruction, OUTLINE_PROMPT.format(instruction=instruction)],
                             tokenizer=self.local, **self.privacy)
-        if sampling is None:
-            sampling = SamplingParams.collaborative()
-        elif not isinstance(sampling, SamplingParams):
-            raise InvalidParameterError(f"sampling must be a SamplingParams, got {type(sampling).__name__}")
+        sampling = sampling_or(COLLABORATIVE, sampling)
         return CoStream(self, instruction, user, context, draft, guard, max_tokens, sampling)
 
     def derive_instruction(self, request: str, context: str) -> "DerivedInstruction":
