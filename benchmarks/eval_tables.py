@@ -1,8 +1,8 @@
 """The evaluation runs whose tables the README quotes, one name each.
 
-    python benchmarks/eval_tables.py leak150 [--data ../shared/data/context-aware] [--work /tmp/runs]
+    python benchmarks/eval_tables.py leak150 [--shared ../shared/data] [--work /tmp/runs]
 
-runs `cogenesis eval` with the run's arguments into WORK/NAME (the per-sample JSONL there holds
+runs `cogenesis eval` on the run's dataset (a folder of --shared) with the run's arguments into WORK/NAME (the per-sample JSONL there holds
 private text, readable by its owner only) and copies the aggregate `table.md` and `results.json`
 to benchmarks/results/eval/NAME/, with `run.json`: the command, the commit, the date and the wall time.
 """
@@ -21,37 +21,45 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "e
 GOLD_RULES = ("weighted:mask,weighted:tail,weighted:local,weighted:tail:w=0.8,weighted:local:w=0.8,"
               "max:mask,max:tail,max:local,context_delta:mask,context_delta:tail,context_delta:local")
 GENERATION = ["--rules", "", "--remote-gguf", "none", "--no-embeddings"]
-RUNS = {
+GEMMA = ["--loopback", "gemma3-270m", "--remote-gguf", "gemma3-270m"]
+CONTEXT_AWARE, ABSTRACTS = "context-aware", "abstracts"  # folders of --shared
+REPETITION_MODES = "local,sketch,logits:weighted:mask,logits:weighted:local:w=0.8"
+RUNS = {  # name: (dataset, arguments)
     # Gold bits per byte by rule and fill on the whole dev split, with the gate's training records.
-    "gold150": ["--modes", "none", "--rules", GOLD_RULES, "--gate-records", "--no-embeddings"],
+    "gold150": (CONTEXT_AWARE, ["--modes", "none", "--rules", GOLD_RULES, "--gate-records", "--no-embeddings"]),
     # Generation and leakage of every mode, each remote mode under redact and with nothing withheld.
-    "generation16": ["--limit", "16", "-n", "64", "--privacy", "redact,audit:text-only", *GENERATION],
+    "generation16": (CONTEXT_AWARE, ["--limit", "16", "-n", "64", "--privacy", "redact,audit:text-only", *GENERATION]),
     # Leakage of logits mode on the whole dev split, under redact.
-    "leak150": ["-n", "64", "--modes", "logits:weighted:mask", "--privacy", "redact", *GENERATION],
-    # Gemma 3 270M (a base model, another tokenizer) as the remote: gold bits per byte by rule and fill,
-    # and generation and leakage of logits mode under redact and with nothing withheld.
-    "gemma16": ["--limit", "16", "-n", "64", "--loopback", "gemma3-270m", "--remote-gguf", "gemma3-270m",
-                "--modes", "local,logits:weighted:mask,logits:weighted:local:w=0.8", "--privacy", "redact,audit:text-only",
-                "--rules", "weighted:mask,weighted:tail,weighted:local,weighted:local:w=0.8,max:local",
-                "--no-embeddings"],
+    "leak150": (CONTEXT_AWARE, ["-n", "64", "--modes", "logits:weighted:mask", "--privacy", "redact", *GENERATION]),
+    # Gemma 3 270M (a base model, another tokenizer) as the remote: gold bits per byte by rule and fill on
+    # the whole dev split; generation and leakage of logits mode under redact and with nothing withheld.
+    "gemma_gold150": (CONTEXT_AWARE, ["--modes", "none", *GEMMA, "--rules", GOLD_RULES, "--no-embeddings"]),
+    "gemma16": (CONTEXT_AWARE, ["--limit", "16", "-n", "64", *GEMMA,
+                                "--modes", "local,logits:weighted:mask,logits:weighted:local:w=0.8",
+                                "--privacy", "redact,audit:text-only", "--rules", "", "--no-embeddings"]),
+    # The abstracts dev split (SmolLM2 as the remote): gold bits per byte of every rule and fill, and
+    # generation and leakage of every mode on its first 16 samples.
+    "abstracts_gold161": (ABSTRACTS, ["--modes", "none", "--rules", GOLD_RULES, "--no-embeddings"]),
+    "abstracts16": (ABSTRACTS, ["--limit", "16", "-n", "64", "--privacy", "redact,audit:text-only", *GENERATION]),
     # Repetition without and with the engine's no-repeat n-gram link.
-    "repetition12_before": ["--limit", "12", "--modes", "local,sketch,logits:weighted:mask,logits:weighted:local:w=0.8",
-                            "--no-repeat-ngram", "0", *GENERATION],
-    "repetition12_after": ["--limit", "12", "--modes", "local,sketch,logits:weighted:mask,logits:weighted:local:w=0.8",
-                           "--no-repeat-ngram", "4", *GENERATION],
+    "repetition12_before": (CONTEXT_AWARE, ["--limit", "12", "--modes", REPETITION_MODES, "--no-repeat-ngram", "0",
+                                            *GENERATION]),
+    "repetition12_after": (CONTEXT_AWARE, ["--limit", "12", "--modes", REPETITION_MODES, "--no-repeat-ngram", "4",
+                                           *GENERATION]),
 }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="+", choices=sorted(RUNS))
-    parser.add_argument("--data", default="../shared/data/context-aware")
+    parser.add_argument("--shared", default="../shared/data", help="the folder holding the datasets")
     parser.add_argument("--work", default="runs", help="where each run's full output goes")
     parser.add_argument("-t", "--threads", type=int, default=2)
     args = parser.parse_args()
     for name in args.names:
         out = os.path.join(args.work, name)
-        command = ["cogenesis", "eval", "--data", args.data, "--out", out, *RUNS[name],
+        dataset, arguments = RUNS[name]
+        command = ["cogenesis", "eval", "--data", os.path.join(args.shared, dataset), "--out", out, *arguments,
                    "-t", str(args.threads), "-q"]
         print("$", shlex.join(command), file=sys.stderr)
         start = time.monotonic()
