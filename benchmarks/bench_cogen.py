@@ -25,7 +25,7 @@ import cogenesis_device as cg
 from bench_collab import prompts
 from cogenesis_device.testing import SERVERS, LoopbackServer
 from cogenesis_device.remote import RemoteModel
-from report import fmt, summarize, write
+from report import fmt, model_info, row, summarize, write
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -136,8 +136,11 @@ def main() -> None:
         f"Engine overhead / Python overhead: **{ratio:.2f}x** (target: at most 0.5x). "
         f"Same greedy text from both loops on every run: {'yes' if same_text else 'no'}.",
     ]
-    path = write("cogen", {"command": command, "rows": rows, "overhead_ratio": ratio, "same_text": same_text},
-                 "\n".join(lines))
+    info = {**model_info(local.path), "threads": args.threads}
+    common = [row(f"logits mode tg{args.tokens}, per-token overhead, {r['loop']}", r["overhead_ms_per_token"],
+                  unit="ms/token", loop=r["loop"], **info) for r in rows]
+    path = write("cogen", {"command": command, "loops": rows, "overhead_ratio": ratio, "same_text": same_text},
+                 "\n".join(lines), common)
     print("\n".join(lines))
     print(f"written: {path}", file=sys.stderr)
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import cogenesis_device as cg
 from cogenesis_device.testing import FaultProxy, LoopbackServer
 from report import fmt, model_info, summarize, write
+from report import row as common_row  # main() has rows of its own named row
 
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "context-aware" / "dev.json"
 DEFAULT = "default (adaptive)"
@@ -205,8 +206,11 @@ def main() -> int:
               + ("**yes**." if same_text else "**NO** (" + "; ".join(
                   f"RTT {c['rtt_ms']:g} ms: " + ", ".join(sorted({m['protocol'] for m in c['mismatches']}))
                   for c in text_checks if not c["same_text"]) + ").")]
-    path = write("collab", {"args": vars(args), "same_text": same_text, "text_checks": text_checks, "rows": rows,
-                            "profile": profiles}, "\n".join(lines))
+    common = [common_row(r["test"] + f", {r['protocol']}", r[metric], unit=unit, protocol=r["protocol"],
+                         rtt_ms=r["rtt_ms"], **{k: r[k] for k in ("model", "size", "threads")})
+              for r in rows for metric, unit in (("tokens_per_s", "tok/s"), ("end_to_end_ms", "ms end to end"))]
+    path = write("collab", {"args": vars(args), "same_text": same_text, "text_checks": text_checks, "protocols": rows,
+                            "profile": profiles}, "\n".join(lines), common)
     print(f"wrote {path}", file=sys.stderr)
     if not same_text:
         print("FAILED: the protocols wrote different texts (see text_checks in the JSON)", file=sys.stderr)

@@ -369,8 +369,7 @@ def main() -> None:
         "peak_rss": bench_peak_rss(model, args.threads),
     }
     res["machine"] = machine()
-    res["rows"] = common_rows(res)
-    path = write("decode", res, markdown(res, args))
+    path = write("decode", res, markdown(res, args), common_rows(res))
     print(path.read_text())
 
 

@@ -27,7 +27,8 @@ from cogenesis_device.eval import leakscan
 from cogenesis_device.eval.datasets import public_part
 from cogenesis_device.testing import SERVERS, FaultProxy, LoopbackServer
 from cogenesis_device.eval.metrics import rouge_l
-from report import fmt, summarize, write
+from report import fmt, model_info, summarize, write
+from report import row as common_row  # the functions here have rows of their own named row
 
 
 REMOTE_NAMES = {"llama.cpp": "llama.cpp's server", "llama-cpp-python": "llama_cpp.server"}
@@ -137,7 +138,10 @@ def main() -> None:
                          f"{row['jobs_leaking_profile']}/{row['samples']} | {100 * row['profile_fact_share']:.2f}% | "
                          f"{row['jobs_leaking_canary']}/{row['samples']} | {row['canaries_leaked']}/{row['canaries']} | "
                          f"{bits} | {fmt(row['rouge_l'], 3)} |")
-    path = write("egress", {"args": vars(args), "speed": speed_rows, "sweep": sweep_rows}, "\n".join(lines))
+    info = {**model_info(local.path), "threads": args.threads}
+    common = [common_row(f"logits mode tg{args.tokens}, RTT {r['rtt_ms']:g} ms, {r['setting']}", r["tokens_per_s"],
+                  unit="tok/s", rtt_ms=r["rtt_ms"], setting=r["setting"], **info) for r in speed_rows]
+    path = write("egress", {"args": vars(args), "speed": speed_rows, "sweep": sweep_rows}, "\n".join(lines), common)
     print(f"wrote {path}", file=sys.stderr)
 
 

@@ -239,8 +239,8 @@ def main() -> None:
                      unit="us", **info, threads=1, impl=impl)
                  for c in fuse if c["model"] == info["model"] for impl in ("native", "numpy")]
         del model, data
-    res = {"args": vars(args), "command": command, "fuse": fuse, "decode": decode, "rows": rows, "machine": machine()}
-    print(write("fusion", res, markdown(res, command)).read_text())
+    res = {"args": vars(args), "command": command, "fuse": fuse, "decode": decode, "machine": machine()}
+    print(write("fusion", res, markdown(res, command), rows).read_text())
 
 
 if __name__ == "__main__":

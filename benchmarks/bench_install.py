@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from report import write
+from report import row, summarize, write
 
 ROOT = Path(__file__).resolve().parent.parent
 LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
@@ -39,7 +39,9 @@ def main() -> int:
              "`python benchmarks/bench_install.py`. Each wheel is built by pip in a fresh build environment, "
              "without pip's cache.", "", "| build | seconds |", "|---|---|"]
     lines += [f"| {r['build']} | {r['seconds']:.0f} |" for r in rows]
-    print(write("install", {"rows": rows}, "\n".join(lines)), file=sys.stderr)
+    common = [row(f"wheel from source: {r['build']}", summarize([r["seconds"]]), unit="s", model="-")
+              for r in rows]
+    print(write("install", {"builds": rows}, "\n".join(lines), common), file=sys.stderr)
     return 0
 
 

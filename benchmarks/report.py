@@ -1,4 +1,5 @@
-"""Benchmark reporting: mean +- sd over repeats, JSON for machines, markdown for people."""
+"""Benchmark reporting: JSON for machines, markdown for people, each stamped with the commit. The
+row schema and its statistics are the package's (cogenesis_device.bench), which `cogenesis bench` uses."""
 from __future__ import annotations
 
 import functools
@@ -6,38 +7,15 @@ import hashlib
 import importlib.util
 import json
 import os
-import platform
-import statistics
 import subprocess
-import time
 from pathlib import Path
+
+from cogenesis_device.bench import fmt, machine, model_info, row, summarize  # noqa: F401 (the benchmarks import them from here)
 
 ROOT = Path(__file__).resolve().parent.parent
 # COGENESIS_BENCH_RESULTS=/tmp/x sends a trial run's files elsewhere, leaving the committed results alone.
 RESULTS = Path(os.environ.get("COGENESIS_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 WATCHED = ("engine", "csrc", "cogenesis_device", "benchmarks")  # the code a result depends on
-
-
-def summarize(samples: list[float]) -> dict:
-    return {
-        "mean": statistics.fmean(samples),
-        "sd": statistics.stdev(samples) if len(samples) > 1 else 0.0,
-        "n": len(samples),
-        "samples": samples,
-    }
-
-
-def fmt(s: dict, digits: int = 1) -> str:
-    return f"{s['mean']:.{digits}f} ± {s['sd']:.{digits}f}"
-
-
-def machine() -> dict:
-    return {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-    }
 
 
 def code_stamp() -> dict:
@@ -94,23 +72,12 @@ def stamp_line(stamp: dict | None = None) -> str:
     return text + "."
 
 
-def row(test: str, stats: dict, *, unit: str, model: str, size: int | None = None, threads: int | None = None,
-        **params) -> dict:
-    """One measurement in the schema the benchmarks share (after llama-bench): model, size (bytes of
-    the GGUF file), threads, test, its parameters, unit, then mean, sd, n and the samples (summarize)."""
-    return {"model": model, "size": size, "threads": threads, "test": test, **params, "unit": unit, **stats}
-
-
-def model_info(path) -> dict:
-    """model= and size= for row(): the GGUF file's name and size."""
-    path = Path(path)
-    return {"model": path.name, "size": path.stat().st_size}
-
-
-def write(name: str, data: dict, markdown: str) -> Path:
-    """results/NAME.json and results/NAME.md, both stamped with the commit (a line under the title)."""
+def write(name: str, data: dict, markdown: str, rows: list[dict]) -> Path:
+    """results/NAME.json and results/NAME.md, both stamped with the commit (a line under the title).
+    rows: the measurements in the schema every benchmark and `cogenesis bench` share (row()); the
+    JSON holds them under "rows", beside the script's own data."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    data = {"machine": machine(), "code": code_stamp(), **data}
+    data = {"machine": machine(), "code": code_stamp(), **data, "rows": rows}
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
     lines = markdown.rstrip().split("\n")
     at = 1 if lines and lines[0].startswith("#") else 0

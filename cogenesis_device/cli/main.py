@@ -4,6 +4,7 @@
   cogenesis run "instruction" --context-file profile.txt [--mode auto|logits|sketch] [--remote-url URL]
   cogenesis generate "prompt"         the local model alone
   cogenesis eval --data DIR --out DIR Table 1 on a dataset (see research.py for train-gate, data build)
+  cogenesis bench [-m MODEL] [-t 1,2] the latency suite on your model (bench.py)
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from .. import _native
 from ..attribution import AttributionConfig
 from ..fusion import FusionConfig
 from ..sampling import COLLABORATIVE, ENGINE_DEFAULT
-from . import research
+from . import bench, research
 
 # The defaults shown and used here are the engine's (cg_*_default_params), read through the core.
 _LOCAL, _COLLAB = ENGINE_DEFAULT, COLLABORATIVE
@@ -291,10 +292,11 @@ def main(argv: list[str] | None = None) -> int:
     research.add_eval(sub)
     research.add_train_gate(sub)
     research.add_data(sub)
+    bench.add_bench(sub)
     args = parser.parse_args(argv)
     try:
         commands = {"demo": _demo, "run": _run, "generate": _generate, "models": _models, "eval": research.run_eval,
-                    "train-gate": research.run_train_gate, "data": research.run_data}
+                    "train-gate": research.run_train_gate, "data": research.run_data, "bench": bench.run_bench}
         return commands[args.command](args)
     except CogenesisError as exc:
         print(f"cogenesis: error: {exc}", file=sys.stderr)
