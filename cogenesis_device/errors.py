@@ -50,14 +50,17 @@ class CancelledError(CogenesisError):
 
 
 class PrivacyBlockedError(CogenesisError):
-    """The egress guard refused to send a request that contains private spans (policy 'block')."""
+    """The egress guard refused to send a request: it contains private spans under policy 'block', or
+    private text it cannot redact or check. A collaborative job fails with it under 'block' only; under
+    the other policies it goes on with the local model alone (RemoteError kind 'privacy')."""
 
 
 class RemoteError(CogenesisError):
     """The remote model could not be used: unreachable, timed out, or it answered with an error or garbage.
 
     kind is one of 'config', 'connection', 'timeout', 'status', 'malformed', 'missing_logprobs',
-    'truncated', 'unsupported' or 'cancelled'; attempts counts the HTTP attempts made."""
+    'truncated', 'unsupported', 'cancelled' or 'privacy' (the egress guard refused the request under a
+    policy other than 'block', so it was not sent); attempts counts the HTTP attempts made."""
 
     def __init__(self, message: str, *, kind: str, attempts: int = 0, status: int | None = None):
         super().__init__(message)

@@ -339,3 +339,26 @@ def test_a_server_naming_tokens_by_id_is_read_through_the_remote_tokenizer(model
         assert result.stats.remote_tokens_accepted > 0 and any(a.source == "fused" for a in result.attribution)
         texts[naming] = result.text
     assert texts["token_id"] == texts["text"]
+
+
+def test_a_request_the_guard_refuses_under_redact_falls_back_to_local(model, proxy):
+    """Found by the Gemma eval (dev sample 11_13_3): with a plain-text remote prompt, a generated word after
+    the instruction formed a span of the profile across the instruction's end, and the redacted text
+    still held one, so the guard refused the request. That refusal ended the whole job (and the eval).
+    Nothing was sent, as it should be; now the job goes on with the local model and says why."""
+    context = ("Name: Ana Petrova\nWork: organizing evidence and citations for a journal article on sustainable "
+               "agricultural practices; proofreading legal documents for clarity")
+    instruction = "Generate a feature article on sustainable agricultural practices"
+    plain = cg.RemoteModel(proxy.base_url, template="raw", max_retries=0)  # the prompt a base model gets
+    proxy.clear()
+    result = cg.CoGenerator(model, plain, mode="logits", privacy="redact").generate(
+        instruction, context, draft="Sustainability", max_tokens=8, sampling=cg.SamplingParams.collaborative())
+    assert result.fallback and "redaction left 1 private span" in result.fallback_reason
+    assert "nothing of that request was sent" in result.fallback_reason
+    assert result.text.startswith("Sustainability") and result.stats.n_tokens == 8
+    assert [r.action for r in result.audit if r.endpoint.endswith("/completions")][-1] == "blocked"
+    assert all("Sustainability" not in r.body.decode() for r in proxy.records)
+    with pytest.raises(PrivacyBlockedError):  # under 'block' the same job still fails closed
+        cg.CoGenerator(model, plain, mode="logits", privacy="block").generate(
+            instruction, context, draft="Sustainability", max_tokens=8, sampling=cg.SamplingParams.collaborative())
+    plain.close()

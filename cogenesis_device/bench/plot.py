@@ -21,7 +21,8 @@ def rtt_chart(rows: list[dict], title: str) -> str | None:
     series: dict[str, list[tuple[float, float, float]]] = {}
     for r in rows:
         if "rtt_ms" in r and "protocol" in r:
-            label = r["protocol"] + (f", {r['threads']} threads" if len({x.get("threads") for x in rows}) > 1 else "")
+            threads = f", {r['threads']} thread" + ("s" if r["threads"] != 1 else "")
+            label = r["protocol"] + (threads if len({x.get("threads") for x in rows}) > 1 else "")
             series.setdefault(label, []).append((r["rtt_ms"], r["mean"], r["sd"]))
     if not series or max(len(points) for points in series.values()) < 2:
         return None

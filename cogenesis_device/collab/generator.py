@@ -27,7 +27,7 @@ import numpy as np
 
 from .. import _native
 from ..attribution import AttributionConfig
-from ..errors import InvalidParameterError, RemoteError
+from ..errors import InvalidParameterError, PrivacyBlockedError, RemoteError
 from ..fusion import FusionConfig
 from ..local import LocalModel
 from ..privacy import EgressGuard, summarize
@@ -277,6 +277,8 @@ class CoStream:
                                           "bulleted points); written without one")
             except RemoteError as exc:
                 self._remote_failed(exc)
+            except PrivacyBlockedError as exc:
+                self._remote_failed(_not_sent(exc, self._guard))
         yield from self._local(context, user, max_tokens, sampling)
 
     def _local(self, context: str, user: str, max_tokens: int, sampling: SamplingParams) -> Iterator[str]:
@@ -363,6 +365,16 @@ class CoStream:
         return prompt
 
 
+def _not_sent(refusal: PrivacyBlockedError, guard: EgressGuard) -> RemoteError:
+    """A request the guard refused to send. Under 'block' the refusal is what the app asked for, and the
+    job fails closed (re-raised). Under 'redact' and 'audit' (whose guard still refuses what it cannot
+    check or could not redact cleanly) nothing was sent, and the job goes on with the local model alone,
+    as after a remote failure: a fallback of kind 'privacy' that the result reports."""
+    if guard.policy == "block":
+        raise refusal
+    return RemoteError(f"{refusal}; nothing of that request was sent", kind="privacy")
+
+
 def _token_info(token: "_native.CoToken", text: str) -> TokenInfo:
     remote_p = None if math.isnan(token.remote_logprob) else math.exp(token.remote_logprob)
     return TokenInfo(token.token, text, "fused" if token.fused else "local", token.weight,
@@ -396,6 +408,8 @@ class _RemoteProvider:
             steps = future.result().steps
         except concurrent.futures.CancelledError:
             raise RemoteError("the request was cancelled", kind="cancelled") from None
+        except PrivacyBlockedError as exc:
+            raise _not_sent(exc, self._guard) from None
         finally:
             self.wait_ms += (time.perf_counter() - start) * 1000.0
         return steps
