@@ -43,6 +43,7 @@ PLACEHOLDERS = {"verbatim": "[PRIVATE]", "word": "[PRIVATE]", "name": "[NAME]", 
 RARE_ZIPF = 3.5
 # Fields of a profile whose value is short enough to be one fact ("Age: 47", "City: Bergen").
 MAX_FACT_WORDS = 5
+GLUED_MIN = 6  # a private word this long is found inside a longer word as well
 _NAME_KEYS = re.compile(r"name|location|city|town|hometown|address|employer|company|school|spouse|partner|sister|"
                         r"brother|mother|father|child|son|daughter|pet|dog|cat|friend|neighbou?r|colleague", re.I)
 _PROPER_NOUN = re.compile(r"(?<=[a-z0-9,;] )((?:[A-Z][\w'’-]+)(?:[ -][A-Z][\w'’-]+){0,3})")
@@ -217,6 +218,7 @@ class PrivateItems:
     numbers: set[str] = field(default_factory=set)  # digit strings of 4+ digits
     dates: set[tuple[int, int, int]] = field(default_factory=set)
     windows: set[str] = field(default_factory=set)  # verbatim passages, min_span folded chars from a word start
+    glued: set[str] = field(default_factory=set)  # single words of phrases, found inside longer words too
 
 
 def private_items(private: Sequence[str], public: Sequence[str] = (), *, min_span: int = 12,
@@ -274,6 +276,10 @@ def private_items(private: Sequence[str], public: Sequence[str] = (), *, min_spa
 
     public_folded = " " + " ".join(fold(p) for p in public) + " "
     items.phrases = {p: k for p, k in phrases.items() if f" {p} " not in public_folded}
+    # A private word glued to other letters ("codeQv7x93kd2m", "dearOdalys") escapes a whole-word match.
+    # Words of GLUED_MIN characters or more are found anywhere, unless a public word holds them.
+    items.glued = {p for p, k in items.phrases.items()
+                   if k != "email" and " " not in p and len(p) >= GLUED_MIN and p not in public_folded}
     n = min_span
     public_starts = [0] + [i + 1 for i, c in enumerate(public_folded) if c == " "]
     items.windows -= {public_folded[i:i + n] for i in public_starts}
@@ -295,8 +301,9 @@ class _Matcher:
             # An e-mail may be spelled out: "odalys dot b at fjordmail dot example".
             joint = r" (?:(?:at|dot) )?" if items.phrases[phrase] == "email" else " "
             patterns.append(joint.join(words))
-        self._regex = (re.compile(r"(?<![a-z0-9])(?:" + "|".join(patterns) + r")(?![a-z0-9])")
-                       if patterns else None)
+        alternatives = ([r"(?<![a-z0-9])(?:" + "|".join(patterns) + r")(?![a-z0-9])"] if patterns else []) + (
+            [_trie_pattern(items.glued)] if items.glued else [])
+        self._regex = re.compile("|".join(alternatives)) if alternatives else None
 
     def find(self, folded: str) -> list[tuple[int, int, str]]:
         """(start, end, kind) spans in folded text, possibly overlapping."""
@@ -331,6 +338,26 @@ class _Matcher:
             if digits == number or number in digits or (len(digits) >= 6 and digits in number):
                 return True
         return False
+
+
+def _trie_pattern(words: Iterable[str]) -> str:
+    """A regex for any of the words, their shared prefixes factored out ('ab|ac' -> 'a(?:b|c)'): tried at
+    every position of the text (glued words have no word boundary to start from), it follows one branch
+    per character instead of trying every word. The longest word wins where one is a prefix of another."""
+    trie: dict = {}
+    for word in words:
+        node = trie
+        for char in word:
+            node = node.setdefault(char, {})
+        node[""] = {}  # a word ends here
+
+    def pattern(node: dict) -> str:
+        branches = [re.escape(char) + pattern(child) for char, child in sorted(node.items()) if char]
+        if "" in node:
+            return "(?:" + "|".join(branches) + ")?" if branches else ""
+        return branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+
+    return pattern(trie)
 
 
 def _word_end(folded: str, end: int) -> int:

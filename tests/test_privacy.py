@@ -33,6 +33,17 @@ def test_facts_found_in_a_profile_however_they_are_written():
     assert redacted == "Walking [NAME] with [NAME], call [NUMBER] or write [EMAIL]"
 
 
+def test_a_private_word_glued_to_other_letters_is_found():
+    guard = EgressGuard(PROFILE + "Locker code: Qv7x93kd2m\n")
+    for text in ("my codeQv7x93kd2m", "Qv7x93kd2mplease", "dearOdalys", "#BrenneckeFamily", "fjordmailbox"):
+        assert guard.find(text), text
+    redacted, _ = guard.redact("the lockerQv7x93kd2m is free")
+    assert "qv7x93kd2m" not in redacted.lower() and redacted.endswith(" is free")
+    assert guard.find("a propeller") == []  # words under GLUED_MIN characters ('pelle') stay whole-word matches
+    # A public word that holds a private one is public: the instruction is not cut.
+    assert EgressGuard("My neighbour Solheim", public="Write about Solheimsviken").find("about Solheimsviken") == []
+
+
 def test_common_words_of_the_context_are_not_private():
     guard = EgressGuard(PROFILE)
     text = "We strolled to a market one day and chatted about books and the sea."

@@ -84,6 +84,8 @@ class Fact:
         if self.pairs:
             content = " " + " ".join(w for w in text.split() if w not in _COMMON and len(w) > 1) + " "
             return any(f" {pair} " in content for pair in self.pairs)
+        if self.kind.startswith("canary") and len(self.words) == 1:
+            return self.words[0] in text  # a made-up word is revealed inside another word too ("myKavelosun")
         return bool(self.words) and re.search(r"(?<![a-z0-9])" + " ".join(map(re.escape, self.words)) + r"(?![a-z0-9])",
                                               text) is not None
 
