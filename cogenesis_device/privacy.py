@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import calendar
 import hashlib
+import ipaddress
 import json
 import re
 import threading
@@ -412,13 +413,23 @@ class AuditRecord:
 
 
 def _app_supplied_part(url: str) -> str:
-    """What of a request's URL the app (or the environment) wrote: user info, host, base path, query and
-    fragment. The scheme, the port and the endpoint path our client appends (PROTOCOL_PATHS) are
-    protocol: a profile that says "HTTP" or "completions" must not stop every request."""
+    """What of a request's URL the app (or the environment) wrote: user info, host name, base path, query
+    and fragment. The scheme, the port, the endpoint path our client appends (PROTOCOL_PATHS) and a host
+    given as an IP address are protocol: a profile that says "HTTP", "completions" or "Rooms: 1" must not
+    stop every request to 127.0.0.1 (an address's numbers are too short to be a private number)."""
     parts = urlsplit(url)
     path = next((parts.path[:-len(p)] for p in PROTOCOL_PATHS if parts.path.endswith(p)), parts.path)
-    written = (parts.username, parts.password, parts.hostname, path, parts.query, parts.fragment)
+    host = None if parts.hostname is None or _is_ip_address(parts.hostname) else parts.hostname
+    written = (parts.username, parts.password, host, path, parts.query, parts.fragment)
     return " ".join(x for x in written if x)
+
+
+def _is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
 
 
 class EgressGuard:

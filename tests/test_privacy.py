@@ -174,9 +174,12 @@ def test_the_endpoint_path_is_public_but_the_rest_of_the_url_is_checked():
     capitalized word, so a name), once stopped every request to /v1/completions. The scheme, the port and
     the endpoint path are protocol; the host, the base path and the query are checked."""
     guard = EgressGuard(["Goals: track milestone completions for the Brennecke team; heed standardized HTTP "
-                         "methods; PIN 8080"])
+                         "methods; PIN 8080\nRooms: 1\nFloor: 127"])
     for path in ("/v1/completions", "/v1/chat/completions", "/v1/models"):
+        # "1" and "127" are facts of the profile, and digits of the address: an IP host is not checked
+        # (an abstracts dev sample whose profile held "...: 1" stopped the eval on 127.0.0.1).
         guard.check_envelope(f"http://127.0.0.1:8080{path}", [])
+        guard.check_envelope(f"http://[::1]:8080{path}", [])
     with pytest.raises(PrivacyBlockedError, match="the URL holds private text"):
         guard.check_envelope("http://127.0.0.1:8080/brennecke/v1/completions", [])
     with pytest.raises(PrivacyBlockedError, match="the URL holds private text"):

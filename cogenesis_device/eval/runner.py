@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from ..collab import NO_REPEAT_NGRAM, OUTLINE_PROMPT, CoGenerator, derive_instruction
-from ..errors import InvalidParameterError, RemoteError
+from ..errors import InvalidParameterError, PrivacyBlockedError, RemoteError
 from ..fusion import FusionConfig
 from ..jsonl import KeyedLog, read_jsonl
 from ..local import LocalModel
@@ -120,7 +120,7 @@ class Evaluation:
             future, guard = remote_reply
             try:
                 text, fallback = future.result().text, None
-            except RemoteError as exc:
+            except (RemoteError, PrivacyBlockedError) as exc:  # a refused request is this job's result: nothing sent
                 text, fallback = "", str(exc)
             audit = guard.records
             stats = {}
