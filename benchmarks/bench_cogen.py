@@ -25,7 +25,8 @@ import cogenesis_device as cg
 from bench_collab import prompts
 from cogenesis_device.testing import SERVERS, LoopbackServer
 from cogenesis_device.remote import RemoteModel
-from report import fmt, model_info, row, summarize, write
+from cogenesis_device.bench import fmt, model_info, row, summarize
+from report import write
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -30,8 +30,9 @@ from pathlib import Path
 
 import cogenesis_device as cg
 from cogenesis_device.testing import FaultProxy, LoopbackServer
-from report import fmt, model_info, summarize, write
-from report import row as common_row  # main() has rows of its own named row
+from cogenesis_device.bench import fmt, model_info, summarize
+from cogenesis_device.bench import row as common_row  # main() has rows of its own named row
+from report import write
 
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "context-aware" / "dev.json"
 DEFAULT = "default (adaptive)"

@@ -34,7 +34,8 @@ import numpy as np
 
 import cogenesis_device as cg
 from cogenesis_device import _native
-from report import fmt, machine, model_info, row, summarize, write
+from cogenesis_device.bench import fmt, machine, model_info, row, summarize
+from report import write
 
 NEW_TOKENS = 128
 PARAGRAPH = (

@@ -27,8 +27,9 @@ from cogenesis_device.eval import leakscan
 from cogenesis_device.eval.datasets import public_part
 from cogenesis_device.testing import SERVERS, FaultProxy, LoopbackServer
 from cogenesis_device.eval.metrics import rouge_l
-from report import fmt, model_info, summarize, write
-from report import row as common_row  # the functions here have rows of their own named row
+from cogenesis_device.bench import fmt, model_info, summarize
+from cogenesis_device.bench import row as common_row  # the functions here have rows of their own named row
+from report import write
 
 
 REMOTE_NAMES = {"llama.cpp": "llama.cpp's server", "llama-cpp-python": "llama_cpp.server"}

@@ -30,7 +30,8 @@ import numpy as np
 import cogenesis_device as cg
 from cogenesis_device import _native
 from cogenesis_device import fusion as F
-from report import fmt, machine, model_info, row, summarize, write
+from cogenesis_device.bench import fmt, machine, model_info, row, summarize
+from report import write
 
 K = 20
 WEIGHT = 0.5
@@ -74,8 +75,7 @@ def numpy_fuse_sample(local: np.ndarray, ids: np.ndarray, lps: np.ndarray, fill:
 
 def top_k(logits: np.ndarray, k: int = K) -> tuple[np.ndarray, np.ndarray]:
     """The remote's side as a server lists it: its k best token ids and their log-probabilities."""
-    x = logits.astype(np.float64)
-    lp = x - (x.max() + np.log(np.exp(x - x.max()).sum()))
+    lp = F.log_softmax(logits)
     ids = np.argsort(-lp, kind="stable")[:k].astype(np.int32)
     return ids, lp[ids].astype(np.float32)
 

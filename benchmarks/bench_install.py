@@ -14,7 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from report import row, summarize, write
+from cogenesis_device.bench import row, summarize
+from report import write
 
 ROOT = Path(__file__).resolve().parent.parent
 LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"

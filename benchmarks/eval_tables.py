@@ -15,7 +15,8 @@ import subprocess
 import sys
 import time
 
-from report import code_stamp, machine
+from cogenesis_device.bench import machine
+from report import code_stamp
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "eval")
 GOLD_RULES = ("weighted:mask,weighted:tail,weighted:local,weighted:tail:w=0.8,weighted:local:w=0.8,"

@@ -10,7 +10,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from cogenesis_device.bench import fmt, machine, model_info, row, summarize  # noqa: F401 (the benchmarks import them from here)
+from cogenesis_device.bench import machine
 
 ROOT = Path(__file__).resolve().parent.parent
 # COGENESIS_BENCH_RESULTS=/tmp/x sends a trial run's files elsewhere, leaving the committed results alone.

@@ -90,6 +90,7 @@ def test_markdown_output_is_a_table_row_per_measurement(report):
     (["-r", "0"], "repetitions must be at least 1"),
     (["--tests", "pp", "--plot", "x.svg"], "--plot draws the collab test"),
     (["--plot", "/nonexistent/dir/x.svg"], "no such directory"),
+    (["--tests", "collab", "--plot", "/tmp"], "/tmp is a directory"),
     (["-m", "/nonexistent/model.gguf", "--tests", "pp"], "model file not found"),
     (["-m", "gemma3-270m", "--tests", "pp,collab"], "has no chat template: leave collab out"),
 ])

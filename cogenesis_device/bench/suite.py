@@ -29,7 +29,7 @@ import numpy as np
 from .. import _native
 from ..collab import CoGenerator
 from ..errors import InvalidParameterError
-from ..fusion import FusionConfig
+from ..fusion import FusionConfig, log_softmax
 from ..local import LocalModel
 from ..remote import RemoteModel
 from ..registry import resolve_model
@@ -118,23 +118,23 @@ def _cached_first_token(local: LocalModel, config: BenchConfig, info: dict) -> I
     times = {"prefilled": [], "state file": [], "pooled session": []}
     reused = {path: set() for path in times}  # prompt tokens each path found cached: shows what it measured
 
-    def first_token(path: str, prompt: list[int], **options) -> None:
+    def first_token(path: str, prompt: list[int], keep: bool, **options) -> None:
         start = time.perf_counter()
         completion = local.generate(prompt, COLLABORATIVE, max_tokens=1, **options)
-        times[path].append((time.perf_counter() - start) * 1000)
+        if keep:
+            times[path].append((time.perf_counter() - start) * 1000)
         reused[path].add(completion.stats.n_reused)
 
     with tempfile.TemporaryDirectory() as folder:  # 0700: the state file holds the context's tokens
         state = Path(folder) / "context.kv"
         local.cache_prefix(context, state)
-        for repetition in range(config.repetitions + 1):  # the first is a warm-up
-            if repetition == 1:
-                times = {path: [] for path in times}
+        for repetition in range(config.repetitions + 1):
+            keep = repetition > 0  # the first is a warm-up
             local.forget()
-            first_token("prefilled", first_job, scope="bench")
+            first_token("prefilled", first_job, keep, scope="bench")
             local.forget()
-            first_token("state file", first_job, prefix_cache=state, scope="bench")
-            first_token("pooled session", second_job, scope="bench")  # the same user's session, still holding it
+            first_token("state file", first_job, keep, prefix_cache=state, scope="bench")
+            first_token("pooled session", second_job, keep, scope="bench")  # the same user's session, still holding it
         local.forget(state)
     for path, ms in times.items():
         yield row(f"first token, {config.n_prompt}-token context {path}", summarize(ms), unit="ms",
@@ -148,8 +148,7 @@ def _fusion_step(local: LocalModel, config: BenchConfig, info: dict) -> Iterator
     local_logits = np.array(session.logits(0), dtype=np.float32)
     session.truncate(0)
     session.prefill(local.tokenize(f"{sample['instruction']}\n"))
-    remote = np.asarray(session.logits(0), dtype=np.float64)
-    logprobs = remote - (remote.max() + np.log(np.exp(remote - remote.max()).sum()))
+    logprobs = log_softmax(np.asarray(session.logits(0)))
     ids = np.argsort(-logprobs, kind="stable")[:REMOTE_TOP_K].astype(np.int32)
     fusion = FusionConfig()
     sampler = _native.FusionSampler(local.native, rule=fusion.rule, fill=fusion.fill, weight=fusion.weight,
@@ -172,8 +171,7 @@ def _fusion_step(local: LocalModel, config: BenchConfig, info: dict) -> Iterator
 def _collaboration(local: LocalModel, config: BenchConfig, info: dict) -> Iterator[dict]:
     sample = _demo_sample()
     instruction, context = sample["instruction"], sample["context"]
-    threads = info["threads"]
-    with LoopbackServer(str(local.path), n_ctx=2048, n_threads=threads) as server, \
+    with LoopbackServer(str(local.path), n_ctx=2048, n_threads=info["threads"]) as server, \
             FaultProxy(server.base_url) as proxy, RemoteModel(proxy.base_url, template=local) as remote:
         remote.connect()
         generators = {name: CoGenerator(local, None) if options is None else

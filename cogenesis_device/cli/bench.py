@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import InvalidParameterError
+from ..errors import CogenesisIOError, InvalidParameterError
 from ..registry import DEFAULT_MODEL
 
 
@@ -44,7 +44,7 @@ def add_bench(sub) -> None:
 
 
 def run_bench(args) -> int:
-    from ..bench import BenchConfig, machine, markdown_table
+    from ..bench import BenchConfig, fmt, machine, markdown_table
     from ..bench.plot import rtt_chart
     from ..bench.suite import run
 
@@ -57,9 +57,11 @@ def run_bench(args) -> int:
         raise InvalidParameterError("--plot draws the collab test: add collab to --tests")
     if args.plot is not None and not Path(args.plot).resolve().parent.is_dir():
         raise InvalidParameterError(f"--plot: no such directory: {Path(args.plot).parent}")
+    if args.plot is not None and Path(args.plot).is_dir():
+        raise InvalidParameterError(f"--plot: {args.plot} is a directory; give the chart's file name (FILE.svg)")
 
     def progress(r: dict) -> None:
-        print(f"{r['threads']} threads  {r['test']}: {r['mean']:.2f} ± {r['sd']:.2f} {r['unit']}", file=sys.stderr)
+        print(f"{r['threads']} threads  {r['test']}: {fmt(r, 2)} {r['unit']}", file=sys.stderr)
 
     rows = run(config, on_row=progress)
     system = machine()
@@ -74,6 +76,9 @@ def run_bench(args) -> int:
         if chart is None:
             print("no plot: the collab test needs two RTTs or more", file=sys.stderr)
         else:
-            Path(args.plot).write_text(chart)
+            try:
+                Path(args.plot).write_text(chart)
+            except OSError as exc:  # the rows are printed already; say why the chart is missing
+                raise CogenesisIOError(f"--plot: cannot write {args.plot}: {exc.strerror}") from None
             print(f"plot: {args.plot}", file=sys.stderr)
     return 0
