@@ -258,16 +258,23 @@ class RecordingProxy(FaultProxy):
         return response
 
 
+@pytest.fixture(scope="module")
+def gemma_server(gemma_path):
+    """llama.cpp's server with Gemma 3 270M (a base model, another tokenizer) on 127.0.0.1."""
+    from cogenesis_device.testing import LoopbackServer
+
+    with LoopbackServer(str(gemma_path), n_ctx=1024) as server:
+        yield server
+
+
 @pytest.mark.slow
-def test_cross_tokenizer_remote_fuses_through_the_bridge(model, gemma_path, pieces):
+def test_cross_tokenizer_remote_fuses_through_the_bridge(model, gemma_server, pieces):
     """Gemma 3 (262,144 tokens, base model) as the remote of SmolLM2 (49,152 tokens), checked against
     what the Gemma server answered (each answer as it crossed the proxy), mapped onto local ids in the
     test (longest byte prefix, reference.bridged_positions): every remote probability the result
     reports is the one listed for that token at that position, every fused token is a listed one, and a
     lookahead run goes on exactly while the chosen token has the bytes of the remote's own token."""
-    from cogenesis_device.testing import LoopbackServer
-
-    with LoopbackServer(str(gemma_path), n_ctx=1024) as server, RecordingProxy(server.base_url) as proxy, \
+    with RecordingProxy(gemma_server.base_url) as proxy, \
             cg.RemoteModel(proxy.base_url, template="raw", max_top_k=10) as gemma:
         # Without attribution, each request's prompt is the instruction and the text as written: it
         # tells which generated token the answer's first position scores.
@@ -300,6 +307,29 @@ def test_cross_tokenizer_remote_fuses_through_the_bridge(model, gemma_path, piec
     fused = [a for a in result.attribution if a.remote_p is not None]
     assert len(fused) >= 6  # most chosen tokens are listed by the remote, mapped onto local ids
     assert result.stats.round_trips < 12  # runs continued across aligned token boundaries
+
+
+@pytest.mark.slow
+def test_lookahead_goes_on_across_tokenizers_when_the_remote_tokenizer_is_known(model, gemma_path, gemma_server):
+    """Found by the Gemma eval (1.00 round trips per token): with the remote's GGUF as its template, as
+    `cogenesis eval --remote-gguf` sets it, the remote's tokenizer is known and is another family's. The
+    check that the remote's tokens are its own tokenization of their text compared its ids with local
+    ids, so no run went past its first position. Now runs go on, and write what one request per token
+    writes."""
+    gemma_tokenizer = cg.LocalModel(str(gemma_path), n_ctx=256)
+    results = {}
+    with cg.RemoteModel(gemma_server.base_url, template=gemma_tokenizer) as gemma:
+        for lookahead in (1, 8):
+            generator = cg.CoGenerator(model, gemma, fusion={"weight": 0.2}, lookahead=lookahead, attribution=False)
+            assert generator.remote_tokenizer is not None
+            results[lookahead] = generator.generate(INSTRUCTION, CONTEXT, max_tokens=16,
+                                                    sampling=cg.SamplingParams.collaborative())
+    for result in results.values():
+        assert not result.fallback and result.stats.n_tokens == 16, result.fallback_reason
+    assert results[1].stats.round_trips == 16
+    assert results[8].tokens == results[1].tokens
+    assert results[8].stats.remote_tokens_accepted > 0
+    assert results[8].stats.round_trips < 16, results[8].stats  # runs went on past their first position
 
 
 def test_closing_a_stream_midway_cancels_it_and_frees_the_session(model, remote):

@@ -64,7 +64,8 @@ class CoGenerator:
         CPU a batch costs nearly as much as its tokens one by one, while scoring one at a time stops
         at the first rejection. True pays off on devices where a batch is cheap (GPUs).
     remote_tokenizer: a model with the remote's tokenizer (by default `remote.tokenizer`), used to
-        keep lookahead exact; None means cross-tokenizer mode.
+        keep lookahead exact (a run goes on while the remote's tokens are how it would tokenize their
+        text; its family may differ from the local model's). None: only token boundaries are checked.
     attribution: in logits mode, withhold from the remote the generated tokens the private context
         explains (attribution.py): True (default settings), an AttributionConfig or its fields as a
         dict, or False (only the text guard; for measurements).

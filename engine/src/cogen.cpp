@@ -444,21 +444,25 @@ int32_t await(cg_cogen * co) {
     return CG_OK;
 }
 
-// Whether the remote's first m tokens are how it would tokenize their text after the prefix.
+// Whether the remote's first m tokens are how it would tokenize their text after the prefix: the
+// prefix keeps its tokens and m more follow, each with the bytes of the remote's piece. Compared as
+// bytes, not ids: c.ids are local ids, and the remote's vocabulary may be another family's.
 bool canonical(cg_cogen * co, int32_t m) {
     Call & c = co->call;
-    if (!co->p.remote_vocab) return true;  // cross-tokenizer: token boundaries were checked (ids)
+    if (!co->p.remote_vocab) return true;  // tokenizer unknown: token boundaries were checked (ids)
     if (!c.tokenized) {
         c.text_tokens = tokenize(co->p.remote_vocab, c.text);
         c.tokenized = true;
     }
     std::string text = c.text;
-    std::vector<cg_token> expect = c.text_tokens;
+    for (int32_t i = 0; i < m; ++i) text += c.pieces[i];
+    const std::vector<cg_token> toks = tokenize(co->p.remote_vocab, text);
+    const size_t n = c.text_tokens.size();
+    if (toks.size() != n + (size_t) m || !std::equal(c.text_tokens.begin(), c.text_tokens.end(), toks.begin())) return false;
     for (int32_t i = 0; i < m; ++i) {
-        text += c.pieces[i];
-        expect.push_back(c.ids[i]);
+        if (cg::token_piece(co->p.remote_vocab, toks[n + i]) != c.pieces[i]) return false;
     }
-    return tokenize(co->p.remote_vocab, text) == expect;
+    return true;
 }
 
 // Whether position j + 1 can use this request's scores: the token at j is the remote's own, and
