@@ -99,3 +99,17 @@ def test_more_alternatives_than_asked_is_refused_before_it_is_read(model):
                                                      max_top_k=20) as remote:
         with pytest.raises(RemoteError, match="more than the 2 positions and 20 alternatives"):
             remote.connect()
+
+
+@pytest.mark.parametrize("tokens", [["w0", "w1", "w2"], ["w0", "", "", "", "", ""], ["w0", "", "w2"]],
+                         ids=["named", "five unnamed", "unnamed then named"])
+def test_more_positions_than_asked_is_refused_unless_they_end_a_character(model, tokens):
+    """llama_cpp.server may end an answer with up to 4 unnamed byte tokens past max_tokens (the rest of a
+    UTF-8 character; the answer is cut there). Any other answer longer than asked is refused."""
+    from contracts import legacy_completion, models
+
+    routes = {"GET /v1/models": (200, models("m")),
+              "POST /v1/completions": (200, legacy_completion("m", tokens, [{t: -0.5} for t in tokens]))}
+    with ReplayServer(routes) as server, RemoteModel(server.base_url, template=model, timeout=5, max_retries=0) as remote:
+        with pytest.raises(RemoteError, match="more than the 2 positions"):
+            remote.connect()

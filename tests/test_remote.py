@@ -88,19 +88,21 @@ def test_an_immediate_end_of_text_is_an_answer(real_server, model, tokenizer):
     assert step.token == end and step.top[end] == step.logprob == max(step.top.values())
 
 
-def test_an_answer_that_stops_inside_a_character_is_an_answer(loopback_server, model):
+def test_an_answer_that_stops_inside_a_character_is_an_answer(real_server, model):
     """Asked for fewer tokens than the next character takes (an emoji is 4 byte tokens here), llama.cpp's
     server answers its text with `logprobs: null`: it holds scores back until a character is complete.
-    That is an answer without scores for those positions, not a fault: retried, it came back the same, and
-    a logits run went local-only for good (3 of 150 dev jobs did). (llama_cpp.server instead generates
-    past max_tokens to the end of the character, which the client refuses: README, Status.)"""
+    llama_cpp.server instead generates past max_tokens to the character's end and lists each byte token
+    of it named ''. Either is an answer without scores for those positions, not a fault: retried, it came
+    back the same, and a logits run went local-only for good (3 of 150 dev jobs did, llama.cpp's server;
+    llama_cpp.server's answer was refused as listing more positions than asked)."""
     from cogenesis_device.testing import FaultProxy
 
-    with FaultProxy(loopback_server.base_url) as proxy, RemoteModel(proxy.base_url, template=model) as remote:
+    with FaultProxy(real_server.base_url) as proxy, RemoteModel(proxy.base_url, template=model) as remote:
         for n in (1, 2):
             answer = remote.next_tokens("Party time! \U0001F389\U0001F389\U0001F389\U0001F389", n=n, top_k=5,
                                         public=True)
             assert answer.finish_reason == "length" and len(answer.steps) <= n
+            assert all(step.token for step in answer.steps)  # no position whose token is unnamed
         assert sum(b"Party time" in r.body for r in proxy.records) == 2  # answered at once, never retried
 
 

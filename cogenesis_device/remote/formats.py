@@ -100,6 +100,9 @@ def parse_completion(body: Any, n: int, tokenizer: Any = None, top_k: int | None
         return Continuation(text, [], finish)
     else:
         raise Retryable("the answer carries no logprobs", "missing_logprobs")
+    if len(tops) > n and content is None:
+        lp = _cut_at_unnamed_bytes(lp, n)
+        tops = lp["top_logprobs"]
     # OpenAI: "up to logprobs+1 elements" (the sampled token is always listed). More is not an answer
     # to this request, and a hostile server's way to make the client work; checked before reading them.
     if len(tops) > n or (top_k is not None and any(hasattr(t, "__len__") and len(t) > top_k + 1 for t in tops)):
@@ -113,6 +116,19 @@ def parse_completion(body: Any, n: int, tokenizer: Any = None, top_k: int | None
     if not steps and content == [] and text:
         raise Retryable("the answer's logprobs list no tokens for its text", "missing_logprobs")
     return Continuation(text, steps, finish)
+
+
+def _cut_at_unnamed_bytes(lp: dict, n: int) -> dict:
+    """llama_cpp.server, stopped by max_tokens inside a UTF-8 character, generates on to the character's
+    end and names each of its byte tokens '' (alone they decode to nothing). Tokens that cannot be told
+    apart cannot be followed: the answer ends at the first of them, as llama.cpp's server ends one (no
+    scores for those positions). Anything else listing more than n positions is left for the caller to
+    refuse."""
+    tokens = lp["tokens"]
+    first = next((i for i, token in enumerate(tokens[:n + 1]) if token == ""), None)
+    if first is None or len(tokens) - first > 4 or any(token != "" for token in tokens[first:]):
+        return lp
+    return {key: value[:first] if isinstance(value, list) else value for key, value in lp.items()}
 
 
 def _number(value: Any) -> float:
