@@ -5,6 +5,7 @@
 runs `cogenesis eval` on the run's dataset (a folder of --shared) with the run's arguments into WORK/NAME (the per-sample JSONL there holds
 private text, readable by its owner only) and copies the aggregate `table.md` and `results.json`
 to benchmarks/results/eval/NAME/, with `run.json`: the command, the commit, the date and the wall time.
+A run with gate records then trains the fusion gate on them (`gate.txt`, `gate.md`: `cogenesis train-gate`).
 """
 import argparse
 import json
@@ -38,6 +39,10 @@ RUNS = {  # name: (dataset, arguments)
     "gemma16": (CONTEXT_AWARE, ["--limit", "16", "-n", "64", *GEMMA,
                                 "--modes", "local,logits:weighted:mask,logits:weighted:local:w=0.8",
                                 "--privacy", "redact,audit:text-only", "--rules", "", "--no-embeddings"]),
+    # The paper's table with Gemma 3 as the remote: every mode on the whole dev split, each remote mode
+    # under redact and with nothing withheld (the default fusion).
+    "gemma150": (CONTEXT_AWARE, ["-n", "64", *GEMMA, "--privacy", "redact,audit:text-only", "--rules", "",
+                                 "--no-embeddings"]),
     # The abstracts dev split (SmolLM2 as the remote): gold bits per byte of every rule and fill, and
     # generation and leakage of every mode on its first 16 samples.
     "abstracts_gold161": (ABSTRACTS, ["--modes", "none", "--rules", GOLD_RULES, "--no-embeddings"]),
@@ -74,7 +79,18 @@ def main() -> int:
             json.dump({"command": shlex.join(command), **code_stamp(), **machine(),
                        "wall_seconds": round(seconds, 1)}, f, indent=1)
         print(f"{name}: {seconds / 60:.1f} min -> {dest}", file=sys.stderr)
+        if "--gate-records" in arguments:
+            train_gate(out, dest)
     return 0
+
+
+def train_gate(out: str, dest: str) -> None:
+    """Train the fusion gate on a run's records: DEST/gate.txt (the weights), gate.txt.json and gate.md
+    (held-out bits per byte against every fixed weight), with the command in gate.md."""
+    command = ["cogenesis", "train-gate", out, "--out", os.path.join(dest, "gate.txt")]
+    report = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
+    with open(os.path.join(dest, "gate.md"), "w") as f:
+        f.write(f"`{shlex.join(command)}` ({code_stamp()['commit'][:7]})\n\n{report}")
 
 
 if __name__ == "__main__":
