@@ -87,7 +87,7 @@ def main() -> int:
 def train_gate(out: str, dest: str) -> None:
     """Train the fusion gate on a run's records: DEST/gate.txt (the weights), gate.txt.json and gate.md
     (held-out bits per byte against every fixed weight), with the command in gate.md."""
-    command = ["cogenesis", "train-gate", out, "--out", os.path.join(dest, "gate.txt")]
+    command = ["cogenesis", "train-gate", out, "--out", os.path.relpath(os.path.join(dest, "gate.txt"))]
     report = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
     with open(os.path.join(dest, "gate.md"), "w") as f:
         f.write(f"`{shlex.join(command)}` ({code_stamp()['commit'][:7]})\n\n{report}")
