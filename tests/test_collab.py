@@ -332,6 +332,33 @@ def test_lookahead_goes_on_across_tokenizers_when_the_remote_tokenizer_is_known(
     assert results[8].stats.round_trips < 16, results[8].stats  # runs went on past their first position
 
 
+@pytest.mark.slow
+def test_a_base_model_remote_is_asked_in_plain_text(model, gemma_path, gemma_server):
+    """Found by the Gemma eval: the remote-alone answer and sketch mode's outline went to the chat
+    endpoint, and llama.cpp's server, without a chat template for a base model, fell back to ChatML:
+    Gemma echoed the instruction between <|im_end|> markers. With template= a base model's GGUF, chat
+    requests are the plain-text prompt (as logits mode sends it) to /v1/completions."""
+    from cogenesis_device.local import plain_prompt
+
+    messages = [{"role": "user", "content": INSTRUCTION}]
+    with RecordingProxy(gemma_server.base_url) as proxy, \
+            cg.RemoteModel(proxy.base_url, template=cg.LocalModel(str(gemma_path), n_ctx=256)) as gemma:
+        assert gemma.base_model
+        gemma.connect()
+        proxy.clear()
+        proxy.answers.clear()
+        reply = gemma.chat(messages, max_tokens=24, public=True)
+        sketch = cg.CoGenerator(model, gemma, mode="sketch").generate(INSTRUCTION, CONTEXT, max_tokens=8)
+        with pytest.raises(cg.errors.RemoteError, match="response_format needs a chat model"):
+            gemma.chat(messages, response_format={"type": "json_object"}, public=True)
+    sent = [json.loads(r.body) for r in proxy.records]
+    assert [r.path.endswith("/v1/completions") for r in proxy.records] == [True, True]
+    assert sent[0]["prompt"] == plain_prompt(messages) and sent[0]["max_tokens"] == 24 and "logprobs" not in sent[0]
+    assert sent[1]["prompt"].startswith("Plan a piece of writing") and INSTRUCTION in sent[1]["prompt"]
+    assert reply.text == json.loads(proxy.answers[0])["choices"][0]["text"] and reply.text.strip()
+    assert "<|im_" not in reply.text + (sketch.outline or "") and not sketch.fallback
+
+
 def test_closing_a_stream_midway_cancels_it_and_frees_the_session(model, remote):
     stream = cg.CoGenerator(model, remote, lookahead=4).stream(INSTRUCTION, CONTEXT, max_tokens=32,
                                                                sampling=cg.SamplingParams.collaborative())

@@ -25,7 +25,7 @@ from ..errors import PrivacyBlockedError, RemoteError
 from ..local import plain_prompt
 from ..privacy import EgressGuard
 from .formats import (ChatReply, Continuation, RemoteCapabilities, Retryable, parse_chat_stream, parse_completion,
-                      parse_json, token_identity)
+                      parse_json, parse_text_completion, token_identity)
 from .transport import GuardedTransport, current_attribution, current_guard
 
 Messages = Sequence[dict]
@@ -346,9 +346,27 @@ class RemoteModel:
 
         return self._attempts("completion", attempt)
 
+    @property
+    def base_model(self) -> bool:
+        """Whether template= makes the remote a base model (plain text, no chat template)."""
+        return (isinstance(self.template, str) and self.template == "raw") or \
+            getattr(self.template, "has_chat_template", True) is False
+
+    def _text_completion(self, model: str, prompt: str, *, max_tokens: int, temperature: float, seed: int | None):
+        """A coroutine for a completion's text, without logprobs (a plain function, like _completion)."""
+        async def attempt() -> ChatReply:
+            answer = await self._client.completions.with_raw_response.create(
+                model=model, prompt=prompt, max_tokens=max_tokens, temperature=temperature, **_seed(seed))
+            return parse_text_completion(parse_json(answer))
+
+        return self._attempts("completion", attempt)
+
     def chat(self, messages: Messages, *, max_tokens: int = 256, temperature: float = 0.0, seed: int | None = None,
              response_format: dict | None = None, guard: EgressGuard | None = None, public: bool = False) -> ChatReply:
-        """A chat completion (streamed on the wire, so a truncated stream is detected and retried).
+        """A chat completion (streamed on the wire, so a truncated stream is detected and retried). To a
+        base model (see base_model) the messages go as its plain-text prompt to /v1/completions: its
+        server has no chat template to apply either (llama.cpp's falls back to ChatML markup, which a base
+        model echoes instead of answering).
 
         guard: the job's EgressGuard; or public=True, stating that the messages hold nothing private.
         response_format is passed through as the server expects it, e.g. OpenAI and vLLM's
@@ -361,6 +379,12 @@ class RemoteModel:
                     seed: int | None = None, response_format: dict | None = None,
                     guard: EgressGuard | None = None, public: bool = False) -> concurrent.futures.Future:
         guard = self._job_guard(guard, public, "chat")
+        if self.base_model:
+            if response_format:
+                raise RemoteError("response_format needs a chat model, and template= makes the remote a base model",
+                                  kind="config")
+            return self._submit(self._text_completion(self.model, self.prompt(messages), max_tokens=max_tokens,
+                                                      temperature=temperature, seed=seed), guard)
 
         async def attempt() -> ChatReply:
             extra = {"response_format": response_format} if response_format else {}

@@ -240,6 +240,18 @@ def _add(scores: dict, key: bytes | str | None, logprob: float) -> None:
     scores[key] = logprob if held is None else max(held, logprob) + math.log1p(math.exp(-abs(held - logprob)))
 
 
+def parse_text_completion(body: Any) -> ChatReply:
+    """A /v1/completions answer read for its text only (a base model's reply to a plain-text prompt)."""
+    try:
+        choice = body["choices"][0]
+        text, finish = choice["text"], choice.get("finish_reason") or "length"
+    except (KeyError, IndexError, TypeError, AttributeError):
+        raise Retryable("the answer has no choices[0].text", "malformed") from None
+    if not isinstance(text, str):
+        raise Retryable("the answer's text is not a string", "malformed")
+    return ChatReply(text, finish)
+
+
 def parse_chat_stream(body: str) -> ChatReply:
     parts, reasoning, finish, done = [], [], None, False
     for line in body.splitlines():
