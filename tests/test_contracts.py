@@ -9,7 +9,7 @@ import cogenesis_device as cg
 from cogenesis_device.errors import RemoteError
 from cogenesis_device.testing import ReplayServer
 from cogenesis_device.remote import RemoteModel
-from contracts import OUTLINE, SERVERS
+from contracts import OUTLINE, SERVERS, models
 
 INSTRUCTION = "Write a short note inviting my colleagues to a team dinner"
 
@@ -90,7 +90,7 @@ def test_a_tokenizer_that_is_not_the_servers_is_refused(gemma_path, model):
 def test_more_alternatives_than_asked_is_refused_before_it_is_read(model):
     """A hostile server that lists 5000 alternatives per position makes the client work; OpenAI's own
     limit is logprobs + 1 (the sampled token is always listed)."""
-    from contracts import legacy_completion, models
+    from contracts import legacy_completion
 
     flood = {f"w{i}": -float(i) for i in range(5000)}
     routes = {"GET /v1/models": (200, models("m")),
@@ -106,10 +106,23 @@ def test_more_alternatives_than_asked_is_refused_before_it_is_read(model):
 def test_more_positions_than_asked_is_refused_unless_they_end_a_character(model, tokens):
     """llama_cpp.server may end an answer with up to 4 unnamed byte tokens past max_tokens (the rest of a
     UTF-8 character; the answer is cut there). Any other answer longer than asked is refused."""
-    from contracts import legacy_completion, models
+    from contracts import legacy_completion
 
     routes = {"GET /v1/models": (200, models("m")),
               "POST /v1/completions": (200, legacy_completion("m", tokens, [{t: -0.5} for t in tokens]))}
     with ReplayServer(routes) as server, RemoteModel(server.base_url, template=model, timeout=5, max_retries=0) as remote:
         with pytest.raises(RemoteError, match="more than the 2 positions"):
             remote.connect()
+
+
+@pytest.mark.parametrize("body, problem", [({"choices": [{"text": 5}]}, "the answer's text is not a string"),
+                                           ({"choices": []}, "the answer has no choices\\[0\\].text")])
+def test_a_base_models_malformed_reply_is_named(body, problem):
+    """A base model's chat reply is a plain completion's text; an answer without one is retried, then
+    named."""
+    routes = {"GET /v1/models": (200, models("m")), "POST /v1/completions": (200, body)}
+    with ReplayServer(routes) as server, RemoteModel(server.base_url, template="raw", timeout=5, max_retries=1) as remote:
+        with pytest.raises(RemoteError, match=f"after 2 attempt\\(s\\): {problem}"):
+            remote.chat([{"role": "user", "content": "Write."}], max_tokens=8, public=True)
+        assert len([b for b in server.bodies if b]) == 2 and all(json.loads(b)["prompt"] == "Write.\n\n"
+                                                                for b in server.bodies if b)
