@@ -48,6 +48,8 @@ RUNS = {  # name: (dataset, arguments)
     # generation and leakage of every mode on its first 16 samples.
     "abstracts_gold161": (ABSTRACTS, ["--modes", "none", "--rules", GOLD_RULES, "--no-embeddings"]),
     "abstracts16": (ABSTRACTS, ["--limit", "16", "-n", "64", "--privacy", "redact,audit:text-only", *GENERATION]),
+    # The same on the whole abstracts dev split (161 samples).
+    "abstracts161": (ABSTRACTS, ["-n", "64", "--privacy", "redact,audit:text-only", *GENERATION]),
     # Repetition without and with the engine's no-repeat n-gram link.
     "repetition12_before": (CONTEXT_AWARE, ["--limit", "12", "--modes", REPETITION_MODES, "--no-repeat-ngram", "0",
                                             *GENERATION]),
