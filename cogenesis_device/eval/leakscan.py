@@ -18,6 +18,9 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+from ..attribution import PLACEHOLDER as ATTRIBUTION_PLACEHOLDER
+from ..privacy import PLACEHOLDERS
+
 # Letters of other scripts that look like Latin ones (homoglyphs), by Unicode name.
 _LOOKALIKE = {
     "CYRILLIC SMALL LETTER A": "a", "CYRILLIC SMALL LETTER IE": "e", "CYRILLIC SMALL LETTER O": "o",
@@ -27,6 +30,9 @@ _LOOKALIKE = {
     "GREEK SMALL LETTER ALPHA": "a", "GREEK SMALL LETTER RHO": "p", "GREEK SMALL LETTER NU": "v",
     "GREEK SMALL LETTER IOTA": "i", "GREEK SMALL LETTER KAPPA": "k", "GREEK SMALL LETTER TAU": "t",
 }
+# What the guard and the engine's attribution send in place of what they withhold: protocol, not text
+# of the context.
+_PLACEHOLDER = re.compile("|".join(re.escape(p) for p in sorted({*PLACEHOLDERS.values(), ATTRIBUTION_PLACEHOLDER})))
 _STROKES = {"ø": "o", "đ": "d", "ł": "l", "ß": "ss", "æ": "ae", "œ": "oe", "þ": "th", "ħ": "h", "ı": "i"}
 
 
@@ -44,7 +50,10 @@ def simplify(text: str) -> str:
 
 
 def sent_text(bodies: Iterable[str]) -> str:
-    """Every string of every JSON body sent, as one simplified text per body, joined by ' | '."""
+    """Every string of every JSON body sent, simplified, as segments joined by ' | ': one per body, and
+    one per stretch between placeholders. A placeholder is where the remote read nothing of the private
+    text: the words on its two sides were not side by side, and "[PRIVATE]" is not the word "private"
+    (read as one, "the [PRIVATE] of my family" revealed "a private family gathering")."""
     texts = []
     for body in bodies:
         strings: list[str] = []
@@ -57,14 +66,17 @@ def sent_text(bodies: Iterable[str]) -> str:
                     strings.append(str(k))
                     visit(v)
             elif isinstance(value, list):
+                if value and all(isinstance(v, int) for v in value):  # unread, it would count as nothing sent
+                    raise ValueError("the leak scan reads text, not token ids: a body sent a token-id prompt")
                 for v in value:
                     visit(v)
 
         try:
-            visit(json.loads(body))
+            payload = json.loads(body)
         except ValueError:
-            strings.append(body)
-        texts.append(" ".join(simplify(s) for s in strings))
+            payload = body
+        visit(payload)
+        texts.extend(simplify(piece) for piece in _PLACEHOLDER.split(" ".join(strings)))
     return " | ".join(texts)
 
 
