@@ -59,6 +59,7 @@ PROTOCOL_KEYS = frozenset(
 # Endpoint paths our client appends to the base URL: public like PROTOCOL_KEYS (a profile that says
 # "completions" must not stop every request to /v1/completions).
 PROTOCOL_PATHS = ("/chat/completions", "/completions", "/models", "/apply-template")
+_API_VERSION = re.compile(r"/v\d{1,2}/?$")  # the last segment of an OpenAI-compatible base path
 _PLACEHOLDER_RE = re.compile("|".join(re.escape(p) for p in sorted(set(PLACEHOLDERS.values()))))
 _FIELD_KEY = re.compile(r"[A-Za-z][\w .'/-]{0,39}")
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
@@ -414,11 +415,13 @@ class AuditRecord:
 
 def _app_supplied_part(url: str) -> str:
     """What of a request's URL the app (or the environment) wrote: user info, host name, base path, query
-    and fragment. The scheme, the port, the endpoint path our client appends (PROTOCOL_PATHS) and a host
-    given as an IP address are protocol: a profile that says "HTTP", "completions" or "Rooms: 1" must not
-    stop every request to 127.0.0.1 (an address's numbers are too short to be a private number)."""
+    and fragment. The scheme, the port, the endpoint path our client appends (PROTOCOL_PATHS), the API's
+    version segment before it ("/v1") and a host given as an IP address are protocol: a profile that
+    says "HTTP", "completions", "V1" (the visual cortex) or "Rooms: 1" must not stop every request to
+    127.0.0.1/v1 (an address's numbers are too short to be a private number)."""
     parts = urlsplit(url)
     path = next((parts.path[:-len(p)] for p in PROTOCOL_PATHS if parts.path.endswith(p)), parts.path)
+    path = _API_VERSION.sub("", path)
     host = None if parts.hostname is None or _is_ip_address(parts.hostname) else parts.hostname
     written = (parts.username, parts.password, host, path, parts.query, parts.fragment)
     return " ".join(x for x in written if x)

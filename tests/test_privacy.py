@@ -174,12 +174,17 @@ def test_the_endpoint_path_is_public_but_the_rest_of_the_url_is_checked():
     capitalized word, so a name), once stopped every request to /v1/completions. The scheme, the port and
     the endpoint path are protocol; the host, the base path and the query are checked."""
     guard = EgressGuard(["Goals: track milestone completions for the Brennecke team; heed standardized HTTP "
-                         "methods; PIN 8080\nRooms: 1\nFloor: 127"])
-    for path in ("/v1/completions", "/v1/chat/completions", "/v1/models"):
+                         "methods; PIN 8080\nRooms: 1\nFloor: 127\nStudied responses of V1/V2 on MSRC-v1"])
+    assert guard.find("the visual cortex V1") and guard.find("its v1 and v2")  # "V1" is private text
+    for path in ("/v1/completions", "/v1/chat/completions", "/v1/models", "/v1/"):
         # "1" and "127" are facts of the profile, and digits of the address: an IP host is not checked
-        # (an abstracts dev sample whose profile held "...: 1" stopped the eval on 127.0.0.1).
+        # (an abstracts dev sample whose profile held "...: 1" stopped the eval on 127.0.0.1). "/v1" is
+        # the API's version: abstracts samples whose context held "V1" could send nothing at all.
         guard.check_envelope(f"http://127.0.0.1:8080{path}", [])
         guard.check_envelope(f"http://[::1]:8080{path}", [])
+    guard.check_envelope("http://127.0.0.1:8080/apply-template", [])
+    with pytest.raises(PrivacyBlockedError, match="the URL holds private text"):
+        guard.check_envelope("http://127.0.0.1:8080/v1/v2/completions", [])  # only the last version segment
     with pytest.raises(PrivacyBlockedError, match="the URL holds private text"):
         guard.check_envelope("http://127.0.0.1:8080/brennecke/v1/completions", [])
     with pytest.raises(PrivacyBlockedError, match="the URL holds private text"):
