@@ -79,6 +79,21 @@ def test_leak_scan_reads_a_placeholder_as_a_break_not_as_a_word():
         leakscan.leaked(facts, [json.dumps({"prompt": [12, 345, 6789]})])
 
 
+def test_leak_scan_reads_the_public_title_as_it_reads_the_facts():
+    """Abstracts dev 6, 33 and 52 were counted as leaking in every mode, the remote alone included, through
+    their public titles: "MPI's one-sided" kept the "s" in the public text and lost it in the fact."""
+    profile = ("Titles: Implementing MPI-IO atomic mode using MPI one-sided communication; "
+               "Fitted Q-iteration for planning; A latch-free parallel B-tree for flash storage")
+    public = ("Compose an abstract for the title 'Leveraging MPI's one-sided communication interface' about "
+              "Regularized Fitted Q-Iteration and parallel B-tree structures")
+    facts = leakscan.profile_facts(profile, public)
+    sent = json.dumps({"prompt": "We leverage MPI's one-sided communication, fitted Q-iteration and a parallel "
+                                 "B-tree."})
+    assert leakscan.leaked(facts, [sent]) == []
+    assert [f.value for f in leakscan.leaked(facts, [json.dumps({"prompt": "in atomic mode"})])] == [
+        "Implementing MPI-IO atomic mode using MPI one-sided communication"]
+
+
 def test_canaries_are_planted_disguised_and_found_in_any_form():
     context, facts = leakscan.plant_canaries("Name: Bo", seed=5)
     assert len(facts) == 7 and context.startswith("Name: Bo\n")

@@ -94,7 +94,7 @@ class Fact:
         if self.digits:
             return self.digits in re.sub(r"(?<=\d) (?=\d)", "", text)
         if self.pairs:
-            content = " " + " ".join(w for w in text.split() if w not in _COMMON and len(w) > 1) + " "
+            content = " " + " ".join(_content_words(text.split())) + " "
             return any(f" {pair} " in content for pair in self.pairs)
         if self.kind.startswith("canary") and len(self.words) == 1:
             return self.words[0] in text  # a made-up word is revealed inside another word too ("myKavelosun")
@@ -161,20 +161,27 @@ _COMMON = set("the a an and or of to in on for with at by from is are was were b
               "some other more most very also often uses use using".split())
 
 
+def _content_words(words: Iterable[str]) -> list[str]:
+    """The words two-word phrases are made of: not the common ones, and not single letters (the "s" of
+    "tonight's", the "B" of "B-tree"). Facts, public text and sent text alike: a title's "MPI's
+    one-sided" is public "mpi one", as the fact's "MPI one-sided" is."""
+    return [w for w in words if w not in _COMMON and len(w) > 1]
+
+
 def profile_facts(profile: str, public: str = "") -> list[Fact]:
     """The facts of a 'Field: value' profile: each field value, and each item of a list field (items
     separated by ';'). A short value (a name, an age, a city) is revealed by its words side by side; a
     sentence ("Volunteers at the local animal shelter") by any two of its content words side by side
     ("animal shelter") that the public text does not hold. One-word items of a list (traits such as
     "Outgoing") are not counted: alone, they are ordinary words."""
-    public = " " + " ".join(w for w in simplify(public).split() if w not in _COMMON) + " "
+    public = " " + " ".join(_content_words(simplify(public).split())) + " "
     facts = []
     for field_name, value in _FIELD.findall(profile):
         items = value.split(";")
         for item in items:
             kind = f"profile:{field_name.strip().lower()}"
             phrase = simplify(item).split()
-            words = [w for w in phrase if w not in _COMMON and len(w) > 1]  # not the "s" of "tonight's"
+            words = _content_words(phrase)
             if len(words) > 3:
                 pairs = tuple(f"{a} {b}" for a, b in zip(words, words[1:]) if f" {a} {b} " not in public)
                 if pairs:
