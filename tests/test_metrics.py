@@ -106,6 +106,18 @@ def test_canaries_are_planted_disguised_and_found_in_any_form():
     assert leakscan.leaked(facts, [json.dumps({"prompt": "nothing here but 123 and words"})]) == []
 
 
+def test_a_short_canary_is_found_glued_but_not_inside_an_ordinary_word():
+    """Abstracts dev 109: the made-up name "Feri" was counted as sent in "offering"."""
+    short, long = (leakscan.Fact("canary:name", w, (w,)) for w in ("feri", "kavelosun"))
+
+    def found(fact, text):
+        return leakscan.leaked([fact], [json.dumps({"prompt": text})]) == [fact]
+
+    assert not found(short, "We are offering a new method")
+    assert found(short, "my friend Feri") and found(short, "ask myFeri") and found(short, "Feri's dog")
+    assert found(short, "Ferix") and found(long, "xxKavelosunyy")
+
+
 def test_judge_scores_are_parsed_and_template_echoes_ignored():
     assert parse_scores("Overall: 7\nPersonalization: 8/10") == {"overall": 7.0, "personalization": 8.0}
     assert parse_scores("overall score - 10") == {"overall": 10.0}

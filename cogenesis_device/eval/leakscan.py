@@ -97,13 +97,18 @@ class Fact:
             content = " " + " ".join(_content_words(text.split())) + " "
             return any(f" {pair} " in content for pair in self.pairs)
         if self.kind.startswith("canary") and len(self.words) == 1:
-            return self.words[0] in text  # a made-up word is revealed inside another word too ("myKavelosun")
+            # A made-up word is revealed inside another word too ("myKavelosun"); a short one only where it
+            # touches one of that word's ends, since "Feri" is also the inside of "offering".
+            word = re.escape(self.words[0])
+            inside = word if len(self.words[0]) >= CANARY_INSIDE_MIN else rf"(?<![a-z0-9]){word}|{word}(?![a-z0-9])"
+            return re.search(inside, text) is not None
         return bool(self.words) and re.search(r"(?<![a-z0-9])" + " ".join(map(re.escape, self.words)) + r"(?![a-z0-9])",
                                               text) is not None
 
 
 # -- canaries ----------------------------------------------------------------------------------------
 
+CANARY_INSIDE_MIN = 6  # a made-up word this long is found anywhere inside another word
 _SYLLABLES = ("ka", "ve", "lo", "ri", "sun", "mar", "tho", "zel", "dra", "quin", "bor", "ny", "fe", "lis", "gor")
 
 
