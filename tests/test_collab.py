@@ -4,11 +4,12 @@ import os
 import secrets
 import threading
 import time
+import zlib
 
 import pytest
 
 import cogenesis_device as cg
-from cogenesis_device.eval import leakscan
+from cogenesis_device.eval import datasets, leakscan
 from cogenesis_device.errors import InvalidParameterError, PrivacyBlockedError
 from cogenesis_device.testing import FaultProxy
 from reference import bridged_positions, next_token_scores
@@ -86,6 +87,29 @@ def test_remote_failure_mid_generation_falls_back_to_local(model, remote, proxy)
     assert sources[0] == "fused" and sources[-1] == "local"
     assert sources == sorted(sources)  # fused first, local only after the failure ('fused' < 'local')
     assert len(proxy.records) == 2 + 3  # two answered calls, then one call with its 3 attempts
+
+
+def test_sketch_writes_the_text_not_the_outline():
+    """Found by the Gemma eval: with the remote's outline fenced at the end of the local prompt, the local
+    model copied it as its answer ("<outline>\n1. Introduction\n2. Menu ...") on 7 of the first 40 dev
+    samples, 7 of the 9 that got an outline. The task now comes after the fence. Dev sample 3_7_4, with
+    its canaries planted as the eval plants them, and the outline Gemma 3 gave it."""
+    from cogenesis_device.testing import ReplayServer
+    from contracts import chat_stream
+
+    if not os.path.exists(DEV):
+        pytest.skip(f"{DEV} is absent: the paper's dev data is not on this machine")
+    sample = next(s for s in datasets.load(DEV) if s.tid == "3_7_4")
+    context, _ = leakscan.plant_canaries(sample.context, seed=zlib.crc32(sample.tid.encode()))
+    outline = ["1. Introduction\n", "2. Menu\n", "3. Price\n", "4. Appetizers\n", "5. Desserts\n", "6. Drinks"]
+    routes = {"GET /v1/models": (200, {"object": "list", "data": [{"id": "planner", "object": "model"}]}),
+              "POST /v1/chat/completions": (200, chat_stream("planner", outline, usage=True))}
+    model = cg.LocalModel(n_ctx=4096, n_threads=2)  # as `cogenesis eval`: the prompt is 2,298 tokens
+    with ReplayServer(routes) as server, cg.RemoteModel(server.base_url, template=model, timeout=10) as remote:
+        result = cg.CoGenerator(model, remote, mode="sketch").generate(
+            sample.instruction, context, max_tokens=24, sampling=cg.SamplingParams.collaborative())
+    assert result.outline.splitlines()[:2] == ["1. Introduction", "2. Menu"] and not result.fallback
+    assert result.text.strip() and "outline>" not in result.text and "Introduction" not in result.text
 
 
 def test_sketch_mode_sends_only_the_public_instruction(model, remote, proxy):

@@ -206,9 +206,10 @@ def test_a_sketch_outline_cannot_open_a_system_turn(model):
             for _ in stream:
                 pass
         user = FOLLOW_OUTLINE.format(instruction=INSTRUCTION, outline=stream.result.outline)
-        # The outline is fenced as data, and cannot close its fence early.
+        # The outline is fenced as data, and cannot close its fence early; the task comes after it.
         fenced = user.split("\n<outline>\n", 1)[1]
-        assert fenced.count("</outline>") == 1 and fenced.endswith("\n</outline>")
+        assert fenced.count("</outline>") == 1 and fenced.split("\n</outline>\n", 1)[1].startswith(
+            f"\nTask: {INSTRUCTION}\n")
         prompts[name] = model.private_prompt(CONTEXT, user)
     specials = {t for t in range(model.n_vocab) if model.native.token_to_piece(t) == b""}  # control tokens
     turns = {name: [t for t in tokens if t in specials] for name, tokens in prompts.items()}
