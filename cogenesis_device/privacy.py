@@ -60,7 +60,8 @@ PROTOCOL_KEYS = frozenset(
 # "completions" must not stop every request to /v1/completions).
 PROTOCOL_PATHS = ("/chat/completions", "/completions", "/models", "/apply-template")
 _API_VERSION = re.compile(r"/v\d{1,2}/?$")  # the last segment of an OpenAI-compatible base path
-_PLACEHOLDER_RE = re.compile("|".join(re.escape(p) for p in sorted(set(PLACEHOLDERS.values()))))
+# Any placeholder the guard writes; the engine's attribution writes "[PRIVATE]" (CG_PLACEHOLDER), one of them.
+PLACEHOLDER_RE = re.compile("|".join(re.escape(p) for p in sorted(set(PLACEHOLDERS.values()))))
 _FIELD_KEY = re.compile(r"[A-Za-z][\w .'/-]{0,39}")
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 _CALENDAR_WORDS = {name.lower() for name in (*calendar.day_name, *calendar.month_name, *calendar.month_abbr) if name}
@@ -626,7 +627,7 @@ class _Parts:
         for (start, _), leaf in zip(self._segments, self._leaves):
             spans.extend((start + f.start, start + f.end, f.kind) for f in find(leaf))
         if ignore_placeholders:  # our own placeholders are not private text
-            inside = [(m.start(), m.end()) for m in _PLACEHOLDER_RE.finditer(self.text)]
+            inside = [(m.start(), m.end()) for m in PLACEHOLDER_RE.finditer(self.text)]
             spans = [s for s in spans if not any(a <= s[0] and s[1] <= b for a, b in inside)]
         return [Finding(kind, start, end) for start, end, kind in _merge(spans)]
 

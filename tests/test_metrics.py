@@ -5,9 +5,11 @@ import math
 import numpy as np
 import pytest
 
+from cogenesis_device.attribution import PLACEHOLDER
 from cogenesis_device.eval import leakscan
 from cogenesis_device.collab import parse_outline
 from cogenesis_device.eval.judge import parse_scores
+from cogenesis_device.privacy import PLACEHOLDER_RE
 from cogenesis_device.eval.metrics import (bits_per_byte, distinct_n, facts_used, lcs_length, repeated_ngram_rate,
                                       rouge_l)
 
@@ -67,6 +69,7 @@ def test_leak_scan_reads_a_placeholder_as_a_break_not_as_a_word():
     because "[PRIVATE] of my family" was read as the words "private family"."""
     profile = "Privacy_info: Celebrated 25th wedding anniversary last month with a private family gathering"
     facts = leakscan.profile_facts(profile, public="Reflective Journal Entry")
+    assert PLACEHOLDER_RE.fullmatch(PLACEHOLDER)  # the engine's placeholder is one the scan knows
     for placeholder in ("[PRIVATE]", "[NAME]", "[DATE]"):
         sent = json.dumps({"prompt": f"I am reflecting on the {placeholder} of my family."})
         assert leakscan.leaked(facts, [sent]) == []

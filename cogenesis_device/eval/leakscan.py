@@ -18,8 +18,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from ..attribution import PLACEHOLDER as ATTRIBUTION_PLACEHOLDER
-from ..privacy import PLACEHOLDERS
+from ..privacy import PLACEHOLDER_RE
 
 # Letters of other scripts that look like Latin ones (homoglyphs), by Unicode name.
 _LOOKALIKE = {
@@ -30,9 +29,6 @@ _LOOKALIKE = {
     "GREEK SMALL LETTER ALPHA": "a", "GREEK SMALL LETTER RHO": "p", "GREEK SMALL LETTER NU": "v",
     "GREEK SMALL LETTER IOTA": "i", "GREEK SMALL LETTER KAPPA": "k", "GREEK SMALL LETTER TAU": "t",
 }
-# What the guard and the engine's attribution send in place of what they withhold: protocol, not text
-# of the context.
-_PLACEHOLDER = re.compile("|".join(re.escape(p) for p in sorted({*PLACEHOLDERS.values(), ATTRIBUTION_PLACEHOLDER})))
 _STROKES = {"ø": "o", "đ": "d", "ł": "l", "ß": "ss", "æ": "ae", "œ": "oe", "þ": "th", "ħ": "h", "ı": "i"}
 
 
@@ -76,7 +72,8 @@ def sent_text(bodies: Iterable[str]) -> str:
         except ValueError:
             payload = body
         visit(payload)
-        texts.extend(simplify(piece) for piece in _PLACEHOLDER.split(" ".join(strings)))
+        # what the guard and the engine's attribution send in place of what they withhold: not text
+        texts.extend(simplify(piece) for piece in PLACEHOLDER_RE.split(" ".join(strings)))
     return " | ".join(texts)
 
 
