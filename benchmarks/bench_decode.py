@@ -35,6 +35,7 @@ import numpy as np
 import cogenesis_device as cg
 from cogenesis_device import _native
 from cogenesis_device.bench import fmt, machine, model_info, row, summarize
+from cogenesis_device.testing import reference_llama
 from report import write
 
 NEW_TOKENS = 128
@@ -130,7 +131,7 @@ def bench_decode(model, repeats: int, threads: int) -> dict:
     for n_prompt in (40, 2000):
         n_ctx = n_prompt + NEW_TOKENS + 64
         prompt = prompt_tokens(model, n_prompt)
-        llm = llama_cpp.Llama(str(model.path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+        llm = reference_llama(model.path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
                               n_ubatch=UBATCH, flash_attn=True, verbose=False)
         bare = BareLoop(llm, n_ctx, threads)
         samples = {"ours": [], "llama_generate": [], "bare_loop": [], "ours_sampled": [], "llama_generate_sampled": []}

@@ -16,9 +16,9 @@ def model() -> cg.LocalModel:
 @pytest.fixture(scope="session")
 def llama_ref(model):
     """llama-cpp-python's own Llama over the same file, in the same process."""
-    import llama_cpp
+    from cogenesis_device.testing import reference_llama
 
-    return llama_cpp.Llama(str(model.path), n_ctx=1024, n_threads=THREADS, flash_attn=True, verbose=False)
+    return reference_llama(model.path, n_ctx=1024, n_threads=THREADS, flash_attn=True, verbose=False)
 
 
 @pytest.fixture(scope="session")

@@ -347,3 +347,16 @@ def test_returned_arrays_own_their_memory(model):
     # the arrays outlive the session and generation that returned them
     np.testing.assert_array_equal(again, kept)
     np.testing.assert_array_equal(out, expected)
+
+
+def test_two_models_in_one_process_both_generate(model, llama_ref):
+    """On a CPU with AMX, llama.cpp repacked each model's weights for AMX, and a decode segfaulted in its
+    AMX matrix multiply (llama.cpp issue 20824): here every time a second model shared the process. The
+    engine loads weights without the extra buffer types (and the reference is built the same way), so
+    both models work, with the same greedy text."""
+    second = cg.LocalModel(model.path, n_ctx=256, n_threads=2)
+    prompt = "The capital of France is"
+    first_text = model.generate(prompt, max_tokens=8, **GREEDY).text
+    assert second.generate(prompt, max_tokens=8, **GREEDY).text == first_text
+    expected = llama_ref(prompt, max_tokens=8, temperature=0.0)["choices"][0]["text"]
+    assert first_text == expected

@@ -3,6 +3,7 @@ import llama_cpp
 import pytest
 
 import cogenesis_device as cg
+from cogenesis_device.testing import reference_llama
 
 
 def test_default_model_is_the_packaged_smollm2():
@@ -20,7 +21,7 @@ def test_gemma3_is_assembled_once_and_runs(gemma_path):
     assert model.n_vocab == 262144
     assert not model.has_chat_template
     ours = model.generate("The three primary colours are", max_tokens=16, sampling=cg.SamplingParams.greedy())
-    ref = llama_cpp.Llama(str(gemma_path), n_ctx=256, n_threads=2, flash_attn=True, verbose=False)
+    ref = reference_llama(gemma_path, n_ctx=256, n_threads=2, flash_attn=True, verbose=False)
     tokens = ref.tokenize(b"The three primary colours are")
     assert model.tokenize("The three primary colours are") == tokens
     expected = []

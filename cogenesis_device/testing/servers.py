@@ -17,6 +17,7 @@ import urllib.request
 from urllib.parse import urlparse
 
 from ..registry import DEFAULT_MODEL, resolve_model
+from .reference import NO_EXTRA_BUFFERS
 
 SERVERS = ("llama.cpp", "llama-cpp-python")
 
@@ -58,7 +59,7 @@ _SERVE_LLAMA_CPP = "import os, sys\n" + _HANDSHAKE + _DIE_WITH_PARENT + (
 
 # llama-cpp-python's server (FastAPI + uvicorn) on a socket the child binds. argv: model path,
 # n_ctx, threads.
-_SERVE_LLAMA_CPP_PYTHON = "import os, sys\n" + _HANDSHAKE + _DIE_WITH_PARENT + (
+_SERVE_LLAMA_CPP_PYTHON = "import os, sys\n" + _HANDSHAKE + _DIE_WITH_PARENT + NO_EXTRA_BUFFERS + (
     "import asyncio, socket, uvicorn\n"
     "from llama_cpp.server.app import create_app\n"
     "from llama_cpp.server.settings import ModelSettings, ServerSettings\n"

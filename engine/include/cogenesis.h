@@ -84,6 +84,10 @@ CG_API const char * cg_version(void);
 struct cg_model_params {
     bool use_mmap;   /* map the file instead of reading it into memory */
     bool vocab_only; /* load the tokenizer only (no weights) */
+    /* Repack weights into llama.cpp's extra CPU buffer types (AMX, CPU_REPACK). Off by default: on
+     * CPUs with AMX, llama.cpp's AMX matrix multiply segfaults on the first decode (llama.cpp
+     * issue 20824; seen with llama-cpp-python 0.3.36's build and SmolLM2 Q4_1). */
+    bool use_extra_bufts;
 };
 
 CG_API struct cg_model_params cg_model_default_params(void);

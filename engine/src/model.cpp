@@ -36,6 +36,7 @@ struct cg_model_params cg_model_default_params(void) {
     cg_model_params p;
     p.use_mmap = true;
     p.vocab_only = false;
+    p.use_extra_bufts = false;
     return p;
 }
 
@@ -50,6 +51,7 @@ int32_t cg_model_load(const char * path, struct cg_model_params params, cg_model
     lp.n_gpu_layers = 0;
     lp.load_mode = params.use_mmap ? LLAMA_LOAD_MODE_MMAP : LLAMA_LOAD_MODE_NONE;
     lp.vocab_only = params.vocab_only;
+    lp.use_extra_bufts = params.use_extra_bufts;
     cg::take_llama_errors();
     llama_model * lm = llama_model_load_from_file(path, lp);
     if (!lm) {
