@@ -67,3 +67,11 @@ class RemoteError(CogenesisError):
         self.kind = kind
         self.attempts = attempts
         self.status = status
+
+
+def without_traceback(error: BaseException) -> BaseException:
+    """error without its traceback and chained exceptions: the frames they hold have the private texts
+    (a request body, the context) as locals, which crash reporters that capture locals would ship."""
+    error.__traceback__ = error.__cause__ = error.__context__ = None
+    error.__suppress_context__ = False
+    return error

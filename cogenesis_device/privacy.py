@@ -56,6 +56,10 @@ PROTOCOL_KEYS = frozenset(
     "repeat_penalty best_of logit_bias user seed suffix response_format type json_schema schema strict tools "
     "tool_choice function parameters description continue_final_message add_generation_prompt "
     "return_tokens_as_token_ids".split())
+# Fields whose value our client picks from a fixed set ("role": "user"): read alone, but left out where the
+# body's text values are joined, since they would stand between two halves of a fact split over two messages.
+PROTOCOL_VALUED_KEYS = frozenset(("role", "type"))
+PROTOCOL_VALUES = frozenset("system user assistant developer tool function text json_object json_schema".split())
 # Endpoint paths our client appends to the base URL: public like PROTOCOL_KEYS (a profile that says
 # "completions" must not stop every request to /v1/completions).
 PROTOCOL_PATHS = ("/chat/completions", "/completions", "/models", "/apply-template")
@@ -128,11 +132,16 @@ def _zipf():
     return lru_cache(maxsize=200000)(lambda word: zipf_frequency(word, "en"))
 
 
+def word_zipf(word: str) -> float:
+    """How common a folded word is in English: log10 of its occurrences per billion words (wordfreq)."""
+    return _zipf()(word)
+
+
 def is_rare(word: str) -> bool:
     """A folded word that is rare in English, or carries digits (codes, canaries, plates)."""
     if any(c.isdigit() for c in word):
         return not word.isdigit()  # pure numbers are handled as numbers
-    return len(word) >= 2 and _zipf()(word) < RARE_ZIPF
+    return len(word) >= 2 and word_zipf(word) < RARE_ZIPF
 
 
 # -- what a private text reveals --------------------------------------------------------------------
@@ -602,28 +611,33 @@ class _Parts:
         self._segments: list[tuple[int, int]] = []  # (start, end) in text of each leaf, in visiting order
         self._leaves: list[str] = []
         self._is_key: list[bool] = []
+        self._is_protocol: list[bool] = []  # the value of a field whose values are protocol words
         self._walk(payload, self._leaves)
         self.text = "".join(self._leaves)
 
     def find(self, find: Callable[[str], list[Finding]], *, ignore_placeholders: bool = False) -> list[Finding]:
-        """find() over the string values joined (a span split across two strings) and over each string
-        alone, keys included (a private word at the end of one string must not hide by running into
-        the next). Returns pieces within single strings, in joined-text positions; the pieces after
-        the first of a split span have kind '' (nothing replaces them)."""
+        """find() over the text values joined (a span split across two strings or two chat messages),
+        once with nothing between them and once with a space, and over each string alone, keys
+        included (a private word at the end of one string must not hide by running into the next).
+        The joined views leave out the values of protocol fields (a message's "role"), which would
+        otherwise stand between the two halves of a fact. Returns pieces within single strings, in
+        joined-text positions; the pieces after the first of a split span have kind '' (nothing
+        replaces them)."""
         spans: list[tuple[int, int, str]] = []
-        values = [i for i, key in enumerate(self._is_key) if not key]
-        offsets, pos = [], 0
-        for i in values:
-            offsets.append((pos, i))
-            pos += len(self._leaves[i])
-        for f in find("".join(self._leaves[i] for i in values)):
-            kind = f.kind
-            for at, i in offsets:
-                leaf_start, leaf_end = self._segments[i]
-                start, end = max(f.start, at), min(f.end, at + leaf_end - leaf_start)
-                if start < end:
-                    spans.append((leaf_start + start - at, leaf_start + end - at, kind))
-                    kind = ""
+        values = [i for i, key in enumerate(self._is_key) if not key and not self._is_protocol[i]]
+        for separator in ("", " "):
+            offsets, pos = [], 0
+            for i in values:
+                offsets.append((pos, i))
+                pos += len(self._leaves[i]) + len(separator)
+            for f in find(separator.join(self._leaves[i] for i in values)):
+                kind = f.kind
+                for at, i in offsets:
+                    leaf_start, leaf_end = self._segments[i]
+                    start, end = max(f.start, at), min(f.end, at + leaf_end - leaf_start)
+                    if start < end:
+                        spans.append((leaf_start + start - at, leaf_start + end - at, kind))
+                        kind = ""
         for (start, _), leaf in zip(self._segments, self._leaves):
             spans.extend((start + f.start, start + f.end, f.kind) for f in find(leaf))
         if ignore_placeholders:  # our own placeholders are not private text
@@ -631,15 +645,16 @@ class _Parts:
             spans = [s for s in spans if not any(a <= s[0] and s[1] <= b for a, b in inside)]
         return [Finding(kind, start, end) for start, end, kind in _merge(spans)]
 
-    def _leaf(self, value: str, chunks: list[str], is_key: bool = False) -> None:
+    def _leaf(self, value: str, chunks: list[str], is_key: bool = False, is_protocol: bool = False) -> None:
         self._is_key.append(is_key)
+        self._is_protocol.append(is_protocol)
         start = sum(len(c) for c in chunks)
         chunks.append(value)
         self._segments.append((start, start + len(value)))
 
-    def _walk(self, value: Any, chunks: list[str]) -> None:
+    def _walk(self, value: Any, chunks: list[str], key: str = "") -> None:
         if isinstance(value, str):
-            self._leaf(value, chunks)
+            self._leaf(value, chunks, is_protocol=key in PROTOCOL_VALUED_KEYS and value in PROTOCOL_VALUES)
         elif _is_token_ids(value):
             if self._tokenizer is None:
                 raise PrivacyBlockedError("it carries token ids, which cannot be checked without the local tokenizer")
@@ -650,7 +665,7 @@ class _Parts:
         elif isinstance(value, dict):
             for k, v in value.items():
                 self._leaf("" if k in PROTOCOL_KEYS else str(k), chunks, is_key=True)
-                self._walk(v, chunks)
+                self._walk(v, chunks, str(k))
 
     def in_key(self, finding: Finding) -> bool:
         return any(key and s <= finding.start < e for key, (s, e) in zip(self._is_key, self._segments))

@@ -13,6 +13,7 @@ from cogenesis_device.eval import datasets, leakscan
 from cogenesis_device.errors import InvalidParameterError, PrivacyBlockedError
 from cogenesis_device.testing import FaultProxy
 from reference import bridged_positions, next_token_scores
+from test_remote import _frames, _reachable_text
 
 DEV = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "context-aware", "dev.json")
 CONTEXT = ("Name: Odalys Brennecke\nLocation: Tromsø, Norway\nOccupation: marine biologist\n"
@@ -214,6 +215,34 @@ def test_a_draft_is_private_redacted_or_blocked(model, remote, proxy):
     assert all(canary not in r.body.decode() for r in proxy.records) and result.audit_summary()["redacted_spans"] > 0
     with pytest.raises(PrivacyBlockedError, match="policy is 'block'"):
         cg.CoGenerator(model, remote, privacy="block").generate(INSTRUCTION, CONTEXT, draft=draft, **GREEDY)
+
+
+@pytest.mark.parametrize("mode", ["logits", "sketch"])
+@pytest.mark.parametrize("entry", ["generate an instruction", "stream a private request"])
+def test_a_block_refusal_keeps_no_frame_that_holds_the_private_text(model, proxy, mode, entry):
+    """Issue 29: under 'block' the refusal's traceback held the job's frames (CoStream._logits, _sketch,
+    CoGenerator.generate...), whose locals are the context, the request and the draft: crash reporters
+    that capture frame locals would ship them."""
+    secret = "Qv" + secrets.token_hex(6)
+    context = f"{CONTEXT}\nLocker code: {secret}"
+    draft = f"Dear team, my locker code is {secret} and"  # logits mode sends it: the request refused there
+    # Sketch mode sends only the outline request, whose text is the public instruction; what it can
+    # still refuse is what the app configured: here a deployment fine-tuned for this user, named after her.
+    name = "ft:smollm2:odalys-brennecke" if mode == "sketch" else None
+    with cg.RemoteModel(proxy.base_url, model=name, template=model, max_retries=0) as remote:
+        generator = cg.CoGenerator(model, remote, mode=mode, privacy="block")
+        with pytest.raises(PrivacyBlockedError, match="policy is 'block'") as refusal:
+            if entry == "generate an instruction":
+                generator.generate(INSTRUCTION, context, draft=draft, **GREEDY)
+            else:
+                request = f"{INSTRUCTION}, and remind them that my locker code is {secret}"
+                list(generator.stream(request=request, context=context, draft=draft, **GREEDY))
+    error = refusal.value
+    assert error.__cause__ is None and error.__context__ is None
+    # The library's frames (the caller's own, which hold what it passed, aside), closures included.
+    holding = [f.f_code.co_name for f in _frames(error) if "cogenesis_device" in f.f_code.co_filename
+               and any(secret in text for text in _reachable_text(f.f_locals))]
+    assert holding == []
 
 
 def test_no_canary_or_private_span_leaves_over_20_dev_samples(model, remote, proxy):

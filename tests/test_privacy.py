@@ -193,3 +193,23 @@ def test_the_endpoint_path_is_public_but_the_rest_of_the_url_is_checked():
                 "http://127.0.0.1:8080/v1/completions#brennecke"):
         with pytest.raises(PrivacyBlockedError, match="the URL holds private text"):
             guard.check_envelope(url, [])
+
+
+SPLIT_PROFILE = PROFILE + "Hobby: ice hockey\nLocker code: Qv7x93kd2m\n"
+
+
+@pytest.mark.parametrize("first,second", [
+    ("call me on +47 912", "34 567 tonight"),    # a phone number, each half too short to be one
+    ("I play ice", "hockey on Fridays"),        # a fact of common words, private only as a whole
+    ("my code is Qv7x9", "3kd2m"),               # a code, cut inside
+], ids=["number", "phrase", "code"])
+def test_a_fact_split_over_two_chat_messages_is_found(first, second):
+    """The messages' "role" values stood between the two halves in the joined text ("...912user34 567"),
+    so a fact cut at a message boundary passed unredacted."""
+    guard = EgressGuard(SPLIT_PROFILE)
+    body = json.dumps({"messages": [{"role": "user", "content": first},
+                                    {"role": "user", "content": second}]}).encode()
+    sent, record = guard.check_body("POST", "/v1/chat/completions", body)
+    assert record.action == "redacted", first
+    contents = [m["content"] for m in json.loads(sent)["messages"]]
+    assert not EgressGuard(SPLIT_PROFILE).find(" ".join(contents)), contents

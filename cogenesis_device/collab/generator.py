@@ -19,6 +19,7 @@ the private texts reveal.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import math
 import time
 from typing import Iterator
@@ -27,12 +28,13 @@ import numpy as np
 
 from .. import _native
 from ..attribution import AttributionConfig
-from ..errors import InvalidParameterError, PrivacyBlockedError, RemoteError
+from ..errors import CogenesisError, InvalidParameterError, PrivacyBlockedError, RemoteError, without_traceback
 from ..fusion import FusionConfig
 from ..local import LocalModel
 from ..privacy import EgressGuard, summarize
 from ..remote import RemoteModel
 from ..sampling import COLLABORATIVE, SamplingParams, sampling_or
+from ..sensitive import topic_terms
 from .instruction import DerivedInstruction, derive_instruction
 from .results import CoResult, CoStats, TokenInfo
 from .sketch import FOLLOW_OUTLINE, OUTLINE_PROMPT, parse_outline
@@ -41,6 +43,21 @@ MODES = ("auto", "sketch", "logits")
 _COGEN_DEFAULTS = _native.cogen_default_params()
 # The default repetition control of both modes (README: "Text without loops"), the engine's.
 NO_REPEAT_NGRAM = COLLABORATIVE.no_repeat_ngram
+
+
+def _raises_without_private_frames(method):
+    """The library's errors leave `method` without their traceback and chained exceptions (issue 29).
+    The frames they come through (the job's: CoStream._logits, _sketch, CoGenerator.stream...) hold
+    the context, the request and the draft as locals, and crash reporters that capture frame locals
+    would ship them. Each message names the problem by itself; other exceptions, bugs, keep theirs."""
+    @functools.wraps(method)
+    def call(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except CogenesisError as error:
+            del args, kwargs  # the private texts as the caller passed them: not in this frame either
+            raise without_traceback(error)
+    return call
 
 
 class CoGenerator:
@@ -95,6 +112,7 @@ class CoGenerator:
         self.attribution: AttributionConfig | None = attribution or None
         self._bridge = local.vocab_bridge
 
+    @_raises_without_private_frames
     def generate(self, instruction: str | None = None, context: str = "", *, request: str | None = None,
                  draft: str = "", max_tokens: int = _COGEN_DEFAULTS["max_tokens"],
                  sampling: SamplingParams | None = None) -> CoResult:
@@ -105,6 +123,7 @@ class CoGenerator:
             pass
         return stream.result
 
+    @_raises_without_private_frames
     def stream(self, instruction: str | None = None, context: str = "", *, request: str | None = None,
                draft: str = "", max_tokens: int = _COGEN_DEFAULTS["max_tokens"],
                sampling: SamplingParams | None = None) -> "CoStream":
@@ -126,16 +145,20 @@ class CoGenerator:
             raise InvalidParameterError(f"max_tokens must be at least 1, got {max_tokens}")
         if (instruction is None) == (request is None):
             raise InvalidParameterError("give either instruction= (public) or request= (private), not both or neither")
-        user = instruction
+        user, removed = instruction, []
         if request is not None:
-            instruction = self.derive_instruction(request, context).text
-            user = request
+            derived = self.derive_instruction(request, context)
+            instruction, removed, user = derived.text, derived.removed, request
         private = [context, draft] + ([request] if request is not None else [])
+        # What the derivation removed stays private in the generated text too (a topic word such as
+        # "pregnant" is no name, number or rare word the guard would find of itself).
         guard = EgressGuard(private, public=[instruction, OUTLINE_PROMPT.format(instruction=instruction)],
-                            tokenizer=self.local, **self.privacy)
+                            entities=[*removed, *topic_terms(request or "")], tokenizer=self.local,
+                            **self.privacy)
         sampling = sampling_or(COLLABORATIVE, sampling)
         return CoStream(self, instruction, user, context, draft, guard, max_tokens, sampling)
 
+    @_raises_without_private_frames
     def derive_instruction(self, request: str, context: str) -> "DerivedInstruction":
         """The public instruction for a private request (see derive_instruction), with this
         generator's attribution settings."""
@@ -173,6 +196,7 @@ class CoStream:
     def __iter__(self) -> Iterator[str]:
         return self
 
+    @_raises_without_private_frames
     def __next__(self) -> str:
         try:
             piece = next(self._pieces)

@@ -8,6 +8,7 @@ import numpy as np
 from ..attribution import NO_CONTEXT_SEQ, AttributionConfig, log_softmax_at
 from ..local import LocalModel
 from ..privacy import EgressGuard
+from ..sensitive import scrub
 
 
 @dataclass(frozen=True)
@@ -20,23 +21,14 @@ class DerivedInstruction:
 
 def derive_instruction(local: LocalModel, request: str, context: str,
                        attribution: AttributionConfig | None = None) -> "DerivedInstruction":
-    """The public instruction for a private request: the request without the spans the text guard
-    finds and without the words the context explains (the attribution rule, scored on the device on
-    the request's tokens), whole words at a time."""
-    guard = EgressGuard([context], tokenizer=local)
-    spans = [(f.start, f.end) for f in guard.find(request)]
+    """The public instruction for a private request: the request without what it says about the user
+    by itself (names, places, numbers, dates, sensitive topics, family relations: see sensitive.py),
+    without the spans the text guard finds of the context, and without the words the context explains
+    (the attribution rule, scored on the device on the request's tokens), whole words at a time."""
+    spans = [(f.start, f.end) for f in EgressGuard([context], tokenizer=local).find(request)]
     if context:
         spans += _explained_words(local, request, context, attribution or AttributionConfig())
-    removed, out, pos = [], [], 0
-    for start, end in sorted(spans):
-        start = max(start, pos)
-        if start >= end:
-            continue
-        out.append(request[pos:start])
-        removed.append(request[start:end])
-        pos = end
-    out.append(request[pos:])
-    return DerivedInstruction(" ".join("".join(out).split()), removed)
+    return DerivedInstruction(*scrub(request, also=spans))
 
 
 def _explained_words(local: LocalModel, request: str, context: str, cfg: AttributionConfig) -> list[tuple[int, int]]:

@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 import httpx2
 import openai
 
-from ..errors import PrivacyBlockedError, RemoteError
+from ..errors import PrivacyBlockedError, RemoteError, without_traceback
 from ..local import plain_prompt
 from ..privacy import EgressGuard
 from .formats import (ChatReply, Continuation, RemoteCapabilities, Retryable, parse_chat_stream, parse_completion,
@@ -199,7 +199,7 @@ class RemoteModel:
             if final is not None or n > self.max_retries:
                 del attempt  # its closure holds the request as the caller gave it, before the guard
             if final is not None:  # raised here, outside the except blocks: nothing chained
-                raise _scrubbed(final)
+                raise without_traceback(final)
             if n > self.max_retries:
                 raise RemoteError(f"{what} at {self.base_url} failed after {n} attempt(s): {failure}",
                                   kind=failure.kind, attempts=n, status=failure.status) from None
@@ -398,13 +398,6 @@ class RemoteModel:
 
 
 # -- parsing: every shape check raises Retryable('malformed' | 'missing_logprobs' | 'truncated') --------
-
-
-def _scrubbed(error: Exception) -> Exception:
-    """The error without its traceback and chained exceptions."""
-    error.__traceback__ = error.__cause__ = error.__context__ = None
-    error.__suppress_context__ = False
-    return error
 
 
 def _seed(seed: int | None) -> dict:
