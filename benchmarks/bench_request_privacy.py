@@ -78,7 +78,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pupa", type=pathlib.Path, required=True, help="folder holding PUPA_New.csv and PUPA_TNB.csv")
     parser.add_argument("--limit", type=int, default=0, help="only the first N queries (0: all)")
-    parser.add_argument("--examples", type=int, default=5, help="queries shown with what was removed")
+    parser.add_argument("--examples", type=int, default=0,
+                        help="queries to keep in the JSON with what was sent of them (PUPA text: 0 by default)")
     args = parser.parse_args()
     rows = load(args.pupa)[:args.limit or None]
     local = cg.LocalModel(n_ctx=512, n_threads=2)
