@@ -38,8 +38,9 @@ from .errors import InvalidParameterError, PrivacyBlockedError
 from .jsonl import append_private
 
 POLICIES = ("redact", "block", "audit")
-PLACEHOLDERS = {"verbatim": "[PRIVATE]", "word": "[PRIVATE]", "name": "[NAME]", "email": "[EMAIL]",
-                "number": "[NUMBER]", "date": "[DATE]"}
+# What a redacted span becomes, whatever its kind: a placeholder per kind ("[NAME]", "[NUMBER]") told the
+# remote what kind of fact stood there (issue 29). Side by side, placeholders merge into one.
+PLACEHOLDER = "[PRIVATE]"
 # Zipf frequency (log10 of occurrences per billion words) below which a word of the context is private.
 RARE_ZIPF = 3.5
 # Fields of a profile whose value is short enough to be one fact ("Age: 47", "City: Bergen").
@@ -64,8 +65,8 @@ PROTOCOL_VALUES = frozenset("system user assistant developer tool function text 
 # "completions" must not stop every request to /v1/completions).
 PROTOCOL_PATHS = ("/chat/completions", "/completions", "/models", "/apply-template")
 _API_VERSION = re.compile(r"/v\d{1,2}/?$")  # the last segment of an OpenAI-compatible base path
-# Any placeholder the guard writes; the engine's attribution writes "[PRIVATE]" (CG_PLACEHOLDER), one of them.
-PLACEHOLDER_RE = re.compile("|".join(re.escape(p) for p in sorted(set(PLACEHOLDERS.values()))))
+# The placeholder the guard writes, and the engine's attribution too (CG_PLACEHOLDER is the same text).
+PLACEHOLDER_RE = re.compile(re.escape(PLACEHOLDER))
 _FIELD_KEY = re.compile(r"[A-Za-z][\w .'/-]{0,39}")
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 _CALENDAR_WORDS = {name.lower() for name in (*calendar.day_name, *calendar.month_name, *calendar.month_abbr) if name}
@@ -415,6 +416,9 @@ class AuditRecord:
     sent_tokens: int = 0  # generated tokens sent as they are
     withheld_tokens: int = 0  # generated tokens replaced by a placeholder
     context_bits: float = 0.0  # sum over sent tokens of max(0, log2 p(t | context) - log2 p(t | no context))
+    # Placeholders in the body as sent (the guard's and attribution's): their number and places are what
+    # the remote learns of what was withheld, so they are counted as information sent.
+    placeholders: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
@@ -493,7 +497,7 @@ class EgressGuard:
     def redact(self, text: str) -> tuple[str, list[Finding]]:
         """text with every private span replaced by its placeholder, and the spans."""
         findings = self.find(text)
-        return _replace(text, [(f.start, f.end, PLACEHOLDERS[f.kind]) for f in findings]), findings
+        return _replace(text, [(f.start, f.end, PLACEHOLDER) for f in findings]), findings
 
     # -- the choke point ---------------------------------------------------------------------------
 
@@ -554,7 +558,7 @@ class EgressGuard:
         if findings and self.policy == "redact" and any(parts.in_key(f) for f in findings):
             return refuse("a JSON key holds private text, and keys are not redacted")
         if findings and self.policy == "redact":
-            checked = parts.redacted([(f.start, f.end, PLACEHOLDERS.get(f.kind, "")) for f in findings])
+            checked = parts.redacted([(f.start, f.end, PLACEHOLDER if f.kind else "") for f in findings])
             body = (json.dumps(checked, ensure_ascii=False) if is_json else checked).encode("utf-8")
             leftover = _Parts(checked, self.tokenizer).find(self.find, ignore_placeholders=True)
             if leftover:  # defence in depth: a placeholder next to text could re-form a span
@@ -564,6 +568,7 @@ class EgressGuard:
         elif findings:
             record.action = "leaked"
         record.body_sha256 = hashlib.sha256(body).hexdigest()
+        record.placeholders = len(PLACEHOLDER_RE.findall(body.decode("utf-8", errors="replace")))
         if self.record_bodies:
             record.body = body.decode("utf-8", errors="replace")
         self._record(record)
@@ -591,12 +596,19 @@ def _spans(described: Sequence[dict]) -> str:
 
 
 def _replace(text: str, spans: Sequence[tuple[int, int, str]]) -> str:
-    out, pos = [], 0
+    """text with each span replaced; a placeholder that would follow another with only spaces between
+    is left out, so the count of placeholders does not count the words of a fact ("[PRIVATE] [PRIVATE]")."""
+    out, pos, last_placeholder = [], 0, None
     for start, end, placeholder in sorted(spans):
         if start < pos:
             continue
-        out.append(text[pos:start])
+        gap = text[pos:start]
+        if placeholder and placeholder == last_placeholder and not gap.strip():
+            pos = end
+            continue
+        out.append(gap)
         out.append(placeholder)
+        last_placeholder = placeholder or None
         pos = end
     out.append(text[pos:])
     return "".join(out)
@@ -709,8 +721,9 @@ def _is_token_ids(value: Any) -> bool:
 
 
 def summarize(records: Sequence[AuditRecord]) -> dict:
-    """Counts over audit records: requests, bytes, redacted spans, blocked requests, leaked spans, and
-    the attribution of the last request (it carries the whole generated prefix)."""
+    """Counts over audit records: requests, bytes, redacted spans, blocked requests, leaked spans, the
+    most placeholders one body carried, and the attribution of the last request (it carries the whole
+    generated prefix)."""
     last = next((r for r in reversed(records) if r.sent_tokens or r.withheld_tokens), None)
     return {
         "requests": len(records),
@@ -719,6 +732,7 @@ def summarize(records: Sequence[AuditRecord]) -> dict:
         "redacted_spans": sum(len(r.findings) for r in records if r.action == "redacted"),
         "blocked": sum(r.action == "blocked" for r in records),
         "leaked_spans": sum(len(r.findings) for r in records if r.action == "leaked"),
+        "placeholders": max((r.placeholders for r in records), default=0),  # the most any one body carried
         "withheld_tokens": last.withheld_tokens if last else 0,
         "context_bits": last.context_bits if last else 0.0,
     }

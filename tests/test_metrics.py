@@ -69,10 +69,9 @@ def test_leak_scan_reads_a_placeholder_as_a_break_not_as_a_word():
     because "[PRIVATE] of my family" was read as the words "private family"."""
     profile = "Privacy_info: Celebrated 25th wedding anniversary last month with a private family gathering"
     facts = leakscan.profile_facts(profile, public="Reflective Journal Entry")
-    assert PLACEHOLDER_RE.fullmatch(PLACEHOLDER)  # the engine's placeholder is one the scan knows
-    for placeholder in ("[PRIVATE]", "[NAME]", "[DATE]"):
-        sent = json.dumps({"prompt": f"I am reflecting on the {placeholder} of my family."})
-        assert leakscan.leaked(facts, [sent]) == []
+    assert PLACEHOLDER_RE.fullmatch(PLACEHOLDER)  # the engine's placeholder is the guard's, which the scan knows
+    sent = json.dumps({"prompt": f"I am reflecting on the {PLACEHOLDER} of my family."})
+    assert leakscan.leaked(facts, [sent]) == []
     # the words on the two sides of a placeholder were not side by side for the remote
     assert leakscan.leaked(facts, [json.dumps({"prompt": "our wedding [PRIVATE] anniversary"})]) == []
     assert leakscan.leaked(facts, [json.dumps({"prompt": "our wedding [PRIVATE] anniversary last month"})]) == facts

@@ -30,7 +30,7 @@ def test_facts_found_in_a_profile_however_they_are_written():
     for form, text in forms.items():
         assert guard.find(text), form
     redacted, _ = guard.redact("Walking Pelle with Ingrid, call 912-34-567 or write odalys.b@fjordmail.example")
-    assert redacted == "Walking [NAME] with [NAME], call [NUMBER] or write [EMAIL]"
+    assert redacted == "Walking [PRIVATE] with [PRIVATE], call [PRIVATE] or write [PRIVATE]"
 
 
 def test_a_private_word_glued_to_other_letters_is_found():
@@ -83,7 +83,7 @@ def test_redact_replaces_every_private_span_with_its_placeholder():
     guard = EgressGuard(PROFILE)
     text = "Hi Odalys, mail odalys.b@fjordmail.example or call +47 912 34 567; see you at 42 Harbour Lane with Ingrid."
     redacted, findings = guard.redact(text)
-    assert redacted == "Hi [NAME], mail [EMAIL] or call +[NUMBER]; see you at [PRIVATE] with [NAME]."
+    assert redacted == "Hi [PRIVATE], mail [PRIVATE] or call +[PRIVATE]; see you at [PRIVATE] with [PRIVATE]."
     assert sorted(f.kind for f in findings) == ["email", "name", "name", "number", "verbatim"]
     assert guard.find(redacted) == []
 
@@ -98,7 +98,7 @@ def test_check_body_redacts_every_json_string_and_records_the_body_sent(tmp_path
     guard = EgressGuard(PROFILE, audit_path=str(audit), record_bodies=True)
     body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "Say hi to Odalys Brennecke"}]}).encode()
     sent, record = guard.check_body("POST", "/v1/chat/completions", body)
-    assert b"Odalys" not in sent and "[NAME]" in json.loads(sent)["messages"][0]["content"]
+    assert b"Odalys" not in sent and "[PRIVATE]" in json.loads(sent)["messages"][0]["content"]
     assert record.action == "redacted" and record.findings == [{"kind": "name", "chars": 16}]
     assert record.bytes_sent == len(sent) and record.body == sent.decode()
     [line] = audit.read_text().splitlines()
@@ -137,7 +137,7 @@ def test_the_whole_request_is_one_text_keys_and_split_strings_included():
     sent, record = guard.check_body("POST", "/v1/completions", json.dumps(body).encode())
     payload = json.loads(sent)
     assert "Oda" not in sent.decode() and payload["max_tokens"] == 8  # the keys are left as they are
-    assert payload["prompt"] == ["Say hi to [NAME]", " for me"] and len(record.findings) == 1
+    assert payload["prompt"] == ["Say hi to [PRIVATE]", " for me"] and len(record.findings) == 1
     with pytest.raises(PrivacyBlockedError, match="JSON key"):  # a key is checked too, and cannot be redacted
         guard.check_body("POST", "/v1/completions", json.dumps({"prompt": "hi", "Pelle": 1}).encode())
     # The request schema's own field names are public, even when the user has a friend called Max.
@@ -150,14 +150,14 @@ def test_the_whole_request_is_one_text_keys_and_split_strings_included():
     assert json.loads(sent)["logprobs"] == 5
     # A private word at the end of one string does not hide by running into the next key.
     sent, _ = guard.check_body("POST", "/v1/completions", json.dumps({"prompt": "Dear Pelle", "max_tokens": 2}).encode())
-    assert json.loads(sent)["prompt"] == "Dear [NAME]"
+    assert json.loads(sent)["prompt"] == "Dear [PRIVATE]"
 
 
 def test_token_id_prompts_are_decoded_checked_and_redacted(model):
     guard = EgressGuard(PROFILE, tokenizer=model)
     ids = model.tokenize("Good morning Ingrid Solheim", add_special=False)
     sent, record = guard.check_body("POST", "/v1/completions", json.dumps({"prompt": ids}).encode())
-    assert record.action == "redacted" and model.detokenize(json.loads(sent)["prompt"]) == "Good morning [NAME]"
+    assert record.action == "redacted" and model.detokenize(json.loads(sent)["prompt"]) == "Good morning [PRIVATE]"
     with pytest.raises(PrivacyBlockedError, match="token ids"):  # no tokenizer: it cannot be checked, so it is refused
         EgressGuard(PROFILE).check_body("POST", "/v1/completions", json.dumps({"prompt": ids}).encode())
 
@@ -213,3 +213,15 @@ def test_a_fact_split_over_two_chat_messages_is_found(first, second):
     assert record.action == "redacted", first
     contents = [m["content"] for m in json.loads(sent)["messages"]]
     assert not EgressGuard(SPLIT_PROFILE).find(" ".join(contents)), contents
+
+
+def test_a_placeholder_says_neither_the_kind_nor_the_number_of_words_it_stands_for():
+    """A placeholder per kind ("[NAME]", "[NUMBER]") told a hostile remote what kind of fact stood where,
+    and one per finding how many stood side by side (issue 29). Each body's record counts them."""
+    guard = EgressGuard(PROFILE)
+    redacted, findings = guard.redact("Walk Pelle Tromsø, then call 912-34-567 or odalys.b@fjordmail.example today")
+    assert len(findings) >= 3
+    assert redacted == "Walk [PRIVATE], then call [PRIVATE] or [PRIVATE] today"
+    sent, record = guard.check_body("POST", "/v1/completions", json.dumps({"prompt": "Walk Pelle Tromsø now"}).encode())
+    assert json.loads(sent)["prompt"] == "Walk [PRIVATE] now" and record.placeholders == 1
+    assert guard.summary()["placeholders"] == 1

@@ -386,7 +386,7 @@ def test_every_request_is_recorded_by_the_guard_it_ran_under(remote, proxy):
     remote.next_tokens(remote.prompt(HAIKU) + "For Zorvex:", n=2, guard=guard)
     [record] = guard.records
     assert record.endpoint == "/v1/completions" and record.status == 200 and record.bytes_received > 0
-    assert "Zorvex" not in record.body and "[NAME]" in record.body
+    assert "Zorvex" not in record.body and "[PRIVATE]" in record.body
     assert proxy.records[-1].body.decode() == record.body  # what arrived is what was recorded
     with pytest.raises(PrivacyBlockedError):
         remote.next_tokens("Zorvex Quillandor", guard=EgressGuard(neighbour, policy="block"))
