@@ -34,6 +34,7 @@ from cogenesis_device.eval.leakscan import simplify
 from report import write
 
 FILES = ("PUPA_New.csv", "PUPA_TNB.csv")
+COLUMNS = ("user_query", "pii_units", "redacted_query")
 _COMMON = set("the a an and or of to in on for with at by from is are was were be my our your his her their "
               "this that it as".split())
 
@@ -45,7 +46,11 @@ def load(folder: pathlib.Path) -> list[dict]:
     rows = []
     for name in FILES:
         with open(folder / name, newline="", encoding="utf-8") as f:
-            rows += [r for r in csv.DictReader(f) if r["user_query"].strip()]
+            reader = csv.DictReader(f)
+            absent = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+            if absent:
+                sys.exit(f"--pupa {folder / name}: no column {', '.join(absent)} (PUPA's columns: {', '.join(COLUMNS)})")
+            rows += [r for r in reader if r["user_query"].strip()]
     return rows
 
 

@@ -68,7 +68,7 @@ _API_VERSION = re.compile(r"/v\d{1,2}/?$")  # the last segment of an OpenAI-comp
 # The placeholder the guard writes, and the engine's attribution too (CG_PLACEHOLDER is the same text).
 PLACEHOLDER_RE = re.compile(re.escape(PLACEHOLDER))
 _FIELD_KEY = re.compile(r"[A-Za-z][\w .'/-]{0,39}")
-_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+EMAIL_RE = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 _CALENDAR_WORDS = {name.lower() for name in (*calendar.day_name, *calendar.month_name, *calendar.month_abbr) if name}
 
 
@@ -266,7 +266,7 @@ def private_items(private: Sequence[str], public: Sequence[str] = (), *, min_spa
                 for word in words:  # "Ingrid" of "Ingrid Solheim" alone too, but not "Lane" of "Harbour Lane"
                     if len(word) >= 3 and is_rare(word):
                         add(word, "name")
-        for email in _EMAIL.findall(text):
+        for email in EMAIL_RE.findall(text):
             add(email, "email")
             local_part = email.split("@")[0]
             for word in fold(local_part).split():
@@ -568,9 +568,10 @@ class EgressGuard:
         elif findings:
             record.action = "leaked"
         record.body_sha256 = hashlib.sha256(body).hexdigest()
-        record.placeholders = len(PLACEHOLDER_RE.findall(body.decode("utf-8", errors="replace")))
+        sent_text = body.decode("utf-8", errors="replace")
+        record.placeholders = len(PLACEHOLDER_RE.findall(sent_text))
         if self.record_bodies:
-            record.body = body.decode("utf-8", errors="replace")
+            record.body = sent_text
         self._record(record)
         return body, record, None
 
@@ -637,7 +638,8 @@ class _Parts:
         replaces them)."""
         spans: list[tuple[int, int, str]] = []
         values = [i for i, key in enumerate(self._is_key) if not key and not self._is_protocol[i]]
-        for separator in ("", " "):
+        # one text value alone is read by the pass over each string below: no joined view to add
+        for separator in ("", " ") if len(values) > 1 else ():
             offsets, pos = [], 0
             for i in values:
                 offsets.append((pos, i))

@@ -22,13 +22,14 @@ not a proof: a fact paraphrased in ordinary lower-case words is not a name, a nu
 """
 from __future__ import annotations
 
+import bisect
 import calendar
 import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Sequence
 
-from .privacy import word_zipf
+from .privacy import EMAIL_RE, word_zipf
 
 # Zipf frequency (log10 of occurrences per billion words) below which a word is rare enough to be a name:
 # capitalized, or in lower case (where rare English words, 'twirled', are more common than names).
@@ -50,7 +51,7 @@ _CHAIN_JOINERS = {"of", "the", "and", "&", "de", "du", "da", "del", "della", "va
 
 _WORD = re.compile(r"[^\W\d_](?:[\w'’&.-]*[^\W_])?")
 _IDENTIFIERS = [
-    ("email", re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")),
+    ("email", EMAIL_RE),
     ("url", re.compile(r"(?:https?://|www\.)\S+|\b[\w-]+(?:\.[\w-]+)*\.(?:com|net|org|io|edu|gov|co|uk|de|fr|in|ai|app|"
                        r"info|biz|me|us|ca|au|ru|cn|jp)\b(?:/\S*)?", re.I)),
     ("tag", re.compile(r"<\s*[A-Z][A-Z0-9_]*_[A-Z0-9_]+\s*>|\b[A-Z]+(?:_[A-Z0-9]+){1,}\b")),
@@ -170,7 +171,9 @@ def _names(text: str) -> list[SensitiveSpan]:
     words = list(_WORD.finditer(text))
     capitalized_inside = set()
     first_of_sentence = []
-    title_lines = _title_case_lines(text, words)
+    newlines = [i for i, c in enumerate(text) if c == "\n"]
+    lines = [bisect.bisect_left(newlines, m.start()) for m in words]  # the line each word stands on
+    title_lines = _title_case_lines(words, lines)
     for i, m in enumerate(words):
         before = text[words[i - 1].end():m.start()] if i else text[:m.start()]
         first_of_sentence.append(i == 0 or bool(re.search(r"[.!?:\n\"“(]|^\s*[-*•]", before)))
@@ -181,7 +184,7 @@ def _names(text: str) -> list[SensitiveSpan]:
         word, lower = m.group(), m.group().lower()
         rare = len(lower) >= 3 and not lower.isupper() and word_zipf(lower.strip("'’.-")) < (
             RARE_NAME_ZIPF if _is_capitalized(word) else RARE_LOWERCASE_ZIPF)
-        if not _is_capitalized(word) or lower in _COMMON_CAPITALIZED or _line_of(text, m.start()) in title_lines:
+        if not _is_capitalized(word) or lower in _COMMON_CAPITALIZED or lines[i] in title_lines:
             is_name.append(rare or (lower not in _COMMON_CAPITALIZED and _is_first_name(lower, written_in_lower_case=True)))
         elif not first_of_sentence[i]:
             is_name.append(True)
@@ -221,21 +224,20 @@ def _is_capitalized(word: str) -> bool:
     return word[:1].isupper()
 
 
+_POSSESSIVE = re.compile(r"['’]s\b")
+
+
 def _possessive_end(text: str, end: int) -> int:
-    match = re.match(r"['’]s\b", text[end:])
-    return end + match.end() if match else end
+    match = _POSSESSIVE.match(text, end)
+    return match.end() if match else end
 
 
-def _line_of(text: str, pos: int) -> int:
-    return text.count("\n", 0, pos)
-
-
-def _title_case_lines(text: str, words: list[re.Match]) -> set[int]:
+def _title_case_lines(words: list[re.Match], lines: list[int]) -> set[int]:
     """Lines of three or more words, most of them capitalized: a heading's capitals name nobody."""
     per_line: dict[int, list[bool]] = {}
-    for m in words:
+    for m, line in zip(words, lines):
         if m.group().lower() not in _CHAIN_JOINERS:
-            per_line.setdefault(_line_of(text, m.start()), []).append(_is_capitalized(m.group()))
+            per_line.setdefault(line, []).append(_is_capitalized(m.group()))
     return {line for line, caps in per_line.items() if len(caps) >= 3 and sum(caps) >= TITLE_CASE_SHARE * len(caps)}
 
 
