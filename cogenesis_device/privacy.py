@@ -57,8 +57,8 @@ PROTOCOL_KEYS = frozenset(
     "repeat_penalty best_of logit_bias user seed suffix response_format type json_schema schema strict tools "
     "tool_choice function parameters description continue_final_message add_generation_prompt "
     "return_tokens_as_token_ids".split())
-# Fields whose value our client picks from a fixed set ("role": "user"): read alone, but left out where the
-# body's text values are joined, since they would stand between two halves of a fact split over two messages.
+# Fields whose value our client picks from a fixed set ("role": "user"): public, and left out where the body's
+# text values are joined, since they would stand between two halves of a fact split over two messages.
 PROTOCOL_VALUED_KEYS = frozenset(("role", "type"))
 PROTOCOL_VALUES = frozenset("system user assistant developer tool function text json_object json_schema".split())
 # Endpoint paths our client appends to the base URL: public like PROTOCOL_KEYS (a profile that says
@@ -456,6 +456,10 @@ class EgressGuard:
     public: text the user chose to send (the instruction, our own prompt text); private items that
         occur in it as whole words are not private.
     entities: extra private strings (for example a name known from a structured profile).
+    known: text the remote holds already, such as our own prompt as rendered for it (add_known adds
+        more). A private span wholly inside an occurrence of it is sent as it is: redacting a word of a
+        prompt the remote knows would tell it that the context holds that word ("<|im_start|>[PRIVATE]"
+        says the profile's occupation is "assistant").
     min_span: shortest verbatim passage of the context, in normalized characters, that counts as private.
     tokenizer: the local model (tokenize/detokenize), to check prompts sent as token ids; without one,
         a body carrying token ids is refused.
@@ -467,7 +471,7 @@ class EgressGuard:
 
     def __init__(self, context: str | Sequence[str] = "", *, public: str | Sequence[str] = (), policy: str = "redact",
                  min_span: int = 12, entities: Iterable[str] = (), audit_path: str | None = None,
-                 tokenizer: Any = None, record_bodies: bool = False):
+                 tokenizer: Any = None, record_bodies: bool = False, known: Iterable[str] = ()):
         if policy not in POLICIES:
             raise InvalidParameterError(f"privacy policy must be one of {', '.join(POLICIES)}, got {policy!r}")
         if min_span < 4:
@@ -483,6 +487,14 @@ class EgressGuard:
         publics = [public] if isinstance(public, str) else list(public)
         self.items = private_items(contexts, publics, min_span=min_span, extra=entities)
         self._matcher = _Matcher(self.items, min_span)
+        self._known: list[str] = []
+        for text in known:
+            self.add_known(text)
+
+    def add_known(self, text: str) -> None:
+        """Text the remote holds already (see the class docstring): our prompt once it is rendered."""
+        if text and text not in self._known:
+            self._known.append(text)
 
     # -- finding and redacting ---------------------------------------------------------------------
 
@@ -493,6 +505,10 @@ class EgressGuard:
         for start, end, kind in _merge(self._matcher.find(folded)):
             out.append(Finding(kind, where[start], where[end - 1] + 1))
         return out
+
+    def private_spans(self, text: str) -> list[Finding]:
+        """find() as check_body reads a text it sends: our placeholders and the known texts are not private."""
+        return _Parts(text, None).find(self.find, known=[*self._known, PLACEHOLDER])
 
     def redact(self, text: str) -> tuple[str, list[Finding]]:
         """text with every private span replaced by its placeholder, and the spans."""
@@ -550,7 +566,7 @@ class EgressGuard:
             parts = _Parts(payload, self.tokenizer)
         except PrivacyBlockedError as exc:
             return refuse(str(exc))
-        findings = parts.find(self.find)
+        findings = parts.find(self.find, known=self._known)
         record.findings = _described(findings)
         if findings and self.policy == "block":
             return refuse(f"it contains {len(record.findings)} private span(s) of the context: "
@@ -560,7 +576,7 @@ class EgressGuard:
         if findings and self.policy == "redact":
             checked = parts.redacted([(f.start, f.end, PLACEHOLDER if f.kind else "") for f in findings])
             body = (json.dumps(checked, ensure_ascii=False) if is_json else checked).encode("utf-8")
-            leftover = _Parts(checked, self.tokenizer).find(self.find, ignore_placeholders=True)
+            leftover = _Parts(checked, self.tokenizer).find(self.find, known=[*self._known, PLACEHOLDER])
             if leftover:  # defence in depth: a placeholder next to text could re-form a span
                 return refuse(f"redaction left {len(leftover)} private span(s)")
             record.action = "redacted"
@@ -628,14 +644,15 @@ class _Parts:
         self._walk(payload, self._leaves)
         self.text = "".join(self._leaves)
 
-    def find(self, find: Callable[[str], list[Finding]], *, ignore_placeholders: bool = False) -> list[Finding]:
+    def find(self, find: Callable[[str], list[Finding]], *, known: Sequence[str] = ()) -> list[Finding]:
         """find() over the text values joined (a span split across two strings or two chat messages),
         once with nothing between them and once with a space, and over each string alone, keys
         included (a private word at the end of one string must not hide by running into the next).
         The joined views leave out the values of protocol fields (a message's "role"), which would
         otherwise stand between the two halves of a fact. Returns pieces within single strings, in
         joined-text positions; the pieces after the first of a split span have kind '' (nothing
-        replaces them)."""
+        replaces them). Spans wholly inside an occurrence of a `known` text, within one string, are
+        left out."""
         spans: list[tuple[int, int, str]] = []
         values = [i for i, key in enumerate(self._is_key) if not key and not self._is_protocol[i]]
         # one text value alone is read by the pass over each string below: no joined view to add
@@ -652,10 +669,13 @@ class _Parts:
                     if start < end:
                         spans.append((leaf_start + start - at, leaf_start + end - at, kind))
                         kind = ""
-        for (start, _), leaf in zip(self._segments, self._leaves):
-            spans.extend((start + f.start, start + f.end, f.kind) for f in find(leaf))
-        if ignore_placeholders:  # our own placeholders are not private text
-            inside = [(m.start(), m.end()) for m in PLACEHOLDER_RE.finditer(self.text)]
+        for (start, _), leaf, protocol in zip(self._segments, self._leaves, self._is_protocol):
+            if not protocol:  # a role our client wrote ("assistant") is no word of the context
+                spans.extend((start + f.start, start + f.end, f.kind) for f in find(leaf))
+        if known:
+            inside = [(leaf_start + m.start(), leaf_start + m.end())
+                      for (leaf_start, _), leaf in zip(self._segments, self._leaves)
+                      for text in known for m in re.finditer(re.escape(text), leaf)]
             spans = [s for s in spans if not any(a <= s[0] and s[1] <= b for a, b in inside)]
         return [Finding(kind, start, end) for start, end, kind in _merge(spans)]
 

@@ -111,6 +111,19 @@ struct PyProvider {
         }
     }
 
+    static int32_t vet(void * user, const char * text, int32_t text_len, int32_t n_new) {
+        auto * self = static_cast<PyProvider *>(user);
+        py::gil_scoped_acquire gil;
+        try {
+            return self->provider.attr("vet")(py::bytes(text, (size_t) text_len), n_new).cast<int32_t>();
+        } catch (py::error_already_set & e) {
+            // A guard that cannot answer withholds: the token then never leaves (the error is reported
+            // as unraisable, not lost).
+            e.discard_as_unraisable("cogenesis remote provider vet");
+            return 0;
+        }
+    }
+
     static void release(void * user, int64_t handle) {
         auto * self = static_cast<PyProvider *>(user);
         py::gil_scoped_acquire gil;
@@ -213,7 +226,9 @@ std::shared_ptr<CoGenerationHandle> start(
     if (!provider.is_none()) {
         h->provider = std::make_unique<PyProvider>();
         h->provider->provider = std::move(provider);
-        prov = cg_remote_provider{&PyProvider::submit, &PyProvider::wait, &PyProvider::release, h->provider.get()};
+        const bool vets = py::hasattr(h->provider->provider, "vet") && !h->provider->provider.attr("vet").is_none();
+        prov = cg_remote_provider{&PyProvider::submit, &PyProvider::wait, &PyProvider::release, h->provider.get(),
+                                  vets ? &PyProvider::vet : nullptr};
     }
     if (h->session->busy.exchange(true)) {
         throw std::runtime_error("this Session is in use (by another thread or an unfinished generation)");
@@ -303,6 +318,8 @@ void register_cogen(py::module_ & m) {
         "  submit(text, tokens, may_leave, n_steps, top_k, context_bits) -> request,\n"
         "  wait(request) -> steps (each with .token and .top, a dict of token -> logprob),\n"
         "  release(request);\n"
+        "  and optionally vet(text: bytes, n_new) -> the byte offset of the first private span reaching\n"
+        "  into the last n_new bytes, or -1 (the text guard's view of each new token; None: not asked).\n"
         "raising RemoteError turns the rest of the generation local-only; any other exception ends it.\n"
         "None generates local-only. The session is reserved until the generation finishes or close().")
         .def(py::init(&start), py::arg("session"), py::arg("prompt"), py::kw_only(), py::arg("noctx_prompt") = py::none(),

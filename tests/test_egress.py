@@ -78,13 +78,23 @@ def oracle_script(prompt: str, n: int):
     return [(piece, {piece: 0.0}) for piece in _still_to_write(text, question)]
 
 
-def run_attack(model, script, context, **options):
+def guessing_script(guess: str):
+    """Offer the same guess as the remote's own token at every position, and learn from the requests
+    whether the local side took it."""
+    def script(prompt: str, n: int):
+        if "capital of France" in prompt:
+            return [(" Paris", {" Paris": -0.1, " Lyon": -3.0})][:n]
+        return [(guess, {guess: -0.05, " the": -3.0})] * n
+    return script
+
+
+def run_attack(model, script, context, instruction=INSTRUCTION, max_tokens=48, **options):
     with ScriptedRemote(script) as attacker, cg.RemoteModel(attacker.base_url, template=model, timeout=10,
                                                             max_retries=0) as remote:
         remote.connect()
         attacker.bodies.clear()
         result = cg.CoGenerator(model, remote, lookahead=4, **options).generate(
-            INSTRUCTION, context, max_tokens=48, sampling=cg.SamplingParams.collaborative())
+            instruction, context, max_tokens=max_tokens, sampling=cg.SamplingParams.collaborative())
         return result, list(attacker.bodies)
 
 
@@ -112,6 +122,42 @@ def test_a_yes_no_oracle_gets_no_answer(model):
     result, bodies = run_attack(model, oracle_script, CONTEXT)
     assert not any("Answer:" in json.loads(b)["prompt"] for b in bodies)
     assert not any("Pelle" in b for b in bodies)
+
+
+@pytest.mark.parametrize("context, instruction, private, guesses", [
+    # attribution withholds the name
+    ("My dog is called Max. He is a black labrador and loves the beach.", "Write a short note about my dog",
+     "Max", (" Max", " Bella")),
+    # attribution lets the city pass (the instruction makes it likely), the text guard redacts it
+    ("City: London\nMy dog Pelle sleeps by the stove.", "Write a short note about a weekend in the capital of England",
+     "London", (" London", " Leeds")),
+])
+def test_the_request_schedule_does_not_tell_which_guess_was_the_private_word(model, context, instruction, private,
+                                                                              guesses):
+    # A run that went on past a token the remote never saw showed it that its guess was the private word:
+    # the next request came after "Dear [PRIVATE]," for the right guess and right after "Dear [PRIVATE]"
+    # for a wrong one (after "the [PRIVATE] weekend" and "the [PRIVATE]" where the guard redacted it).
+    # And each withheld token of a run sent the same text again, counting them.
+    for guess in guesses:
+        result, bodies = run_attack(model, guessing_script(guess), context, instruction, max_tokens=40)
+        sent = [_generated(json.loads(b)["prompt"]) for b in bodies]
+        assert not result.fallback and not any(private in text for text in sent)
+        most = max(text.count(PLACEHOLDER) for text in sent)
+        if guess == guesses[0]:  # the right guess: the local side wrote the private word, the test can bite
+            assert private in result.text and most >= 1
+        for k in range(1, most + 1):  # each placeholder is first seen at the end of what is sent
+            first = next(text for text in sent if text.count(PLACEHOLDER) >= k)
+            assert first.endswith(PLACEHOLDER), (guess, k, first)
+        assert all(a != b for a, b in zip(sent, sent[1:])), guess
+
+
+def test_the_remote_prompt_goes_out_as_the_remote_knows_it(model):
+    # "<|im_start|>[PRIVATE]" told the remote that the profile's occupation is "assistant".
+    context = "Name: Odalys Brennecke\nOccupation: assistant\nMy dog Pelle sleeps by the stove."
+    result, bodies = run_attack(model, guessing_script(" I"), context, max_tokens=12)
+    prompt = model.format_prompt([{"role": "user", "content": INSTRUCTION}])
+    assert not result.fallback and len(bodies) > 1
+    assert all(json.loads(b)["prompt"].startswith(prompt) for b in bodies)
 
 
 def test_block_fails_closed_when_the_text_guard_alone_would_send_a_fact(model):

@@ -225,3 +225,21 @@ def test_a_placeholder_says_neither_the_kind_nor_the_number_of_words_it_stands_f
     sent, record = guard.check_body("POST", "/v1/completions", json.dumps({"prompt": "Walk Pelle Tromsø now"}).encode())
     assert json.loads(sent)["prompt"] == "Walk [PRIVATE] now" and record.placeholders == 1
     assert guard.summary()["placeholders"] == 1
+
+
+def test_a_prompt_the_remote_knows_is_sent_as_it_is():
+    # Redacting a word of a prompt the remote knows told it that the profile holds that word: the
+    # ChatML template went out as "<|im_start|>[PRIVATE]" for a profile whose occupation is "assistant".
+    prompt = "<|im_start|>user\nWrite a note about my week<|im_end|>\n<|im_start|>assistant\n"
+    guard = EgressGuard("Name: Odalys Brennecke\nOccupation: assistant", known=[prompt])
+    sent, _ = guard.check_body("POST", "/v1/completions",
+                               json.dumps({"prompt": prompt + "I work as an assistant"}).encode())
+    text = json.loads(sent)["prompt"]
+    assert text.startswith(prompt)
+    assert text.endswith("I work as an [PRIVATE]")  # the word is still private in the generated text
+    # A role our client writes is no word of the context either, in any policy.
+    body = {"messages": [{"role": "user", "content": "Write a note"}, {"role": "assistant", "content": "Dear"}]}
+    sent, record = guard.check_body("POST", "/v1/chat/completions", json.dumps(body).encode())
+    assert json.loads(sent) == body and record.action == "sent"
+    assert EgressGuard("Occupation: assistant", policy="block").check_body(
+        "POST", "/v1/chat/completions", json.dumps(body).encode())[1].action == "sent"

@@ -378,6 +378,7 @@ class CoStream:
             return None
         try:
             prompt = self._public_prompt or remote.prompt([{"role": "user", "content": instruction}], guard=self._guard)
+            self._guard.add_known(prompt)  # its template's words are no news to the remote, even if the profile has them
             caps = remote.capabilities  # probe before the loop, so a failure falls back cleanly
         except RemoteError as exc:
             if exc.kind == "config":
@@ -414,6 +415,17 @@ class _RemoteProvider:
         self._remote, self._guard, self._records_attribution = remote, guard, records_attribution
         self._in_flight: set[concurrent.futures.Future] = set()
         self.wait_ms = 0.0  # blocked on the network (the engine's wait_ms also counts handing the steps over)
+        if guard.policy != "redact" or not records_attribution:
+            self.vet = None  # the engine asks only a redacting guard, and only with attribution on
+
+    def vet(self, text: bytes, n_new: int) -> int:
+        """The guard's view of a new token (see _native.CoGeneration): the byte offset in text of the
+        first private span reaching into its last n_new bytes, or -1. The engine withholds from there,
+        so attribution and the guard agree on what a request carries before the run goes on."""
+        decoded = text.decode("utf-8")  # the engine asks only where the text ends on a whole character
+        new_from = len(text[:len(text) - n_new].decode("utf-8", "ignore"))  # a split character counts as new
+        starts = [f.start for f in self._guard.private_spans(decoded) if f.end > new_from]
+        return len(decoded[:min(starts)].encode("utf-8")) if starts else -1
 
     def submit(self, text: str, tokens: np.ndarray, may_leave: np.ndarray, n_steps: int, top_k: int,
                context_bits: float) -> concurrent.futures.Future:

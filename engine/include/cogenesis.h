@@ -559,6 +559,13 @@ typedef struct cg_remote_provider {
      * buffers. Called exactly once for every handle submit returned. */
     void    (*release)(void * user, int64_t handle);
     void *  user;
+    /* Optional (NULL: none), used with attribution: the app's text guard asked about each new token
+     * before it may join a request. text: the end of the generated text as it may leave (withheld runs
+     * as CG_PLACEHOLDER), whose last n_new bytes are the new token. Returns the byte offset in text
+     * where the first private span reaching into the new bytes starts, or -1 if none does. The engine
+     * withholds the unsent tokens from there on and ends the run, so no request shows the remote that
+     * a token it proposed, and the engine took, is one the guard would redact. */
+    int32_t (*vet)(void * user, const char * text, int32_t text_len, int32_t n_new);
 } cg_remote_provider;
 
 struct cg_cogen_params {
