@@ -24,6 +24,8 @@ GOLD_RULES = ("weighted:mask,weighted:tail,weighted:local,weighted:tail:w=0.8,we
               "max:mask,max:tail,max:local,context_delta:mask,context_delta:tail,context_delta:local")
 GENERATION = ["--rules", "", "--remote-gguf", "none", "--no-embeddings"]
 GEMMA = ["--loopback", "gemma3-270m", "--remote-gguf", "gemma3-270m"]
+QWEN15 = ["--remote-gguf", "qwen2.5-coder-1.5b-instruct", "--remote-timeout", "300"]  # its loopback serves it too
+QWEN_RULES = GOLD_RULES + ",weighted:local:w=0.3,weighted:local:w=0.65,max:local"
 CONTEXT_AWARE, ABSTRACTS = "context-aware", "abstracts"  # folders of --shared
 REPETITION_MODES = "local,sketch,logits:weighted:mask,logits:weighted:local:w=0.8"
 RUNS = {  # name: (dataset, arguments)
@@ -50,6 +52,17 @@ RUNS = {  # name: (dataset, arguments)
     "abstracts16": (ABSTRACTS, ["--limit", "16", "-n", "64", "--privacy", "redact,audit:text-only", *GENERATION]),
     # The same on the whole abstracts dev split (161 samples).
     "abstracts161": (ABSTRACTS, ["-n", "64", "--privacy", "redact,audit:text-only", *GENERATION]),
+    # Qwen2.5-Coder-1.5B-Instruct as the remote (issue 30: a remote that really is larger), with SmolLM2 as the
+    # local model: gold bits per byte by rule, fill and weight on the whole dev split; generation, leakage
+    # and speed of every mode on the first 16 samples.
+    "qwen15_gold150": (CONTEXT_AWARE, ["--modes", "none", *QWEN15, "--rules", QWEN_RULES, "--no-embeddings"]),
+    "qwen15_16": (CONTEXT_AWARE, ["--limit", "16", "-n", "64", *QWEN15, "--privacy", "redact",
+                                  "--modes", "local,remote,sketch,logits:weighted:mask,logits:weighted:local",
+                                  "--rules", "", "--no-embeddings"]),
+    # The paper's same-family pair: Qwen2.5-Coder-0.5B local, 1.5B remote, on the first 24 samples (the
+    # whole split did not fit the session that measured it).
+    "qwen05_qwen15_gold24": (CONTEXT_AWARE, ["--limit", "24", "-m", "qwen2.5-coder-0.5b-instruct", "--modes", "none",
+                                             *QWEN15, "--rules", QWEN_RULES, "--no-embeddings"]),
     # Repetition without and with the engine's no-repeat n-gram link.
     "repetition12_before": (CONTEXT_AWARE, ["--limit", "12", "--modes", REPETITION_MODES, "--no-repeat-ngram", "0",
                                             *GENERATION]),

@@ -25,6 +25,10 @@ class ModelPackageMissingError(CogenesisError, ImportError):
     """A registry model's PyPI package is not installed."""
 
 
+class ModelIntegrityError(CogenesisError):
+    """A model assembled from chunk packages does not have the pinned size or SHA-256."""
+
+
 class ContextOverflowError(CogenesisError, ValueError):
     """Tokens do not fit in the context window (for example a prompt longer than n_ctx)."""
 

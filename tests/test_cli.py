@@ -1,6 +1,7 @@
 """The `cogenesis` console script: text to stdout, stats to stderr, clean errors."""
 import collections
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -11,10 +12,11 @@ import pytest
 import cogenesis_device as cg
 
 
-def run_cli(*args, stdin=None):
+def run_cli(*args, stdin=None, env=None):
     exe = shutil.which("cogenesis")
     cmd = [exe] if exe else [sys.executable, "-m", "cogenesis_device.cli"]
-    return subprocess.run(cmd + list(args), input=stdin, capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd + list(args), input=stdin, capture_output=True, text=True, timeout=300,
+                          env=None if env is None else {**os.environ, **env})
 
 
 def test_generate_streams_text_and_reports_stats(model):
@@ -72,6 +74,19 @@ def test_demo_runs_both_modes_on_a_loopback_remote():
     assert proc.stderr.count("Sent to the remote: none of them") == 2
 
 
+@pytest.mark.slow
+def test_demo_serves_a_remote_of_another_family(gemma_path):
+    """--remote: the loopback serves that model, and its prompts and tokens are its own (Gemma 3 is a
+    base model of another vocabulary: plain-text prompts, its tokenizer for the lookahead check)."""
+    proc = run_cli("demo", "--remote", "gemma3-270m", "-n", "24", "--remote-timeout", "120",
+                   env={"COGENESIS_CACHE_DIR": str(gemma_path.parent.parent)})
+    assert proc.returncode == 0, proc.stderr
+    assert "loopback OpenAI-compatible server as the remote (gemma3-270m)" in proc.stderr
+    assert "--- sketch mode ---" in proc.stdout and "--- logits mode ---" in proc.stdout
+    assert "fallback" not in proc.stderr and "round trips" in proc.stderr
+    assert proc.stderr.count("Sent to the remote: none of them") == 2
+
+
 def test_run_streams_the_text_and_writes_the_audit(tmp_path, loopback_server):
     context = tmp_path / "profile.txt"
     context.write_text("Name: Odalys Brennecke\nI run a small bakery in Tromsø and bake rye bread every dawn.")
@@ -106,6 +121,9 @@ def test_private_text_can_stay_out_of_the_process_list(tmp_path, loopback_server
 @pytest.mark.parametrize("args, message", [
     (["run", "Hi", "--context-file", "/nonexistent/profile.txt"], "cannot read the context file"),
     (["run", "--context", "x"], "no instruction"),
+    (["run", "Hi", "--remote-url", "http://127.0.0.1:9/v1", "--remote-timeout", "0"],
+     "timeout must be a positive number of seconds, got 0"),
+    (["demo", "--remote", "no-such-model"], "unknown model 'no-such-model'"),
 ])
 def test_run_bad_input_is_a_one_line_error(args, message):
     proc = run_cli(*args)

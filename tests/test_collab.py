@@ -119,7 +119,7 @@ def test_sketch_mode_sends_only_the_public_instruction(model, remote, proxy):
     result = cg.CoGenerator(model, remote, mode="sketch", outline_tokens=48).generate(
         INSTRUCTION, CONTEXT, max_tokens=24, sampling=cg.SamplingParams.collaborative())
     # The 135M remote often answers in prose: then the text is written without an outline, and says so.
-    assert (result.outline is None) == (result.outline_note is not None) and result.text and not result.fallback
+    assert (result.outline is not None or result.outline_note) and result.text and not result.fallback
     [request] = proxy.records
     sent = json.loads(request.body)["messages"][0]["content"]
     assert INSTRUCTION in sent and "Odalys" not in sent and result.stats.round_trips == 1

@@ -14,7 +14,7 @@ import pytest
 import cogenesis_device as cg
 from cogenesis_device.eval import leakscan
 from cogenesis_device.attribution import PLACEHOLDER
-from cogenesis_device.collab import FOLLOW_OUTLINE
+from cogenesis_device.collab import follow_outline, parse_outline
 from cogenesis_device.local import SYSTEM_PROMPT
 from cogenesis_device.errors import PrivacyBlockedError
 from cogenesis_device.testing import ScriptedRemote
@@ -251,11 +251,10 @@ def test_a_sketch_outline_cannot_open_a_system_turn(model):
             stream = cg.CoGenerator(model, remote, mode="sketch").stream(INSTRUCTION, CONTEXT, max_tokens=1)
             for _ in stream:
                 pass
-        user = FOLLOW_OUTLINE.format(instruction=INSTRUCTION, outline=stream.result.outline)
-        # The outline is fenced as data, and cannot close its fence early; the task comes after it.
-        fenced = user.split("\n<outline>\n", 1)[1]
-        assert fenced.count("</outline>") == 1 and fenced.split("\n</outline>\n", 1)[1].startswith(
-            f"\nTask: {INSTRUCTION}\n")
+        user = follow_outline(INSTRUCTION, parse_outline(stream.result.outline))
+        # The plan is one sentence of data and cannot open a line of its own; the task comes after it.
+        plan, task = user.split("\n\n", 1)
+        assert "\n" not in plan and "<|im" not in plan and task.startswith(f"Task: {INSTRUCTION}\n")
         prompts[name] = model.private_prompt(CONTEXT, user)
     specials = {t for t in range(model.n_vocab) if model.native.token_to_piece(t) == b""}  # control tokens
     turns = {name: [t for t in tokens if t in specials] for name, tokens in prompts.items()}

@@ -7,16 +7,14 @@ import pytest
 
 from cogenesis_device.attribution import PLACEHOLDER
 from cogenesis_device.eval import leakscan
-from cogenesis_device.collab import parse_outline
+from cogenesis_device.collab.sketch import outline_note, parse_outline
 from cogenesis_device.eval.judge import parse_scores
 from cogenesis_device.privacy import PLACEHOLDER_RE
-from cogenesis_device.eval.metrics import (bits_per_byte, distinct_n, facts_used, lcs_length, repeated_ngram_rate,
+from cogenesis_device.eval.metrics import (bits_per_byte, distinct_n, facts_used, repeated_ngram_rate,
                                       rouge_l)
 
 
-def test_lcs_and_rouge_l_by_hand():
-    assert lcs_length("ABCBDAB", "BDCABA") == 4  # the textbook example (BCBA)
-    assert lcs_length([], [1, 2]) == 0
+def test_rouge_l_by_hand():
     # LCS of "the cat sat on the mat" / "the cat is on the mat" is "the cat on the mat": 5 of 6 words each side.
     assert rouge_l("The cat sat on the mat", "the cat is on the mat.") == pytest.approx(5 / 6)
     # P = 2/2, R = 2/4 -> F1 = 2 * 1 * 0.5 / 1.5
@@ -230,11 +228,27 @@ def test_repetition_metrics_by_hand():
     ("**1. Intro**\n### 2. Body of the message that goes on and on and on and on and on and on",
      ["Intro", "Body of the message that goes on and on and on and"]),
     ("Today I'm excited to announce our group run. It will be great.", []),  # prose, not an outline
+    # A coder remote's plan of "a script": read without its code block, tags and symbols.
+    ("```html\n<template>\n  <div>{{ title }}</div>\n</template>\n```\n1. <h1>Opening scene</h1>\n"
+     "2. `intern = Intern()` Meet the team\n3. {{ }}\n4. Wrap up;", ["Opening scene", "intern Intern Meet the team",
+                                                                   "Wrap up"]),
     ("1. Only one point", []),
     ("", []),
 ])
 def test_outlines_are_parsed_capped_and_deduplicated(answer, points):
     assert parse_outline(answer) == points
+
+
+@pytest.mark.parametrize("answer, note", [
+    ("1. Greet\n2. Plan", None),
+    ("1. <b>Greet</b>\n2. Plan", "the remote's outline held markup, which was left out of it"),
+    ("```python\ndef plan():\n    return [greet, run]\n```", "the remote's answer was code, not an outline"),
+    ("<template><div>Plan</div></template>", "the remote's answer was markup, not an outline"),
+    ("A fine plan, in prose.", "not an outline (fewer than two numbered or bulleted points)"),
+])
+def test_an_outline_that_is_code_markup_or_prose_says_so(answer, note):
+    found = outline_note(answer, parse_outline(answer))
+    assert found == note if note is None else note in found
 
 
 def test_an_outline_keeps_at_most_fifteen_points():

@@ -15,7 +15,7 @@ from contextlib import ExitStack
 from importlib import resources
 
 from ..errors import CogenesisError, CogenesisIOError, InvalidParameterError
-from ..registry import DEFAULT_MODEL, MODELS
+from ..registry import DEFAULT_MODEL, MODELS, resolve_model
 from .. import _native
 from ..attribution import AttributionConfig
 from ..fusion import FusionConfig
@@ -96,8 +96,9 @@ def _add_collaboration(p) -> None:
                    help="send the generated text without on-device attribution (the text guard only; measurements)")
     p.add_argument("--audit", default=None, help="append every request to this JSONL file")
     p.add_argument("--html", default=None, help="write the token-attributed text to this HTML file")
-    p.add_argument("--n-ctx", type=int, default=_SESSION["n_ctx"])
-    p.add_argument("-t", "--threads", type=int, default=None)
+    research.add_remote_timeout(p)
+    p.add_argument("--n-ctx", type=int, default=_SESSION["n_ctx"], help=f"local context window (default {_SESSION['n_ctx']})")
+    p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: all cores)")
 
 
 def _add_run(sub) -> None:
@@ -130,6 +131,8 @@ def _add_run(sub) -> None:
 
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="both modes on a bundled sample, with a loopback server as the remote")
+    p.add_argument("--remote", default=DEFAULT_MODEL, metavar="MODEL",
+                   help=f"registry model the loopback remote serves (default {DEFAULT_MODEL}; see `cogenesis models`)")
     _add_collaboration(p)
 
 
@@ -247,7 +250,8 @@ def _run(args) -> int:
             print(f"starting a loopback remote ({args.loopback}) ...", file=sys.stderr)
             url = stack.enter_context(LoopbackServer(args.loopback, n_threads=args.threads)).base_url
         template = {"local": local, "raw": "raw", "server": None}[args.template]
-        remote = stack.enter_context(RemoteModel(url, args.api_key, args.remote_model, template=template))
+        remote = stack.enter_context(RemoteModel(url, args.api_key, args.remote_model, template=template,
+                                                 **research.remote_options(args)))
         _collaborate(args, remote, local, instruction or None, context, args.mode, draft, args.request)
     return 0
 
@@ -259,10 +263,14 @@ def _demo(args) -> int:
 
     _warn_on_audit(args)
     sample = json.loads(resources.files("cogenesis_device").joinpath("data/demo.json").read_text(encoding="utf-8"))
-    print(f"starting a loopback OpenAI-compatible server as the remote ({DEFAULT_MODEL}) ...", file=sys.stderr)
     local = LocalModel(args.model, n_ctx=args.n_ctx, n_threads=args.threads)
-    with LoopbackServer(DEFAULT_MODEL, n_threads=args.threads) as server, \
-            RemoteModel(server.base_url, template=local) as remote:
+    # The remote's prompts are written in its own chat template, and its tokens read with its tokenizer:
+    # the local model's when they are one file, else the remote's GGUF (its weights are mapped, not read).
+    same = resolve_model(args.remote) == local.path
+    template = local if same else LocalModel(args.remote, n_ctx=256, n_threads=args.threads)
+    print(f"starting a loopback OpenAI-compatible server as the remote ({args.remote}) ...", file=sys.stderr)
+    with LoopbackServer(args.remote, n_threads=args.threads) as server, \
+            RemoteModel(server.base_url, template=template, **research.remote_options(args)) as remote:
         print(f"instruction (sent): {sample['instruction']}\nprivate context (kept on the device):\n"
               f"{sample['context']}\n")
         for mode in ("sketch", "logits"):

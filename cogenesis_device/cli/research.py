@@ -8,6 +8,17 @@ from ..errors import InvalidParameterError
 from ..registry import DEFAULT_MODEL
 
 
+def add_remote_timeout(p) -> None:
+    p.add_argument("--remote-timeout", type=float, default=None, metavar="SECONDS",
+                   help="seconds a remote request may take, its whole answer included (default: the client's, 30; "
+                        "raise it for a slow remote)")
+
+
+def remote_options(args) -> dict:
+    """RemoteModel's keyword arguments from the command line (the client's defaults where none is given)."""
+    return {} if args.remote_timeout is None else {"timeout": args.remote_timeout}
+
+
 def add_eval(sub) -> None:
     p = sub.add_parser("eval", help="the paper's Table 1 on a dataset: judge, ROUGE-L, similarity, bits/byte, leakage")
     p.add_argument("--data", required=True, help="dataset file or directory (context-aware, abstracts or JSONL)")
@@ -27,11 +38,13 @@ def add_eval(sub) -> None:
     p.add_argument("--remote-url", default=None, help="OpenAI-compatible remote (default: a loopback server)")
     p.add_argument("--remote-model", default=None, help="remote model name at --remote-url")
     p.add_argument("--api-key", default=None)
-    p.add_argument("--loopback", default=DEFAULT_MODEL, metavar="MODEL",
-                   help="registry model the loopback remote serves when no --remote-url (default %(default)s)")
+    p.add_argument("--loopback", default=None, metavar="MODEL",
+                   help=f"registry model the loopback remote serves when no --remote-url (default: the --remote-gguf "
+                        f"model, else {DEFAULT_MODEL})")
     p.add_argument("--remote-gguf", default=None, metavar="MODEL",
-                   help="GGUF standing in for the remote in teacher-forced scoring and formatting its prompts "
-                        "(default: the --loopback model); 'none' skips gold bits/byte")
+                   help="registry name or GGUF of the remote: it scores the gold answers teacher-forced and formats "
+                        "the remote's prompts (default: the --loopback model); 'none' skips gold bits/byte")
+    add_remote_timeout(p)
     p.add_argument("--judge", default="none", help="'none', 'remote' (the remote endpoint) or an OpenAI-compatible URL")
     p.add_argument("--judge-model", default=None)
     p.add_argument("--trust-judge", action="store_true",
@@ -71,6 +84,8 @@ def run_eval(args) -> int:
     local = LocalModel(args.model, n_ctx=args.n_ctx, n_threads=args.threads)
     needs_remote = any(m != "local" for m in settings.modes) or args.judge == "remote"
     # The remote's GGUF scores the gold answers and formats the remote's prompts: load it only for those.
+    if args.loopback is None:
+        args.loopback = args.remote_gguf if args.remote_gguf not in (None, "none") else DEFAULT_MODEL
     scorer_name = args.remote_gguf if args.remote_gguf not in (None, "none") else args.loopback
     scorer = LocalModel(scorer_name, n_ctx=2048, n_threads=args.threads) if settings.gold or needs_remote else None
     with ExitStack() as stack:
@@ -79,7 +94,8 @@ def run_eval(args) -> int:
             if url is None:
                 print(f"starting a loopback remote ({args.loopback}) ...", file=sys.stderr)
                 url = stack.enter_context(LoopbackServer(args.loopback, n_threads=args.threads)).base_url
-            remote = stack.enter_context(RemoteModel(url, args.api_key, args.remote_model, template=scorer))
+            remote = stack.enter_context(RemoteModel(url, args.api_key, args.remote_model, template=scorer,
+                                                     **remote_options(args)))
         judge = None
         if args.judge == "remote":
             judge = Judge(remote)

@@ -5,7 +5,7 @@ from a private request; `results.py` is what a generation returns."""
 from .generator import MODES, NO_REPEAT_NGRAM, CoGenerator, CoStream
 from .instruction import DerivedInstruction, derive_instruction
 from .results import CoResult, CoStats, TokenInfo
-from .sketch import FOLLOW_OUTLINE, OUTLINE_PROMPT, parse_outline
+from .sketch import FOLLOW_OUTLINE, OUTLINE_PROMPT, follow_outline, parse_outline
 
 __all__ = ["FOLLOW_OUTLINE", "MODES", "NO_REPEAT_NGRAM", "OUTLINE_PROMPT", "CoGenerator", "CoResult", "CoStats",
-           "CoStream", "DerivedInstruction", "TokenInfo", "derive_instruction", "parse_outline"]
+           "CoStream", "DerivedInstruction", "TokenInfo", "derive_instruction", "follow_outline", "parse_outline"]

@@ -37,7 +37,7 @@ from ..sampling import COLLABORATIVE, SamplingParams, sampling_or
 from ..sensitive import topic_terms
 from .instruction import DerivedInstruction, derive_instruction
 from .results import CoResult, CoStats, TokenInfo
-from .sketch import FOLLOW_OUTLINE, OUTLINE_PROMPT, parse_outline
+from .sketch import OUTLINE_PROMPT, follow_outline, outline_note, parse_outline
 
 MODES = ("auto", "sketch", "logits")
 _COGEN_DEFAULTS = _native.cogen_default_params()
@@ -293,13 +293,12 @@ class CoStream:
             try:
                 future = gen.remote.submit_chat([{"role": "user", "content": OUTLINE_PROMPT.format(
                     instruction=instruction)}], max_tokens=gen.outline_tokens, guard=self._guard)
-                points = parse_outline(self._wait(future).text)
+                answer = self._wait(future).text
+                points = parse_outline(answer)
+                self._outline_note = outline_note(answer, points)
                 if points:
                     self._outline = "\n".join(f"{i}. {point}" for i, point in enumerate(points, 1))
-                    user = FOLLOW_OUTLINE.format(instruction=self._user, outline=self._outline)
-                else:
-                    self._outline_note = ("the remote's answer was not an outline (fewer than two numbered or "
-                                          "bulleted points); written without one")
+                    user = follow_outline(self._user, points)
             except RemoteError as exc:
                 self._remote_failed(exc)
             except PrivacyBlockedError as exc:

@@ -93,7 +93,7 @@ class CoResult:
     fallback: bool = False  # the remote failed and generation went on local-only
     fallback_reason: str | None = None
     outline: str | None = None  # sketch mode: the outline the local model followed, as numbered points
-    outline_note: str | None = None  # sketch mode: why there is no outline (the remote's answer was not one)
+    outline_note: str | None = None  # sketch mode: why there is no outline, or what was left out of it
     instruction: str | None = None  # the public instruction sent (derived on the device when request= was given)
     mode_reason: str | None = None  # mode="auto": why this mode (what the probe found)
 
