@@ -25,7 +25,7 @@ GOLD_RULES = ("weighted:mask,weighted:tail,weighted:local,weighted:tail:w=0.8,we
 GENERATION = ["--rules", "", "--remote-gguf", "none", "--no-embeddings"]
 GEMMA = ["--loopback", "gemma3-270m", "--remote-gguf", "gemma3-270m"]
 QWEN15 = ["--remote-gguf", "qwen2.5-coder-1.5b-instruct", "--remote-timeout", "300"]  # its loopback serves it too
-QWEN_RULES = GOLD_RULES + ",weighted:local:w=0.3,weighted:local:w=0.65,max:local"
+QWEN_RULES = GOLD_RULES + "," + ",".join(f"weighted:local:w={w}" for w in (0.1, 0.2, 0.3, 0.4, 0.65))
 CONTEXT_AWARE, ABSTRACTS = "context-aware", "abstracts"  # folders of --shared
 REPETITION_MODES = "local,sketch,logits:weighted:mask,logits:weighted:local:w=0.8"
 RUNS = {  # name: (dataset, arguments)
@@ -55,7 +55,8 @@ RUNS = {  # name: (dataset, arguments)
     # Qwen2.5-Coder-1.5B-Instruct as the remote (issue 30: a remote that really is larger), with SmolLM2 as the
     # local model: gold bits per byte by rule, fill and weight on the whole dev split; generation, leakage
     # and speed of every mode on the first 16 samples.
-    "qwen15_gold150": (CONTEXT_AWARE, ["--modes", "none", *QWEN15, "--rules", QWEN_RULES, "--no-embeddings"]),
+    "qwen15_gold150": (CONTEXT_AWARE, ["--modes", "none", *QWEN15, "--rules", QWEN_RULES, "--gate-records",
+                                       "--no-embeddings"]),
     "qwen15_16": (CONTEXT_AWARE, ["--limit", "16", "-n", "64", *QWEN15, "--privacy", "redact",
                                   "--modes", "local,remote,sketch,logits:weighted:mask,logits:weighted:local",
                                   "--rules", "", "--no-embeddings"]),
