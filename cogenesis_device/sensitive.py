@@ -39,6 +39,7 @@ RARE_LOWERCASE_ZIPF = 2.0
 CHAIN_START_MAX_ZIPF = 5.0
 # A line whose words are mostly capitalized (a title, a heading) says nothing by its capitals.
 TITLE_CASE_SHARE = 0.6
+HEADING_WORD_MIN_ZIPF = 4.0  # a word this common is a heading's word when capitalized, not a name
 RELATION_STANDIN = "someone close to me"
 
 _MONTH_NAMES = [n for n in (*calendar.month_name, *calendar.month_abbr) if n]
@@ -233,10 +234,14 @@ def _possessive_end(text: str, end: int) -> int:
 
 
 def _title_case_lines(words: list[re.Match], lines: list[int]) -> set[int]:
-    """Lines of three or more words, most of them capitalized: a heading's capitals name nobody."""
+    """Lines whose common words (three or more) are mostly capitalized: a heading's capitals name nobody.
+    Only common words count: names are capitalized in any sentence, so counting them made a short
+    sentence full of names a heading ("Write to Ingrid Solheim at Harbour Bank" kept "Harbour Bank")."""
     per_line: dict[int, list[bool]] = {}
     for m, line in zip(words, lines):
-        if m.group().lower() not in _CHAIN_JOINERS:
+        lower = m.group().lower()
+        if lower not in _CHAIN_JOINERS and word_zipf(lower) >= HEADING_WORD_MIN_ZIPF and \
+                _first_names().get(lower, 0.0) < NAME_SHARE:
             per_line.setdefault(line, []).append(_is_capitalized(m.group()))
     return {line for line, caps in per_line.items() if len(caps) >= 3 and sum(caps) >= TITLE_CASE_SHARE * len(caps)}
 

@@ -74,6 +74,12 @@ def test_names_places_numbers_and_identifiers_are_found_by_their_shape():
     assert kept == "On Sunday I need 3 slides about the 2024 budget, as I said."
 
 
+def test_a_short_sentence_full_of_names_is_no_heading():
+    # The names' own capitals made it a title-case line, whose capitals name nobody: "Harbour Bank" stayed.
+    assert scrub("Write to Ingrid Solheim at Harbour Bank")[1] == ["Ingrid Solheim", "Harbour Bank"]
+    assert scrub("How To Write A Cover Letter For A Job")[1] == []  # a heading's capitals still name nobody
+
+
 def test_a_first_name_at_the_start_of_a_sentence_is_a_name_and_a_common_word_is_not():
     assert scrub("Emma twirled in her dress. Will you write about it?")[0] == "twirled in her dress. Will you write about it?"
 
