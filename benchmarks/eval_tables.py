@@ -54,10 +54,10 @@ RUNS = {  # name: (dataset, arguments)
     "abstracts161": (ABSTRACTS, ["-n", "64", "--privacy", "redact,audit:text-only", *GENERATION]),
     # Qwen2.5-Coder-1.5B-Instruct as the remote (issue 30: a remote that really is larger), with SmolLM2 as the
     # local model: gold bits per byte by rule, fill and weight on the whole dev split; generation, leakage
-    # and speed of every mode on the first 16 samples.
+    # and speed of every mode on the first 8 samples.
     "qwen15_gold150": (CONTEXT_AWARE, ["--modes", "none", *QWEN15, "--rules", QWEN_RULES, "--gate-records",
                                        "--no-embeddings"]),
-    "qwen15_16": (CONTEXT_AWARE, ["--limit", "16", "-n", "64", *QWEN15, "--privacy", "redact",
+    "qwen15_8": (CONTEXT_AWARE, ["--limit", "8", "-n", "64", *QWEN15, "--privacy", "redact",
                                   "--modes", "local,remote,sketch,logits:weighted:mask,logits:weighted:local",
                                   "--rules", "", "--no-embeddings"]),
     # The paper's same-family pair: Qwen2.5-Coder-0.5B local, 1.5B remote, on the first 24 samples (the
