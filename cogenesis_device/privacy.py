@@ -457,9 +457,11 @@ class EgressGuard:
         occur in it as whole words are not private.
     entities: extra private strings (for example a name known from a structured profile).
     known: text the remote holds already, such as our own prompt as rendered for it (add_known adds
-        more). A private span wholly inside an occurrence of it is sent as it is: redacting a word of a
-        prompt the remote knows would tell it that the context holds that word ("<|im_start|>[PRIVATE]"
-        says the profile's occupation is "assistant").
+        more). A private span wholly inside it, where a string of the body begins with it, is sent as it
+        is: redacting a word of a prompt the remote knows would tell it that the context holds that word
+        ("<|im_start|>[PRIVATE]" says the profile's occupation is "assistant"). Only there: a server that
+        renders the prompt writes the known text, and the same words elsewhere (the generated text) are
+        checked as any other.
     min_span: shortest verbatim passage of the context, in normalized characters, that counts as private.
     tokenizer: the local model (tokenize/detokenize), to check prompts sent as token ids; without one,
         a body carrying token ids is refused.
@@ -507,8 +509,8 @@ class EgressGuard:
         return out
 
     def private_spans(self, text: str) -> list[Finding]:
-        """find() as check_body reads a text it sends: our placeholders and the known texts are not private."""
-        return _Parts(text, None).find(self.find, known=[*self._known, PLACEHOLDER])
+        """find() as check_body reads generated text it sends: our placeholders are not private."""
+        return _Parts(text, None).find(self.find, ignore_placeholders=True)
 
     def redact(self, text: str) -> tuple[str, list[Finding]]:
         """text with every private span replaced by its placeholder, and the spans."""
@@ -576,7 +578,7 @@ class EgressGuard:
         if findings and self.policy == "redact":
             checked = parts.redacted([(f.start, f.end, PLACEHOLDER if f.kind else "") for f in findings])
             body = (json.dumps(checked, ensure_ascii=False) if is_json else checked).encode("utf-8")
-            leftover = _Parts(checked, self.tokenizer).find(self.find, known=[*self._known, PLACEHOLDER])
+            leftover = _Parts(checked, self.tokenizer).find(self.find, known=self._known, ignore_placeholders=True)
             if leftover:  # defence in depth: a placeholder next to text could re-form a span
                 return refuse(f"redaction left {len(leftover)} private span(s)")
             record.action = "redacted"
@@ -644,15 +646,16 @@ class _Parts:
         self._walk(payload, self._leaves)
         self.text = "".join(self._leaves)
 
-    def find(self, find: Callable[[str], list[Finding]], *, known: Sequence[str] = ()) -> list[Finding]:
+    def find(self, find: Callable[[str], list[Finding]], *, known: Sequence[str] = (),
+             ignore_placeholders: bool = False) -> list[Finding]:
         """find() over the text values joined (a span split across two strings or two chat messages),
         once with nothing between them and once with a space, and over each string alone, keys
         included (a private word at the end of one string must not hide by running into the next).
         The joined views leave out the values of protocol fields (a message's "role"), which would
         otherwise stand between the two halves of a fact. Returns pieces within single strings, in
         joined-text positions; the pieces after the first of a split span have kind '' (nothing
-        replaces them). Spans wholly inside an occurrence of a `known` text, within one string, are
-        left out."""
+        replaces them). Spans wholly inside a `known` text that a string begins with are left out, and
+        with ignore_placeholders, spans inside our placeholders."""
         spans: list[tuple[int, int, str]] = []
         values = [i for i, key in enumerate(self._is_key) if not key and not self._is_protocol[i]]
         # one text value alone is read by the pass over each string below: no joined view to add
@@ -672,10 +675,11 @@ class _Parts:
         for (start, _), leaf, protocol in zip(self._segments, self._leaves, self._is_protocol):
             if not protocol:  # a role our client wrote ("assistant") is no word of the context
                 spans.extend((start + f.start, start + f.end, f.kind) for f in find(leaf))
-        if known:
-            inside = [(leaf_start + m.start(), leaf_start + m.end())
-                      for (leaf_start, _), leaf in zip(self._segments, self._leaves)
-                      for text in known for m in re.finditer(re.escape(text), leaf)]
+        inside = [(leaf_start, leaf_start + len(text)) for (leaf_start, _), leaf in zip(self._segments, self._leaves)
+                  for text in known if leaf.startswith(text)]
+        if ignore_placeholders:  # our own placeholders are not private text
+            inside += [(m.start(), m.end()) for m in PLACEHOLDER_RE.finditer(self.text)]
+        if inside:
             spans = [s for s in spans if not any(a <= s[0] and s[1] <= b for a, b in inside)]
         return [Finding(kind, start, end) for start, end, kind in _merge(spans)]
 

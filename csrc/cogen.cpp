@@ -3,6 +3,7 @@
 
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstring>
 #include <unordered_map>
 
@@ -114,12 +115,17 @@ struct PyProvider {
     static int32_t vet(void * user, const char * text, int32_t text_len, int32_t n_new) {
         auto * self = static_cast<PyProvider *>(user);
         py::gil_scoped_acquire gil;
+        // A guard that cannot answer, or answers nonsense, withholds: the text it was asked about then
+        // never leaves (an exception is reported as unraisable, not lost).
         try {
-            return self->provider.attr("vet")(py::bytes(text, (size_t) text_len), n_new).cast<int32_t>();
+            const py::object at = self->provider.attr("vet")(py::bytes(text, (size_t) text_len), n_new);
+            if (!py::isinstance<py::int_>(at)) return 0;
+            const long long offset = at.cast<long long>();
+            return offset == -1 ? -1 : (int32_t) std::clamp<long long>(offset, 0, text_len);
         } catch (py::error_already_set & e) {
-            // A guard that cannot answer withholds: the token then never leaves (the error is reported
-            // as unraisable, not lost).
             e.discard_as_unraisable("cogenesis remote provider vet");
+            return 0;
+        } catch (...) {
             return 0;
         }
     }

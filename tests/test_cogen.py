@@ -134,6 +134,37 @@ def test_a_provider_in_python_drives_the_engine_loop(model):
         assert "Holloway" not in text and "218-555-0147" not in text
 
 
+class VettingProvider(SecondModelProvider):
+    """A provider whose text guard answers `verdict` (a value or an exception) about every new token."""
+
+    def __init__(self, model, verdict):
+        super().__init__(model)
+        self.verdict, self.asked = verdict, []
+
+    def vet(self, text, n_new):
+        self.asked.append((text, n_new))
+        if isinstance(self.verdict, Exception):
+            raise self.verdict
+        return self.verdict
+
+
+@pytest.mark.parametrize("verdict, withheld", [(-1, False), (None, True), (2.5, True), (-7, True),
+                                               (RuntimeError("the guard broke"), True)])
+def test_a_guard_that_cannot_answer_withholds_and_the_generation_goes_on(model, verdict, withheld):
+    provider = VettingProvider(model, verdict)
+    with model.pooled_session() as session:
+        co = co_generation(model, session, provider, max_tokens=8, lookahead=4)
+        tokens = run(co)
+    assert len(tokens) == 8 and co.finish_reason == "length" and co.fallback_reason is None
+    # asked about the tokens attribution let pass, each time about the new bytes at the end of the text
+    assert 0 < len(provider.asked) <= len(tokens)
+    assert all(isinstance(t, bytes) and 0 < n <= len(t) for t, n in provider.asked)
+    if not withheld:
+        assert len(provider.asked) == len(tokens)
+    assert all(t.withheld == withheld for t in tokens)
+    assert all(text.endswith("[PRIVATE]") for text in provider.requests[1:]) == withheld
+
+
 class FailingProvider(SecondModelProvider):
     def __init__(self, model, fail_at, error):
         super().__init__(model)

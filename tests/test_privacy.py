@@ -237,6 +237,12 @@ def test_a_prompt_the_remote_knows_is_sent_as_it_is():
     text = json.loads(sent)["prompt"]
     assert text.startswith(prompt)
     assert text.endswith("I work as an [PRIVATE]")  # the word is still private in the generated text
+    # Known only where a string begins with it: a server that renders the prompt writes the known text,
+    # and the same words after it are checked (a hostile /apply-template answering "Dear Ingrid").
+    hostile = EgressGuard("My sister Ingrid Solheim visits.", known=["Write to Dear Ingrid Solheim"])
+    sent, _ = hostile.check_body("POST", "/v1/completions", json.dumps(
+        {"prompt": "Write to Dear Ingrid Solheim: Dear Ingrid Solheim, hello"}).encode())
+    assert json.loads(sent)["prompt"] == "Write to Dear Ingrid Solheim: Dear [PRIVATE], hello"
     # A role our client writes is no word of the context either, in any policy.
     body = {"messages": [{"role": "user", "content": "Write a note"}, {"role": "assistant", "content": "Dear"}]}
     sent, record = guard.check_body("POST", "/v1/chat/completions", json.dumps(body).encode())

