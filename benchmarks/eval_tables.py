@@ -57,6 +57,10 @@ RUNS = {  # name: (dataset, arguments)
     # and speed of every mode on the first 8 samples.
     "qwen15_gold150": (CONTEXT_AWARE, ["--modes", "none", *QWEN15, "--rules", QWEN_RULES, "--gate-records",
                                        "--no-embeddings"]),
+    # The same on the first 100 samples: the whole split did not fit the session that measured it (the
+    # interrupted qwen15_gold150 run's folder, renamed, resumed: no sample was scored twice).
+    "qwen15_gold100": (CONTEXT_AWARE, ["--limit", "100", "--modes", "none", *QWEN15, "--rules", QWEN_RULES,
+                                       "--gate-records", "--no-embeddings"]),
     "qwen15_8": (CONTEXT_AWARE, ["--limit", "8", "-n", "64", *QWEN15, "--privacy", "redact",
                                   "--modes", "local,remote,sketch,logits:weighted:mask,logits:weighted:local",
                                   "--rules", "", "--no-embeddings"]),
