@@ -1,46 +1,46 @@
 """cogenesis-device: personalized writing on the device.
 
-A small local GGUF model sees the user's private context; a large remote model
-sees only the public instruction (CoGenesis, arXiv 2403.03129).
+A small local GGUF model sees the user's private context; a large remote model sees only the public
+instruction (CoGenesis, arXiv 2403.03129).
+
+Importing the package loads nothing heavy: each name below is imported on first use (the engine with
+LocalModel, openai-python with RemoteModel or CoGenerator). The library logs retries and fallbacks
+through `logging` under the name "cogenesis_device", silent unless the application configures logging.
 """
+import importlib
+import logging
+
+from . import errors
 from ._libllama import load_libllama
+from ._version import __version__
 
-load_libllama()
+load_libllama()  # before the extension loads: it binds to llama-cpp-python's libllama (about 10 ms)
 
-from . import errors  # noqa: E402
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
-try:
-    from ._native import __engine_version__  # noqa: E402
-except ModuleNotFoundError as exc:  # pragma: no cover - depends on how it is run
-    raise ImportError(
-        "cogenesis_device._native is not built here. Install the package (pip install .) and import it from "
-        "outside the source tree, or run the tests with `pytest` (not `python -m pytest`) from the checkout."
-    ) from exc
-from .collab import CoGenerator, CoResult, CoStats, TokenInfo  # noqa: E402
-from .fusion import FusionConfig  # noqa: E402
-from .local import Completion, CompletionStream, GenerationStats, LocalModel  # noqa: E402
-from .privacy import EgressGuard  # noqa: E402
-from .registry import DEFAULT_MODEL, MODELS, resolve_model  # noqa: E402
-from .remote import RemoteModel  # noqa: E402
-from .sampling import SamplingParams  # noqa: E402
+# name -> the module that defines it
+_EXPORTS = {
+    "CoGenerator": "collab", "CoResult": "collab", "CoStats": "collab", "TokenInfo": "collab",
+    "FusionConfig": "fusion",
+    "Completion": "local", "CompletionStream": "local", "GenerationStats": "local", "LocalModel": "local",
+    "EgressGuard": "privacy",
+    "DEFAULT_MODEL": "registry", "MODELS": "registry", "resolve_model": "registry",
+    "RemoteModel": "remote",
+    "SamplingParams": "sampling",
+    "__engine_version__": "_native",
+}
 
-__version__ = "0.1.0"
+__all__ = sorted([*_EXPORTS, "errors", "__version__"])
 
-__all__ = [
-    "CoGenerator",
-    "CoResult",
-    "CoStats",
-    "Completion",
-    "CompletionStream",
-    "DEFAULT_MODEL",
-    "EgressGuard",
-    "FusionConfig",
-    "GenerationStats",
-    "LocalModel",
-    "MODELS",
-    "RemoteModel",
-    "SamplingParams",
-    "TokenInfo",
-    "errors",
-    "resolve_model",
-]
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # once: later lookups do not come here
+    return value
+
+
+def __dir__():
+    return __all__

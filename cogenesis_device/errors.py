@@ -25,6 +25,10 @@ class ModelPackageMissingError(CogenesisError, ImportError):
     """A registry model's PyPI package is not installed."""
 
 
+class MissingDependencyError(CogenesisError, ImportError):
+    """An optional dependency is not installed; the message names the extra that installs it."""
+
+
 class ModelIntegrityError(CogenesisError):
     """A model assembled from chunk packages does not have the pinned size or SHA-256."""
 
@@ -63,8 +67,9 @@ class RemoteError(CogenesisError):
     """The remote model could not be used: unreachable, timed out, or it answered with an error or garbage.
 
     kind is one of 'config', 'connection', 'timeout', 'status', 'malformed', 'missing_logprobs',
-    'truncated', 'unsupported', 'cancelled' or 'privacy' (the egress guard refused the request under a
-    policy other than 'block', so it was not sent); attempts counts the HTTP attempts made."""
+    'truncated', 'unsupported', 'refused' (the model declined to answer; the message quotes it),
+    'cancelled' or 'privacy' (the egress guard refused the request under a policy other than 'block', so
+    it was not sent); attempts counts the HTTP attempts made."""
 
     def __init__(self, message: str, *, kind: str, attempts: int = 0, status: int | None = None):
         super().__init__(message)

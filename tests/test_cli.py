@@ -35,19 +35,76 @@ def test_generate_reads_the_prompt_from_stdin_and_raw_mode(model):
 
 
 @pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--top-p", "2"], "top_p"),
-        (["--temp", "nan"], "temperature"),
-        (["-m", "/nonexistent/model.gguf"], "model file not found"),
-        (["--n-ctx", "0"], "n_ctx"),
+    "args, status, message",
+    [   # out of range: a usage error of argparse (status 2) naming the flag; before, --temp -1 sampled greedily
+        (["--top-p", "2"], 2, "argument --top-p: must be between 0 and 1, got 2"),
+        (["--temp", "nan"], 2, "argument --temp: 'nan' is not a finite number"),
+        (["--temp", "-1"], 2, "argument --temp: must be 0 or more, got -1"),
+        (["--n-ctx", "0"], 2, "argument --n-ctx: must be at least 1, got 0"),
+        (["-n", "-5"], 2, "argument -n/--max-tokens: must be at least 1, got -5"),
+        (["-m", "/nonexistent/model.gguf"], 1, "model file not found"),
     ],
 )
-def test_bad_input_is_a_one_line_error(args, message):
+def test_bad_input_is_a_one_line_error(args, status, message):
     proc = run_cli("generate", "Hi", "-n", "2", *args)
-    assert proc.returncode == 1
+    assert proc.returncode == status
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("prompt", ["", " \n"])
+def test_an_empty_prompt_is_refused(prompt):
+    """Before, an empty prompt (an empty file on stdin, say) generated 128 tokens of nothing asked."""
+    proc = run_cli("generate", stdin=prompt)
+    assert proc.returncode == 1 and "the prompt is empty" in proc.stderr and proc.stdout == ""
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly():
+    """`cogenesis generate ... | head -c 5`: before, a BrokenPipeError traceback. Now the generation
+    stops and the command ends as one killed by SIGPIPE does (status 141), with no traceback."""
+    exe = shutil.which("cogenesis")
+    cmd = [exe] if exe else [sys.executable, "-m", "cogenesis_device.cli"]
+    writer = subprocess.Popen(cmd + ["generate", "-n", "200", "--temp", "0", "Write a long story about a cat."],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = writer.stdout.read(5)
+    writer.stdout.close()  # the reader goes away
+    _, err = writer.communicate(timeout=300)
+    assert len(first) == 5 and writer.returncode == 141 and b"Traceback" not in err and b"Error" not in err
+
+
+def test_version_names_the_package_the_engine_and_llama_cpp():
+    proc = run_cli("--version")
+    assert proc.returncode == 0
+    assert proc.stdout.strip() == (f"cogenesis {cg.__version__} (engine {cg.__engine_version__}, "
+                                   "llama-cpp-python 0.3.36)")
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    import argparse
+
+    from cogenesis_device.cli import main
+
+    parsers, silent = [], []
+    original = argparse.ArgumentParser.parse_args
+
+    def capture(self, *args, **kwargs):  # the parser main() builds, taken before it parses
+        parsers.append(self)
+        raise SystemExit(0)
+    argparse.ArgumentParser.parse_args = capture
+    try:
+        with pytest.raises(SystemExit):
+            main([])
+    finally:
+        argparse.ArgumentParser.parse_args = original
+    todo = list(parsers)
+    while todo:
+        parser = todo.pop()
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                todo += action.choices.values()
+            elif not action.help:
+                silent.append(f"{parser.prog} {'/'.join(action.option_strings) or action.dest}")
+    assert parsers and silent == []
 
 
 def test_models_lists_the_registry():
@@ -121,8 +178,7 @@ def test_private_text_can_stay_out_of_the_process_list(tmp_path, loopback_server
 @pytest.mark.parametrize("args, message", [
     (["run", "Hi", "--context-file", "/nonexistent/profile.txt"], "cannot read the context file"),
     (["run", "--context", "x"], "no instruction"),
-    (["run", "Hi", "--remote-url", "http://127.0.0.1:9/v1", "--remote-timeout", "0"],
-     "timeout must be a positive number of seconds, got 0"),
+    (["run", "   ", "--context", "x"], "the instruction is empty"),
     (["demo", "--remote", "no-such-model"], "unknown model 'no-such-model'"),
 ])
 def test_run_bad_input_is_a_one_line_error(args, message):
@@ -157,3 +213,19 @@ def test_the_remote_under_evaluation_judges_only_when_trusted_explicitly(tmp_pat
 
     assert main(["eval", "--data", str(tmp_path), "--out", str(tmp_path / "out"), "--judge", "remote"]) == 1
     assert "add --trust-judge" in capsys.readouterr().err
+
+
+def test_strict_makes_a_fallback_to_the_local_model_a_failure(tmp_path):
+    """A remote that cannot be reached: the text is the local model's alone. Before, the command ended
+    with status 0 and no way to ask otherwise; --strict makes it status 3, and the fallback is named
+    on stderr either way."""
+    from cogenesis_device.testing.servers import free_port
+
+    args = ["run", "Write a two-line shop announcement", "--context", "I run a bakery.", "-n", "4",
+            "--remote-url", f"http://127.0.0.1:{free_port()}/v1"]
+    lenient, strict = run_cli(*args), run_cli(*args, "--strict")
+    assert lenient.returncode == 0 and strict.returncode == 3, (lenient.stderr, strict.stderr)
+    for proc in (lenient, strict):
+        assert "fallback: " in proc.stderr and "connection failed" in proc.stderr and proc.stdout.strip()
+    zero = run_cli(*args, "--remote-timeout", "0")
+    assert zero.returncode == 2 and "argument --remote-timeout: must be more than 0, got 0" in zero.stderr

@@ -156,17 +156,18 @@ def test_a_transient_fault_is_retried_and_the_answer_is_right(remote, proxy, fau
 
 
 def test_backoff_between_attempts_grows_exponentially(proxy, model):
-    """Attempt n waits backoff * 2**(n-1), scaled by a random factor in [0.5, 1): the lower bounds are
-    what no scheduling noise can break, and they grow 1, 2, 4."""
+    """After a malformed answer (which the HTTP client takes as an answer), attempt n waits
+    backoff * 2**(n-1), scaled by a random factor in [0.5, 1): the lower bounds are what no scheduling
+    noise can break, and they grow 1, 2, 4."""
     backoff = 0.15
     with RemoteModel(proxy.base_url, template=model, max_retries=3, backoff=backoff, max_backoff=5.0) as remote:
         remote.connect()
         proxy.clear()
-        proxy.inject("status", count=3, status=503)
+        proxy.inject("garbage", count=3)
         assert remote.next_tokens(remote.prompt(HAIKU), n=1, public=True).steps
     times = [r.received for r in proxy.records]
     gaps = [b - a for a, b in zip(times, times[1:])]
-    assert len(gaps) == 3 and [r.fault for r in proxy.records] == ["status"] * 3 + [None]
+    assert len(gaps) == 3 and [r.fault for r in proxy.records] == ["garbage"] * 3 + [None]
     assert all(gap >= 0.5 * backoff * 2 ** n for n, gap in enumerate(gaps)), gaps
     assert gaps[2] > gaps[0]
 
@@ -488,10 +489,10 @@ def _is_zombie(pid: int) -> bool:
         return False
 
 
-def test_a_chat_stream_with_a_usage_only_last_chunk_is_read():
+def test_a_chat_stream_with_a_usage_only_last_chunk_is_read(model):
     """The usage chunk that OpenAI sends with stream_options={"include_usage": true} (and vLLM, SGLang,
     llama.cpp's server): "choices" is empty. Shape from the OpenAI API reference, chat completion chunk."""
-    from cogenesis_device.remote.formats import parse_chat_stream
+    from cogenesis_device.testing import ReplayServer
 
     chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
     events = [
@@ -502,12 +503,15 @@ def test_a_chat_stream_with_a_usage_only_last_chunk_is_read():
         {**chunk, "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}},
     ]
     body = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
-    reply = parse_chat_stream(body)
-    assert reply.text == "Hello there" and reply.finish_reason == "stop"
     # A reasoning model that put everything in reasoning_content: that is the reply.
     only_reasoning = body.replace('"content": "Hello"', '"reasoning_content": "Hi"').replace(
         '"content": " there"', '"content": ""')
-    assert parse_chat_stream(only_reasoning).text == "Hithinking..."
+    for stream, text in ((body, "Hello there"), (only_reasoning, "Hithinking...")):
+        routes = {"GET /v1/models": (200, {"object": "list", "data": [{"id": "m", "object": "model"}]}),
+                  "POST /v1/chat/completions": (200, stream)}
+        with ReplayServer(routes) as server, RemoteModel(server.base_url, template=model, max_retries=0) as remote:
+            reply = remote.chat([{"role": "user", "content": "Hi"}], max_tokens=8, public=True)
+        assert reply.text == text and reply.finish_reason == "stop"
 
 
 def test_the_probe_refuses_a_server_whose_logprobs_are_off_by_one(proxy, model):

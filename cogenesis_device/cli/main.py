@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 from contextlib import ExitStack
 from importlib import resources
 
+from .._libllama import REQUIRED_VERSION
+from .._version import __version__
 from ..errors import CogenesisError, CogenesisIOError, InvalidParameterError
 from ..registry import DEFAULT_MODEL, MODELS, resolve_model
 from .. import _native
@@ -21,6 +25,9 @@ from ..attribution import AttributionConfig
 from ..fusion import FusionConfig
 from ..sampling import COLLABORATIVE, ENGINE_DEFAULT
 from . import bench, research
+from .types import non_negative, non_negative_int, positive, positive_int, unit_interval
+
+EXIT_FELL_BACK = 3  # --strict: the remote failed and the text is the local model's alone
 
 # The defaults shown and used here are the engine's (cg_*_default_params), read through the core.
 _LOCAL, _COLLAB = ENGINE_DEFAULT, COLLABORATIVE
@@ -32,28 +39,30 @@ def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="generate text with the local model")
     p.add_argument("prompt", nargs="?", help="the prompt (read from stdin when omitted)")
     p.add_argument("-m", "--model", default=DEFAULT_MODEL, help=f"registry name or .gguf path (default {DEFAULT_MODEL})")
-    p.add_argument("-n", "--max-tokens", type=int, default=_GENERATE["max_tokens"],
+    p.add_argument("-n", "--max-tokens", type=positive_int, default=_GENERATE["max_tokens"],
                    help=f"tokens to generate (default {_GENERATE['max_tokens']})")
-    p.add_argument("--temp", type=float, default=_LOCAL.temperature,
+    p.add_argument("--temp", type=non_negative, default=_LOCAL.temperature,
                    help=f"temperature; 0 is greedy (default {_LOCAL.temperature})")
-    p.add_argument("--top-k", type=int, default=_LOCAL.top_k, help=f"0 disables (default {_LOCAL.top_k})")
-    p.add_argument("--top-p", type=float, default=_LOCAL.top_p, help=f"1 disables (default {_LOCAL.top_p})")
-    p.add_argument("--min-p", type=float, default=_LOCAL.min_p, help=f"0 disables (default {_LOCAL.min_p})")
-    p.add_argument("--repeat-penalty", type=float, default=_LOCAL.repeat_penalty,
+    p.add_argument("--top-k", type=non_negative_int, default=_LOCAL.top_k, help=f"0 disables (default {_LOCAL.top_k})")
+    p.add_argument("--top-p", type=unit_interval, default=_LOCAL.top_p, help=f"1 disables (default {_LOCAL.top_p})")
+    p.add_argument("--min-p", type=unit_interval, default=_LOCAL.min_p, help=f"0 disables (default {_LOCAL.min_p})")
+    p.add_argument("--repeat-penalty", type=positive, default=_LOCAL.repeat_penalty,
                    help=f"1 disables (default {_LOCAL.repeat_penalty})")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--system", default=None, help="system message (chat models)")
     p.add_argument("--raw", action="store_true", help="do not apply the model's chat template")
-    p.add_argument("--n-ctx", type=int, default=_SESSION["n_ctx"],
+    p.add_argument("--n-ctx", type=positive_int, default=_SESSION["n_ctx"],
                    help=f"context window in tokens (default {_SESSION['n_ctx']})")
-    p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: all cores)")
+    p.add_argument("-t", "--threads", type=positive_int, default=None, help="threads (default: all cores)")
 
 
 def _generate(args) -> int:
     from ..local import LocalModel
 
     prompt = args.prompt if args.prompt is not None else sys.stdin.read()
+    if not prompt.strip():
+        raise InvalidParameterError("the prompt is empty: pass it as the first argument or on standard input")
     model = LocalModel(args.model, n_ctx=args.n_ctx, n_threads=args.threads)
     sampling = _LOCAL.replace(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                               repeat_penalty=args.repeat_penalty, seed=args.seed)
@@ -74,22 +83,22 @@ def _generate(args) -> int:
 def _add_collaboration(p) -> None:
     """Options shared by `run` and `demo`."""
     p.add_argument("-m", "--model", default=DEFAULT_MODEL, help=f"local model (default {DEFAULT_MODEL})")
-    p.add_argument("-n", "--max-tokens", type=int, default=96, help="tokens to generate (default 96)")
-    p.add_argument("--temp", type=float, default=_COLLAB.temperature,
+    p.add_argument("-n", "--max-tokens", type=positive_int, default=96, help="tokens to generate (default 96)")
+    p.add_argument("--temp", type=non_negative, default=_COLLAB.temperature,
                    help=f"temperature; 0 is greedy (default {_COLLAB.temperature})")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
     p.add_argument("--privacy", default="redact", choices=["redact", "block", "audit"],
                    help="what the egress guard does with private spans (default redact)")
-    p.add_argument("--min-span", type=int, default=12, help="shortest private verbatim span in characters (12)")
+    p.add_argument("--min-span", type=positive_int, default=12, help="shortest private verbatim span in characters (12)")
     p.add_argument("--rule", default=_FUSION.rule, choices=["weighted", "max", "context_delta"],
                    help=f"fusion rule (default {_FUSION.rule})")
-    p.add_argument("--weight", type=float, default=_FUSION.weight,
+    p.add_argument("--weight", type=unit_interval, default=_FUSION.weight,
                    help=f"local weight of the weighted rule (default {_FUSION.weight})")
     p.add_argument("--fill", default=_FUSION.fill, choices=["mask", "tail", "local"],
                    help=f"remote scores outside its top-k (default {_FUSION.fill})")
-    p.add_argument("--lookahead", type=int, default=None,
+    p.add_argument("--lookahead", type=positive_int, default=None,
                    help="remote tokens per round trip (1: per-token protocol; default: adaptive)")
-    p.add_argument("--threshold", type=float, default=_ATTRIBUTION.threshold,
+    p.add_argument("--threshold", type=non_negative, default=_ATTRIBUTION.threshold,
                    help="attribution: withhold generated tokens the context explains by more than this many nats "
                         f"(default {_ATTRIBUTION.threshold})")
     p.add_argument("--no-attribution", action="store_true",
@@ -97,8 +106,11 @@ def _add_collaboration(p) -> None:
     p.add_argument("--audit", default=None, help="append every request to this JSONL file")
     p.add_argument("--html", default=None, help="write the token-attributed text to this HTML file")
     research.add_remote_timeout(p)
-    p.add_argument("--n-ctx", type=int, default=_SESSION["n_ctx"], help=f"local context window (default {_SESSION['n_ctx']})")
-    p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: all cores)")
+    p.add_argument("--strict", action="store_true",
+                   help=f"exit with status {EXIT_FELL_BACK} when the remote failed and the local model wrote alone "
+                        "(without it: exit 0, and the fallback is reported on stderr)")
+    p.add_argument("--n-ctx", type=positive_int, default=_SESSION["n_ctx"], help=f"local context window (default {_SESSION['n_ctx']})")
+    p.add_argument("-t", "--threads", type=positive_int, default=None, help="threads (default: all cores)")
 
 
 def _add_run(sub) -> None:
@@ -228,6 +240,8 @@ def _run(args) -> int:
     from ..remote import RemoteModel
 
     instruction = args.instruction or args.instruction_arg
+    if instruction is not None and not instruction.strip():
+        raise InvalidParameterError("the instruction is empty")
     if not instruction and not args.request:
         raise InvalidParameterError("no instruction: pass it as the first argument, with --instruction, or the whole "
                                     "private request with --request")
@@ -252,8 +266,8 @@ def _run(args) -> int:
         template = {"local": local, "raw": "raw", "server": None}[args.template]
         remote = stack.enter_context(RemoteModel(url, args.api_key, args.remote_model, template=template,
                                                  **research.remote_options(args)))
-        _collaborate(args, remote, local, instruction or None, context, args.mode, draft, args.request)
-    return 0
+        result = _collaborate(args, remote, local, instruction or None, context, args.mode, draft, args.request)
+    return _exit_status(args, [result])
 
 
 def _demo(args) -> int:
@@ -273,14 +287,20 @@ def _demo(args) -> int:
             RemoteModel(server.base_url, template=template, **research.remote_options(args)) as remote:
         print(f"instruction (sent): {sample['instruction']}\nprivate context (kept on the device):\n"
               f"{sample['context']}\n")
+        results = []
         for mode in ("sketch", "logits"):
             print(f"--- {mode} mode ---")
             sys.stdout.flush()
-            result = _collaborate(args, remote, local, sample["instruction"], sample["context"], mode,
-                                  record_bodies=True)
-            _report_facts(result, sample["context"], sample["instruction"])
+            results.append(_collaborate(args, remote, local, sample["instruction"], sample["context"], mode,
+                                        record_bodies=True))
+            _report_facts(results[-1], sample["context"], sample["instruction"])
             print()
-    return 0
+    return _exit_status(args, results)
+
+
+def _exit_status(args, results) -> int:
+    """0, or with --strict EXIT_FELL_BACK when a generation fell back to the local model alone."""
+    return EXIT_FELL_BACK if args.strict and any(r.fallback for r in results) else 0
 
 
 def _models(_args) -> int:
@@ -292,6 +312,11 @@ def _models(_args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cogenesis", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"cogenesis {__version__} (engine "
+                        f"{_native.__engine_version__}, llama-cpp-python {REQUIRED_VERSION})")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log to stderr what the library does: -v retries, fallbacks and failed requests, "
+                             "-vv every request (openai-python's log too)")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_demo(sub)
     _add_run(sub)
@@ -302,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     research.add_data(sub)
     bench.add_bench(sub)
     args = parser.parse_args(argv)
+    _configure_logging(args.verbose)
     try:
         commands = {"demo": _demo, "run": _run, "generate": _generate, "models": _models, "eval": research.run_eval,
                     "train-gate": research.run_train_gate, "data": research.run_data, "bench": bench.run_bench}
@@ -311,6 +337,40 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`cogenesis generate ... | head`): stop quietly, as a command killed by
+        # SIGPIPE does. stdout points at /dev/null so that the interpreter's final flush cannot fail too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13
+
+
+def _configure_logging(verbosity: int) -> None:
+    """Library warnings (a retried answer, a fallback) always reach stderr; -v adds information, -vv
+    debugging, openai-python's included. The library itself only logs; configuring is the app's."""
+    library, openai_log = logging.getLogger("cogenesis_device"), logging.getLogger("openai")
+    if not any(isinstance(h, _Stderr) for h in library.handlers):
+        library.addHandler(_STDERR)
+    library.setLevel(logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG)
+    if verbosity >= 2 and _STDERR not in openai_log.handlers:
+        openai_log.addHandler(_STDERR)
+        openai_log.setLevel(logging.DEBUG)
+
+
+class _Stderr(logging.StreamHandler):
+    """A handler writing to whatever sys.stderr is when a record comes (main() may run many times in one
+    process, as the tests run it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
+_STDERR = _Stderr()
+_STDERR.setFormatter(logging.Formatter("cogenesis: %(levelname)s: %(message)s"))
 
 
 if __name__ == "__main__":

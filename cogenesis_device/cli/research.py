@@ -6,10 +6,11 @@ from contextlib import ExitStack
 
 from ..errors import InvalidParameterError
 from ..registry import DEFAULT_MODEL
+from .types import non_negative, non_negative_int, positive, positive_int
 
 
 def add_remote_timeout(p) -> None:
-    p.add_argument("--remote-timeout", type=float, default=None, metavar="SECONDS",
+    p.add_argument("--remote-timeout", type=positive, default=None, metavar="SECONDS",
                    help="seconds a remote request may take, its whole answer included (default: the client's, 30; "
                         "raise it for a slow remote)")
 
@@ -30,14 +31,15 @@ def add_eval(sub) -> None:
                    help="fusion rules scored on the gold answers, teacher-forced; '' for none (default %(default)s)")
     p.add_argument("--privacy", default="redact", help="policy or comma-separated policies per remote mode (redact, block, audit); "
                         "append ':text-only' to turn on-device attribution off (e.g. redact:text-only)")
-    p.add_argument("--limit", type=int, default=None, help="first N samples only")
-    p.add_argument("-n", "--max-tokens", type=int, default=128, help="tokens generated per answer (default 128)")
-    p.add_argument("--lookahead", type=int, default=None, help="remote tokens per round trip (default: adaptive)")
+    p.add_argument("--limit", type=positive_int, default=None, help="first N samples only")
+    p.add_argument("-n", "--max-tokens", type=positive_int, default=128, help="tokens generated per answer (default 128)")
+    p.add_argument("--lookahead", type=positive_int, default=None, help="remote tokens per round trip (default: adaptive)")
     p.add_argument("-m", "--model", default=DEFAULT_MODEL, help="local model")
-    p.add_argument("--n-ctx", type=int, default=4096, help="local context window (default 4096: the profiles are long)")
+    p.add_argument("--n-ctx", type=positive_int, default=4096, help="local context window (default 4096: the profiles are long)")
     p.add_argument("--remote-url", default=None, help="OpenAI-compatible remote (default: a loopback server)")
     p.add_argument("--remote-model", default=None, help="remote model name at --remote-url")
-    p.add_argument("--api-key", default=None)
+    p.add_argument("--api-key", default=None, help="API key (default $OPENAI_API_KEY, which keeps it out "
+                   "of the process list)")
     p.add_argument("--loopback", default=None, metavar="MODEL",
                    help=f"registry model the loopback remote serves when no --remote-url (default: the --remote-gguf "
                         f"model, else {DEFAULT_MODEL})")
@@ -46,17 +48,18 @@ def add_eval(sub) -> None:
                         "the remote's prompts (default: the --loopback model); 'none' skips gold bits/byte")
     add_remote_timeout(p)
     p.add_argument("--judge", default="none", help="'none', 'remote' (the remote endpoint) or an OpenAI-compatible URL")
-    p.add_argument("--judge-model", default=None)
+    p.add_argument("--judge-model", default=None, help="model name at the --judge endpoint (default: the only "
+                   "one it serves)")
     p.add_argument("--trust-judge", action="store_true",
                    help="with --judge remote: send every profile to the remote under evaluation, the party the method "
                         "keeps it from (its requests are recorded and reported as sent by design)")
     p.add_argument("--gate", default=None, help="gate weights file for the 'gate' rule")
     p.add_argument("--gate-records", action="store_true", help="also save per-position gate training records")
     p.add_argument("--no-embeddings", action="store_true", help="skip the embedding metrics")
-    p.add_argument("--no-repeat-ngram", type=int, default=None, metavar="N",
+    p.add_argument("--no-repeat-ngram", type=non_negative_int, default=None, metavar="N",
                    help="repetition control of every generating mode: never complete an n-gram the text already "
                         "holds (default: the library's, 4; 0 turns it off)")
-    p.add_argument("-t", "--threads", type=int, default=None)
+    p.add_argument("-t", "--threads", type=positive_int, default=None, help="threads (default: all cores)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -116,8 +119,8 @@ def add_train_gate(sub) -> None:
     p.add_argument("--held-out", type=float, default=0.33, help="share of samples held out (default 0.33)")
     p.add_argument("--hidden", type=int, default=16, help="hidden units (default 16)")
     p.add_argument("--steps", type=int, default=600, help="full-batch Adam steps (default 600)")
-    p.add_argument("--lr", type=float, default=0.02)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=positive, default=0.02, help="learning rate (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the training run (default %(default)s)")
 
 
 def run_train_gate(args) -> int:
@@ -143,11 +146,12 @@ def add_data(sub) -> None:
     b.add_argument("--users", type=int, default=2, help="users per portrait (default 2)")
     b.add_argument("--tasks", type=int, default=3, help="writing tasks per user, one sample each (default 3)")
     b.add_argument("--attempts", type=int, default=3, help="tries per reply before it is rejected (default 3)")
-    b.add_argument("--temp", type=float, default=0.8)
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--temp", type=non_negative, default=0.8, help="temperature of the remote's writing (default "
+                   "%(default)s)")
+    b.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     b.add_argument("--remote-url", default=None, help="OpenAI-compatible endpoint (default: a loopback server)")
-    b.add_argument("--remote-model", default=None)
-    b.add_argument("--api-key", default=None)
+    b.add_argument("--remote-model", default=None, help="remote model name (default: the only one served)")
+    b.add_argument("--api-key", default=None, help="API key (default $OPENAI_API_KEY)")
     b.add_argument("--loopback", default=DEFAULT_MODEL, metavar="MODEL",
                    help="registry model served on 127.0.0.1 when no --remote-url (default %(default)s)")
     b.add_argument("--json-format", default=None, choices=["json_schema", "json_object", "none"],

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import logging
 import math
 import time
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
@@ -32,12 +33,16 @@ from ..errors import CogenesisError, InvalidParameterError, PrivacyBlockedError,
 from ..fusion import FusionConfig
 from ..local import LocalModel
 from ..privacy import EgressGuard, summarize
-from ..remote import RemoteModel
 from ..sampling import COLLABORATIVE, SamplingParams, sampling_or
 from ..sensitive import topic_terms
 from .instruction import DerivedInstruction, derive_instruction
 from .results import CoResult, CoStats, TokenInfo
 from .sketch import OUTLINE_PROMPT, follow_outline, outline_note, parse_outline
+
+log = logging.getLogger("cogenesis_device.collab")
+
+if TYPE_CHECKING:  # a type only: local-only generation loads no network client (openai-python)
+    from ..remote import RemoteModel
 
 MODES = ("auto", "sketch", "logits")
 _COGEN_DEFAULTS = _native.cogen_default_params()
@@ -234,7 +239,11 @@ class CoStream:
     # -- shared pieces -----------------------------------------------------------------------------
 
     def _remote_failed(self, exc: RemoteError) -> None:
-        self._fallback = f"{exc} (kind: {exc.kind}); continued with the local model only"
+        self._fell_back(f"{exc} (kind: {exc.kind}); continued with the local model only")
+
+    def _fell_back(self, reason: str) -> None:
+        self._fallback = reason
+        log.warning("%s mode: %s", self._mode, reason)
 
     def _wait(self, future):
         start = time.perf_counter()
@@ -367,7 +376,7 @@ class CoStream:
                 self._decode_ms, self._n_reused = stats.decode_ms, stats.n_reused
                 self._accepted = stats.n_accepted
                 if co.fallback_reason is not None:
-                    self._fallback = co.fallback_reason
+                    self._fell_back(co.fallback_reason)
 
     def _remote_prompt(self, instruction: str) -> str | None:
         """The remote's prompt (public instruction only), after probing it; None if there is no usable

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import logging
 import math
 import os
 import random
@@ -24,15 +25,17 @@ import openai
 from ..errors import PrivacyBlockedError, RemoteError, without_traceback
 from ..local import plain_prompt
 from ..privacy import EgressGuard
-from .formats import (ChatReply, Continuation, RemoteCapabilities, Retryable, parse_chat_stream, parse_completion,
-                      parse_json, parse_text_completion, token_identity)
-from .transport import GuardedTransport, current_attribution, current_guard
+from .formats import (ChatReply, Continuation, RemoteCapabilities, Retryable, parse_completion, parse_json,
+                      parse_text_completion, read_chat_chunks, token_identity)
+from .transport import GuardedTransport, current_attribution, current_guard, requests_sent
+
+log = logging.getLogger("cogenesis_device.remote")
 
 Messages = Sequence[dict]
 _PROBE_PROMPT = "The capital of France is"
-_RETRY_STATUS = {408, 409, 429}
-
-
+_RETRY_STATUS = {408, 409, 429}  # and 5xx: what openai-python retries, unless x-should-retry says otherwise
+_PARAMETER_REFUSED = {400, 422}  # the probe's top-k refused: try a smaller one
+_NO_COMPLETIONS = {404, 405, 501}  # no /v1/completions for this model (OpenAI's chat models): no logprobs
 
 
 def _is_loopback(url: str) -> bool:
@@ -47,9 +50,11 @@ class RemoteModel:
     model: the model name; by default the only model the server lists.
     timeout: seconds per attempt (connect, send, and the whole answer).
     max_retries: extra attempts after a timeout, refused connection, 408/409/429/5xx, or a
-        malformed, logprob-less or truncated answer; then RemoteError.
-    backoff, max_backoff: exponential backoff in seconds between attempts (Retry-After is honoured
-        up to max_backoff).
+        malformed, logprob-less or truncated answer; then RemoteError. HTTP faults are retried by
+        openai-python's client as it retries them (Retry-After, retry-after-ms and x-should-retry
+        honoured, else exponential backoff from 0.5 s); both kinds draw on this one budget.
+    backoff, max_backoff: exponential backoff in seconds before another try after a malformed,
+        logprob-less or truncated answer (which the HTTP client takes as it comes).
     template: how the remote prompt is formatted for next-token scores: a LocalModel of the remote's
         GGUF or of its family (its format_prompt: the chat template, or plain text for a base model),
         a callable(messages) -> str, or "raw" (plain text, local.plain_prompt).
@@ -115,11 +120,14 @@ class RemoteModel:
         self._thread.start()
         limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         transport = GuardedTransport(httpx2.AsyncHTTPTransport(limits=limits), self.guard, self.timings,
-                                      int(max_response_bytes))
-        http = self._http = httpx2.AsyncClient(transport=transport, timeout=self.timeout)
-        self._auth = {"Authorization": f"Bearer {api_key}"}
+                                      int(max_response_bytes), self.timeout)
+        http = httpx2.AsyncClient(transport=transport, timeout=self.timeout)
         self._client = openai.AsyncOpenAI(base_url=self.base_url, api_key=api_key, timeout=self.timeout,
-                                          max_retries=0, http_client=http)
+                                          max_retries=self.max_retries, http_client=http)
+        self._clients = {self.max_retries: self._client}  # by the retries left them, sharing one pool
+        # The chat request's length limit: OpenAI's newer models refuse max_tokens and ask for
+        # max_completion_tokens, which other servers may not read; switched on the first such refusal.
+        self._token_limit = "max_tokens"
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -163,50 +171,65 @@ class RemoteModel:
             future.cancel()
             raise
 
-    # -- retries -----------------------------------------------------------------------------------
+    # -- retries ---------------------------------------------------------------------------------
 
-    async def _attempts(self, what: str, attempt: Callable[[], Any]):
-        """Runs attempt() with bounded retries and backoff; raises RemoteError naming the last failure.
+    def _retrying(self, retries: int) -> openai.AsyncOpenAI:
+        """The openai client that retries HTTP faults at most `retries` times (on the client's thread)."""
+        retries = max(0, retries)
+        client = self._clients.get(retries)
+        if client is None:
+            client = self._clients[retries] = self._client.with_options(max_retries=retries)
+        return client
 
-        The errors it raises carry no chained exception and no traceback from inside the client: those
-        would hold the request body (before redaction, in the guard's frames) for anything that logs
-        or reports the error."""
-        for n in range(1, self.max_retries + 2):
-            final: Exception | None = None
+    async def _attempts(self, what: str, attempt: Callable[[openai.AsyncOpenAI], Any], final_kinds: tuple = ()):
+        """Runs attempt(client) until it answers, in at most max_retries + 1 HTTP requests (counted by the
+        transport), and raises RemoteError naming the last failure.
+
+        The openai client it is given retries HTTP faults; this loop retries what that client takes as an
+        answer: a malformed, truncated or logprob-less one (unless its kind is in final_kinds), or an
+        error event in a stream with a transient code. The errors it raises carry no chained exception
+        and no traceback from inside the client: those would hold the request body (before redaction, in
+        the guard's frames) for anything that logs or reports the error."""
+        sent = [0]
+        requests_sent.set(sent)
+        budget = self.max_retries + 1
+        for n in range(1, budget + 1):
+            final: BaseException | None = None
+            failure: Retryable | None = None
             try:
-                return await asyncio.wait_for(attempt(), self.timeout)
-            except PrivacyBlockedError as exc:
+                return await attempt(self._retrying(budget - sent[0] - 1))
+            except (PrivacyBlockedError, RemoteError) as exc:
                 final = exc
-            except (asyncio.TimeoutError, openai.APITimeoutError):
-                failure = Retryable(f"no complete answer within {self.timeout:g} s", "timeout")
+            except openai.APITimeoutError:
+                final = self._failed(what, sent[0], f"no complete answer within {self.timeout:g} s", "timeout")
             except openai.APIConnectionError as exc:
-                cause = exc.__cause__
-                while cause is not None and not isinstance(cause, (PrivacyBlockedError, RemoteError)):
-                    cause = cause.__cause__ or cause.__context__
-                final = cause
-                failure = Retryable(f"connection failed ({exc.__cause__ or exc})", "connection")
+                final = self._failed(what, sent[0], f"connection failed ({exc.__cause__ or exc})", "connection")
             except openai.APIStatusError as exc:
-                status = exc.status_code
-                message = f"HTTP {status}: {_error_message(exc)}"
-                if status not in _RETRY_STATUS and status < 500:
-                    final = RemoteError(f"{what} at {self.base_url} failed: {message}", kind="status", attempts=n,
-                                        status=status)
-                failure = Retryable(message, "status", status, _retry_after(exc.response.headers))
-            except RemoteError as exc:
-                final = exc
+                final = self._failed(what, sent[0], f"HTTP {exc.status_code}: {_error_message(exc)}", "status",
+                                     exc.status_code)
+            except openai.APIError as exc:  # an error event in a stream: the server's message, and its code
+                code = exc.body.get("code") if isinstance(exc.body, dict) else None
+                code = code if isinstance(code, int) else None
+                message = f"the server reported an error in the stream: {_error_message(exc)}"
+                if code is not None and (code in _RETRY_STATUS or code >= 500):
+                    failure = Retryable(message, "status", code)
+                else:
+                    final = self._failed(what, sent[0], message, "status", code)
             except Retryable as exc:
                 failure = exc
-            if final is not None or n > self.max_retries:
-                del attempt  # its closure holds the request as the caller gave it, before the guard
+            if failure is not None and (failure.kind in final_kinds or sent[0] >= budget):
+                final = self._failed(what, sent[0], str(failure), failure.kind, failure.status)
             if final is not None:  # raised here, outside the except blocks: nothing chained
+                del attempt  # its closure holds the request as the caller gave it, before the guard
                 raise without_traceback(final)
-            if n > self.max_retries:
-                raise RemoteError(f"{what} at {self.base_url} failed after {n} attempt(s): {failure}",
-                                  kind=failure.kind, attempts=n, status=failure.status) from None
             delay = min(self.max_backoff, self.backoff * 2 ** (n - 1)) * (0.5 + random.random() / 2)
-            if failure.retry_after is not None:
-                delay = min(self.max_backoff, max(delay, failure.retry_after))
+            log.warning("%s at %s: %s; trying again in %.2f s", what, self.base_url, failure, delay)
             await asyncio.sleep(delay)
+        raise AssertionError("unreachable: every attempt returns or raises")  # pragma: no cover
+
+    def _failed(self, what: str, attempts: int, message: str, kind: str, status: int | None = None) -> RemoteError:
+        return RemoteError(f"{what} at {self.base_url} failed after {attempts} attempt(s): {message}", kind=kind,
+                           attempts=attempts, status=status)
 
     # -- model and capabilities --------------------------------------------------------------------
 
@@ -216,8 +239,8 @@ class RemoteModel:
             self._model = self._wait(self._submit(self._attempts("listing models", self._list_model), None))
         return self._model
 
-    async def _list_model(self) -> str:
-        page = await self._client.models.list()
+    async def _list_model(self, client: openai.AsyncOpenAI) -> str:
+        page = await client.models.list()
         ids = [m.id for m in page.data]
         if len(ids) != 1:
             raise RemoteError(f"the server at {self.base_url} serves {len(ids)} models ({', '.join(ids[:5])}); "
@@ -237,14 +260,21 @@ class RemoteModel:
         return self.capabilities
 
     async def _probe(self, model: str) -> RemoteCapabilities:
+        """What the server offers, from answers only: a refused parameter (400, 422) tries a smaller top-k;
+        an answer without logprobs (asked once), or no completions endpoint (404, 405, 501), means none;
+        any other failure (401, 429 or 5xx after the retries, a timeout) is an error, and nothing is
+        remembered of it."""
         gen, top_k = None, 0
         for k in sorted({self.max_top_k, min(self.max_top_k, 20), min(self.max_top_k, 5), 1}, reverse=True):
             try:
-                gen, raw = await self._completion(model, _PROBE_PROMPT, n=2, top_k=k, temperature=0.0, raw=True)
+                gen, raw = await self._completion(model, _PROBE_PROMPT, n=2, top_k=k, temperature=0.0, raw=True,
+                                                  final_kinds=("missing_logprobs",))
                 top_k = k
                 break
             except RemoteError as exc:
-                if exc.kind not in ("status", "missing_logprobs"):
+                if exc.kind == "missing_logprobs" or exc.status in _NO_COMPLETIONS:
+                    break
+                if not (exc.kind == "status" and exc.status in _PARAMETER_REFUSED):
                     raise
         if gen is None or not gen.steps:  # no logprobs, or (unlikely) nothing to judge them by
             return RemoteCapabilities(model, 0, "text", False)
@@ -274,31 +304,24 @@ class RemoteModel:
         if self.template is None:
             guard = self._job_guard(guard, public, "prompt")
             return self._wait(self._submit(self._attempts("applying the server's chat template",
-                                                          lambda: self._apply_template(messages)), guard))
+                                                          lambda client: self._apply_template(client, messages)),
+                                           guard))
         if self.template == "raw":
             return plain_prompt(messages)
         if hasattr(self.template, "format_prompt"):
             return self.template.format_prompt(messages)
         return self.template(messages)
 
-    async def _apply_template(self, messages: Messages) -> str:
+    async def _apply_template(self, client: openai.AsyncOpenAI, messages: Messages) -> str:
         url = f"{self.base_url.removesuffix('/v1')}/apply-template"  # at the server root, not under /v1
         try:
-            response = await self._http.post(url, json={"messages": list(messages)}, headers=self._auth)
-        except httpx2.TimeoutException:
-            raise Retryable(f"no complete answer within {self.timeout:g} s", "timeout") from None
-        except httpx2.HTTPError as exc:
-            raise Retryable(f"connection failed ({exc})", "connection") from None
-        if response.status_code in (404, 405):
-            raise RemoteError("the remote model's chat template is unknown and the server does not render it "
-                              "(no /apply-template, which llama.cpp's server has): pass template= (a LocalModel of "
-                              "the same family, a callable(messages) -> str, or 'raw')", kind="config")
-        if response.status_code in _RETRY_STATUS or response.status_code >= 500:
-            raise Retryable(f"HTTP {response.status_code}", "status", response.status_code,
-                             _retry_after(response.headers))
-        if response.status_code >= 400:
-            raise RemoteError(f"applying the server's chat template at {url} failed: HTTP {response.status_code}",
-                              kind="status", status=response.status_code)
+            response = await client.post(url, body={"messages": list(messages)}, cast_to=httpx2.Response)
+        except openai.APIStatusError as exc:
+            if exc.status_code in (404, 405):
+                raise RemoteError("the remote model's chat template is unknown and the server does not render it "
+                                  "(no /apply-template, which llama.cpp's server has): pass template= (a LocalModel "
+                                  "of the same family, a callable(messages) -> str, or 'raw')", kind="config") from None
+            raise
         try:
             prompt = response.json()["prompt"]
         except (ValueError, KeyError, TypeError):
@@ -332,11 +355,11 @@ class RemoteModel:
                             guard, attribution)
 
     def _completion(self, model: str, prompt: str, *, n: int, top_k: int, temperature: float,
-                    seed: int | None = None, raw: bool = False):
+                    seed: int | None = None, raw: bool = False, final_kinds: tuple = ()):
         """A coroutine for the parsed Continuation, and with raw=True the JSON body beside it. A plain
         function, so that no frame holding the prompt stays in the traceback of its errors."""
-        async def attempt():
-            answer = await self._client.completions.with_raw_response.create(
+        async def attempt(client: openai.AsyncOpenAI):
+            answer = await client.completions.with_raw_response.create(
                 model=model, prompt=prompt, max_tokens=n, temperature=temperature, logprobs=top_k, **_seed(seed))
             parsing = time.perf_counter()
             body = parse_json(answer)
@@ -344,7 +367,7 @@ class RemoteModel:
             self.timings["parse_ms"] += (time.perf_counter() - parsing) * 1000.0
             return (continuation, body) if raw else continuation
 
-        return self._attempts("completion", attempt)
+        return self._attempts("completion", attempt, final_kinds)
 
     @property
     def base_model(self) -> bool:
@@ -354,8 +377,8 @@ class RemoteModel:
 
     def _text_completion(self, model: str, prompt: str, *, max_tokens: int, temperature: float, seed: int | None):
         """A coroutine for a completion's text, without logprobs (a plain function, like _completion)."""
-        async def attempt() -> ChatReply:
-            answer = await self._client.completions.with_raw_response.create(
+        async def attempt(client: openai.AsyncOpenAI) -> ChatReply:
+            answer = await client.completions.with_raw_response.create(
                 model=model, prompt=prompt, max_tokens=max_tokens, temperature=temperature, **_seed(seed))
             return parse_text_completion(parse_json(answer))
 
@@ -386,12 +409,26 @@ class RemoteModel:
             return self._submit(self._text_completion(self.model, self.prompt(messages), max_tokens=max_tokens,
                                                       temperature=temperature, seed=seed), guard)
 
-        async def attempt() -> ChatReply:
+        async def streamed(client: openai.AsyncOpenAI) -> ChatReply:
             extra = {"response_format": response_format} if response_format else {}
-            raw = await self._client.chat.completions.with_raw_response.create(
-                model=model, messages=list(messages), max_tokens=max_tokens, temperature=temperature, stream=True,
-                **_seed(seed), **extra)
-            return parse_chat_stream(raw.http_response.text)
+            stream = await client.chat.completions.create(
+                model=model, messages=list(messages), temperature=temperature, stream=True,
+                **{self._token_limit: max_tokens}, **_seed(seed), **extra)
+            try:
+                chunks = [chunk.to_dict() async for chunk in stream]
+            except ValueError:  # an event that is not JSON
+                raise Retryable("a stream event is not a chat completion chunk", "malformed") from None
+            return read_chat_chunks(chunks)
+
+        async def attempt(client: openai.AsyncOpenAI) -> ChatReply:
+            try:
+                return await streamed(client)
+            except openai.BadRequestError as exc:
+                if self._token_limit == "max_tokens" and "max_completion_tokens" in _error_message(exc):
+                    self._token_limit = "max_completion_tokens"
+                    log.info("%s asks for max_completion_tokens instead of max_tokens: sending that", self.base_url)
+                    return await streamed(client)
+                raise
 
         model = self.model
         return self._submit(self._attempts("chat completion", attempt), guard)
@@ -404,16 +441,10 @@ def _seed(seed: int | None) -> dict:
     return {} if seed is None else {"seed": int(seed)}
 
 
-def _retry_after(headers) -> float | None:
-    value = headers.get("retry-after")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
-
-
-def _error_message(exc: openai.APIStatusError) -> str:
+def _error_message(exc: openai.APIError) -> str:
+    """The server's own message: OpenAI's {"error": {"message": ...}}, vLLM's {"message": ...}, or the body."""
     body = exc.body
     if isinstance(body, dict):
-        body = body.get("message") or body.get("error") or body
-    return str(body)[:300]
+        body = body.get("error", body) if not isinstance(body.get("message"), str) else body
+        body = body.get("message", body) if isinstance(body, dict) else body
+    return str(body or exc.message)[:300]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,12 +146,15 @@ def _legacy_steps(lp: dict, tokenizer: Any) -> list[TokenScores]:
                          "logprobs", "missing_logprobs")
     steps = []
     for token, token_lp, top in zip(tokens, token_lps, tops):
-        if not isinstance(top, dict) or not isinstance(token, str):
+        if not isinstance(token, str) or not (top is None or isinstance(top, dict)):
             raise Retryable("a logprobs entry is not a token -> logprob mapping", "malformed")
+        # vLLM writes null for a position it has no scores for (token_logprobs: [null], top_logprobs: [null]):
+        # a position without scores, as an empty top list is.
         scores: dict[bytes | str, float] = {}
-        for name, value in top.items():
+        for name, value in (top or {}).items():
             _add(scores, _named_token(str(name), tokenizer), _number(value))
-        steps.append(TokenScores(_named_token(token, tokenizer) or "", _number(token_lp), scores))
+        steps.append(TokenScores(_named_token(token, tokenizer) or "",
+                                 math.nan if token_lp is None else _number(token_lp), scores))
     return steps
 
 
@@ -201,8 +205,11 @@ def _content_token(entry: dict, tokenizer: Any, check: bool = False) -> bytes | 
 
 
 def _named_token(token: str, tokenizer: Any) -> bytes | str | None:
-    """A token the server names by text: vLLM's 'token_id:N' through the remote's tokenizer; None for
-    text that names no token (a partial UTF-8 character sent as '' or U+FFFD)."""
+    """A token the server names by text: vLLM's 'token_id:N' through the remote's tokenizer, OpenAI's
+    'bytes:\\xe2\\x80' (a token that is not whole UTF-8) as its bytes; None for text that names no token
+    (a partial UTF-8 character sent as '' or U+FFFD)."""
+    if token.startswith("bytes:"):
+        return _escaped_bytes(token[len("bytes:"):])
     if token.startswith("token_id:"):
         if tokenizer is None:
             raise RemoteError("the server names tokens by id (token_id:N) and the remote's tokenizer is unknown: "
@@ -213,6 +220,21 @@ def _named_token(token: str, tokenizer: Any) -> bytes | str | None:
             raise Retryable(f"the server named a token {token!r}", "malformed") from None
         return _piece(tokenizer, token_id) or tokenizer.token_to_piece(token_id, special=True)
     return None if not token or "\ufffd" in token else token
+
+
+_BYTE_ESCAPE = re.compile(r"\\x([0-9a-fA-F]{2})")
+
+
+def _escaped_bytes(text: str) -> bytes:
+    """OpenAI's name of a token that is not whole UTF-8: its bytes, each non-ASCII one as a \\xNN
+    escape ('bytes:\\xe2\\x80'), the others as themselves ('bytes: \\xe2')."""
+    out, at = bytearray(), 0
+    for escape in _BYTE_ESCAPE.finditer(text):
+        out += text[at:escape.start()].encode("utf-8")
+        out.append(int(escape.group(1), 16))
+        at = escape.end()
+    out += text[at:].encode("utf-8")
+    return bytes(out)
 
 
 def _piece(tokenizer: Any, token_id: int) -> bytes:
@@ -252,31 +274,41 @@ def parse_text_completion(body: Any) -> ChatReply:
     return ChatReply(text, finish)
 
 
-def parse_chat_stream(body: str) -> ChatReply:
-    parts, reasoning, finish, done = [], [], None, False
-    for line in body.splitlines():
-        if not line.startswith("data:"):
+def read_chat_chunks(chunks: list[dict]) -> ChatReply:
+    """A chat completion stream, as the chunks openai-python's stream reader decoded (each as a dict).
+
+    The reply is the answer (`delta.content`), or, from a reasoning model that wrote no answer, its
+    reasoning (`delta.reasoning_content`: vLLM before PR 33402, SGLang, llama.cpp; `delta.reasoning`:
+    vLLM since, Ollama). A refusal (`delta.refusal`, OpenAI) is a RemoteError of kind 'refused' naming
+    it; an error event without an `error` field (vLLM's older ErrorResponse: `object: "error"`) one of
+    kind 'status' with the server's message."""
+    content, reasoning, refusal, finish = [], [], [], None
+    for chunk in chunks:
+        if chunk.get("object") == "error" or ("choices" not in chunk and isinstance(chunk.get("message"), str)):
+            raise RemoteError(f"the server reported an error in the stream: {str(chunk.get('message'))[:300]}",
+                              kind="status", status=chunk.get("code") if isinstance(chunk.get("code"), int) else None)
+        choices = chunk.get("choices")
+        if not isinstance(choices, list):
+            raise Retryable("a stream event is not a chat completion chunk", "malformed")
+        if not choices:  # a usage-only chunk (OpenAI, vLLM, SGLang and llama.cpp send one on request)
             continue
-        data = line[5:].strip()
-        if data == "[DONE]":
-            done = True
-            break
-        try:
-            choices = json.loads(data)["choices"]
-            if not choices:  # a usage-only chunk (OpenAI, vLLM, SGLang and llama.cpp send one on request)
-                continue
-            choice = choices[0]
-            delta = choice.get("delta") or {}
-        except (json.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
-            raise Retryable("a stream event is not a chat completion chunk", "malformed") from None
-        # Reasoning models (vLLM, SGLang, llama.cpp with a reasoning format) stream their thinking in
-        # reasoning_content: the reply is the answer, or the reasoning when there is no answer.
-        parts.append(delta.get("content") or "")
-        reasoning.append(delta.get("reasoning_content") or "")
+        choice = choices[0] if isinstance(choices[0], dict) else {}
+        delta = choice.get("delta") or {}
+        if not isinstance(delta, dict):
+            raise Retryable("a stream event's delta is not an object", "malformed")
+        content.append(_text(delta.get("content")))
+        reasoning.append(_text(delta.get("reasoning_content")) or _text(delta.get("reasoning")))
+        refusal.append(_text(delta.get("refusal")))
         finish = choice.get("finish_reason") or finish
-    if not done or finish is None:
+    if "".join(refusal):
+        raise RemoteError(f"the remote refused: {''.join(refusal)[:300]}", kind="refused")
+    if finish is None:
         raise Retryable("the stream ended before its last event", "truncated")
-    return ChatReply("".join(parts) or "".join(reasoning), finish)
+    return ChatReply("".join(content) or "".join(reasoning), finish)
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
 
 
 def token_identity(body: Any) -> str:

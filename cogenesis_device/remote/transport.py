@@ -4,7 +4,9 @@ and received, and reads each answer up to a bound.
 """
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import logging
 import time
 
 import httpx2
@@ -12,23 +14,31 @@ import httpx2
 from ..errors import RemoteError
 from ..privacy import EgressGuard
 
+log = logging.getLogger("cogenesis_device.remote")
+
 # The guard of the job whose request is being sent, and what on-device attribution withheld from it
 # (recorded with it; see collab/); set by the client for each request it submits.
 current_guard: contextvars.ContextVar[EgressGuard | None] = contextvars.ContextVar("cogenesis_guard", default=None)
 current_attribution: contextvars.ContextVar[dict | None] = contextvars.ContextVar("cogenesis_attribution",
                                                                                   default=None)
+# The HTTP requests one client call has sent, counted here, so that openai-python's retries of HTTP
+# faults and the client's retries of malformed answers draw on one budget (client.py).
+requests_sent: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("cogenesis_requests_sent",
+                                                                                default=None)
 
 
 class GuardedTransport(httpx2.AsyncBaseTransport):
     """The choke point: every request (its URL, headers and body) passes the current job's guard, then
-    is recorded; every answer is read up to max_response_bytes."""
+    is recorded; every answer is read whole, up to max_response_bytes, within timeout seconds (an
+    httpx2.ReadTimeout past it, which the openai client retries as any timeout)."""
 
     def __init__(self, inner: httpx2.AsyncBaseTransport, default_guard: EgressGuard, timings: dict,
-                 max_response_bytes: int):
+                 max_response_bytes: int, timeout: float):
         self._inner = inner
         self._default_guard = default_guard
         self._timings = timings
         self._max_response_bytes = max_response_bytes
+        self._timeout = timeout
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         guard = current_guard.get() or self._default_guard
@@ -43,17 +53,32 @@ class GuardedTransport(httpx2.AsyncBaseTransport):
         headers.append(("content-length", str(len(body))))
         outgoing = httpx2.Request(request.method, request.url, headers=headers, content=body,
                                   extensions=request.extensions)
+        sent = requests_sent.get()
+        if sent is not None:
+            sent[0] += 1
         start = time.perf_counter()
         try:
-            response = await self._inner.handle_async_request(outgoing)
-            content = await _read_bounded(response, self._max_response_bytes)  # a truncated body fails here
+            response, content = await asyncio.wait_for(self._exchange(outgoing), self._timeout)
+        except asyncio.TimeoutError:
+            log.warning("%s %s: no complete answer within %g s", request.method, request.url.path, self._timeout)
+            raise httpx2.ReadTimeout(f"no complete answer within {self._timeout:g} s", request=request) from None
+        except httpx2.TransportError as exc:
+            log.warning("%s %s: %s", request.method, request.url.path, type(exc).__name__)
+            raise
         finally:
             record.duration_ms = (time.perf_counter() - start) * 1000.0
             self._timings["http_ms"] += record.duration_ms
+        if response.status_code >= 400:  # a server in trouble is news; a refused request (4xx) the caller's to report
+            log.log(logging.WARNING if response.status_code == 429 or response.status_code >= 500 else logging.INFO,
+                    "%s %s: HTTP %d", request.method, request.url.path, response.status_code)
         record.status = response.status_code
         record.bytes_received = len(content)
         return httpx2.Response(response.status_code, headers=response.headers, content=content,
                                extensions=response.extensions, request=request)
+
+    async def _exchange(self, request: httpx2.Request) -> tuple[httpx2.Response, bytes]:
+        response = await self._inner.handle_async_request(request)
+        return response, await _read_bounded(response, self._max_response_bytes)  # a truncated body fails here
 
     async def aclose(self) -> None:
         await self._inner.aclose()

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 class ReplayServer:
     """An HTTP server on 127.0.0.1 that answers from a table, for contract tests and hostile remotes.
 
-    routes: {"METHOD /path": answer}, where answer is (status, body) or a callable(request) -> (status,
-    body) taking the parsed JSON request; a dict body is sent as JSON, a str body as an event stream
-    (text/event-stream). Unknown routes answer 404. Every request body received is kept in `bodies`.
+    routes: {"METHOD /path": answer}, where answer is (status, body) or (status, body, headers), or a
+    callable(request) -> one of those taking the parsed JSON request; a dict body is sent as JSON, a
+    str body as an event stream (text/event-stream). Unknown routes answer 404. Every request body
+    received is kept in `bodies`, and the time.monotonic() it arrived in `times`.
     """
 
     def __init__(self, routes: dict):
@@ -20,6 +22,7 @@ class ReplayServer:
 
         self.routes = dict(routes)
         self.bodies: list[str] = []
+        self.times: list[float] = []
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -30,16 +33,20 @@ class ReplayServer:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0"))).decode("utf-8", "replace")
                 if method == "POST":
                     server.bodies.append(body)
+                    server.times.append(time.monotonic())
                 answer = server.routes.get(f"{method} {self.path.split('?')[0]}")
                 if answer is None:
-                    status, payload = 404, {"error": {"message": f"no route {method} {self.path}"}}
-                else:
-                    status, payload = answer(json.loads(body) if body else {}) if callable(answer) else answer
+                    answer = (404, {"error": {"message": f"no route {method} {self.path}"}})
+                elif callable(answer):
+                    answer = answer(json.loads(body) if body else {})
+                status, payload, headers = (*answer, {}) if len(answer) == 2 else answer
                 stream = isinstance(payload, str)
                 data = (payload if stream else json.dumps(payload)).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "text/event-stream" if stream else "application/json")
                 self.send_header("Content-Length", str(len(data)))
+                for name, value in headers.items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(data)
 

@@ -4,6 +4,7 @@ benchmarks use them as the "remote"; nothing here talks to anything but 127.0.0.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import secrets
@@ -16,10 +17,13 @@ import time
 import urllib.request
 from urllib.parse import urlparse
 
+from ..errors import MissingDependencyError
 from ..registry import DEFAULT_MODEL, resolve_model
 from .reference import NO_EXTRA_BUFFERS
 
 SERVERS = ("llama.cpp", "llama-cpp-python")
+# The package each server runs from, and the extra of ours that installs it.
+_SERVER_PACKAGES = {"llama.cpp": ("xllamacpp", "demo"), "llama-cpp-python": ("llama_cpp.server", "test")}
 
 # The child's first act: a thread that exits when stdin reaches EOF. The parent holds the write end,
 # so the server goes away however the parent ends (even SIGKILL), on Linux and macOS alike.
@@ -82,6 +86,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # the parent package of a dotted name is missing
+        return False
+
+
 class LoopbackServer:
     """A real OpenAI-compatible server on 127.0.0.1, in a child process that dies with its parent.
 
@@ -97,6 +108,10 @@ class LoopbackServer:
                  n_parallel: int = 2, n_threads: int | None = None, startup_timeout: float = 120.0):
         if server not in SERVERS:
             raise ValueError(f"unknown server {server!r}; one of {', '.join(SERVERS)}")
+        package, extra = _SERVER_PACKAGES[server]
+        if not _installed(package):
+            raise MissingDependencyError(f"the loopback remote runs {server}'s server from the {package.split('.')[0]} "
+                                         f"package, which is not installed: pip install 'cogenesis-device[{extra}]'")
         self.model_path = str(resolve_model(model))
         self.server = server
         self.n_ctx, self.n_parallel = n_ctx, n_parallel
