@@ -1,4 +1,4 @@
-"""The evaluation runs whose tables the README quotes, one name each.
+"""The evaluation runs whose tables docs/evaluation.md and docs/benchmarks.md quote, one name each.
 
     python benchmarks/eval_tables.py leak150 [--shared ../shared/data] [--work /tmp/runs]
 

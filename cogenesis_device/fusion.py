@@ -7,7 +7,8 @@ side is a sparse top-k of (ids, logprobs), and its unlisted tokens get the fill:
   - local: what the top-k leaves, shared in proportion to the local model's probabilities,
     log(1 - sum p_topk) + local(t) - log(sum of local p over unlisted tokens). With the weighted
     rule, unlisted tokens then keep the local model's order and ratios; a gold token the remote did
-    not list is not pushed down to an equal share of the leftover (which costs bits: see README).
+    not list is not pushed down to an equal share of the leftover (which costs bits: docs/benchmarks.md,
+    "Gold bits per byte by rule and fill").
 Never 0. The rules:
   - weighted:      w * local + (1 - w) * remote          (w = 0.5 is the paper's mean)
   - max:           max(local, remote)

@@ -87,7 +87,7 @@ def test_markdown_output_is_a_table_row_per_measurement(report):
     (["-t", "0"], "threads must be at least 1"),
     (["-t", "two"], "expected comma-separated numbers, got 'two'"),
     (["--rtts", "-5"], "RTTs must be 0 ms or more"),
-    (["-r", "0"], "repetitions must be at least 1"),
+    (["-r", "0"], "argument -r/--repetitions: must be at least 1, got 0"),
     (["--tests", "pp", "--plot", "x.svg"], "--plot draws the collab test"),
     (["--plot", "/nonexistent/dir/x.svg"], "no such directory"),
     (["--tests", "collab", "--plot", "/tmp"], "/tmp is a directory"),

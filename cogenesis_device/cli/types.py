@@ -4,53 +4,26 @@ from __future__ import annotations
 
 import argparse
 import math
+from typing import Callable
 
 
-def _number(kind, text: str):
-    try:
-        value = kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
-    if kind is float and not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-    return value
+def _bounded(kind: type, accepts: Callable[[float], bool], expected: str) -> Callable[[str], float]:
+    """An argparse type: text read as kind (int or a finite float) and kept if accepts(value)."""
+    def convert(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if not accepts(value):
+            raise argparse.ArgumentTypeError(f"must be {expected}, got {value:g}")
+        return value
+    return convert
 
 
-def positive_int(text: str) -> int:
-    """An integer >= 1 (token counts, threads, windows)."""
-    value = _number(int, text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    """An integer >= 0 (0 turns the option off)."""
-    value = _number(int, text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def non_negative(text: str) -> float:
-    """A number >= 0 (temperatures: 0 is greedy; thresholds)."""
-    value = _number(float, text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value:g}")
-    return value
-
-
-def positive(text: str) -> float:
-    """A number > 0 (seconds, penalties)."""
-    value = _number(float, text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {value:g}")
-    return value
-
-
-def unit_interval(text: str) -> float:
-    """A number in [0, 1] (probabilities, weights)."""
-    value = _number(float, text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value:g}")
-    return value
+positive_int = _bounded(int, lambda v: v >= 1, "at least 1")             # token counts, threads, windows
+non_negative_int = _bounded(int, lambda v: v >= 0, "0 or more")          # 0 turns the option off
+non_negative = _bounded(float, lambda v: v >= 0, "0 or more")            # temperatures (0 is greedy), thresholds
+positive = _bounded(float, lambda v: v > 0, "more than 0")               # seconds, penalties, rates
+unit_interval = _bounded(float, lambda v: 0 <= v <= 1, "between 0 and 1")  # probabilities, weights

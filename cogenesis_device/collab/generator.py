@@ -46,7 +46,7 @@ if TYPE_CHECKING:  # a type only: local-only generation loads no network client 
 
 MODES = ("auto", "sketch", "logits")
 _COGEN_DEFAULTS = _native.cogen_default_params()
-# The default repetition control of both modes (README: "Text without loops"), the engine's.
+# The default repetition control of both modes (docs/collaboration.md: "Repetition control"), the engine's.
 NO_REPEAT_NGRAM = COLLABORATIVE.no_repeat_ngram
 
 

@@ -630,7 +630,7 @@ struct cg_cogen_params cg_cogen_default_params(void) {
     p.fusion.plausible = 0.1f;
     p.gate = nullptr;
     // Collaboration writes greedily, with no 4-gram repeated: small models loop without it, and the
-    // per-token protocol's text is then reproducible (the README's "Text without loops").
+    // per-token protocol's text is then reproducible (docs/collaboration.md, "Repetition control").
     p.sampling = cg_sampling_default_params();
     p.sampling.temperature = 0.0f;
     p.sampling.no_repeat_ngram = 4;
