@@ -8,6 +8,7 @@ LocalModel, openai-python with RemoteModel or CoGenerator). The library logs ret
 through `logging` under the name "cogenesis_device", silent unless the application configures logging.
 """
 import importlib
+import importlib.util
 import logging
 
 from . import errors
@@ -37,7 +38,15 @@ def __getattr__(name: str):
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    try:
+        value = getattr(importlib.import_module(f".{module}", __name__), name)
+    except ImportError as exc:
+        if importlib.util.find_spec(f"{__name__}._native") is None:  # every name needs the engine, or its layer does
+            raise ImportError(
+                "cogenesis_device._native is not built here. Install the package (pip install .) and import it from "
+                "outside the source tree, or run the tests with `pytest` (not `python -m pytest`) from the "
+                "checkout.") from exc
+        raise
     globals()[name] = value  # once: later lookups do not come here
     return value
 

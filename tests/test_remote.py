@@ -528,3 +528,14 @@ def test_the_probe_refuses_a_server_whose_logprobs_are_off_by_one(proxy, model):
     proxy.clear()
     with RemoteModel(proxy.base_url, template=model, timeout=10.0, max_retries=0) as honest:
         assert honest.connect().positions_ok  # the same server unshifted passes
+
+
+def test_a_loopback_remote_without_its_server_package_names_the_extra(monkeypatch):
+    """llama.cpp's server (xllamacpp) is the `demo` extra: without it, `cogenesis demo` ends in one line
+    naming the install, not in a child process that dies on an ImportError."""
+    from cogenesis_device.errors import MissingDependencyError
+    from cogenesis_device.testing import LoopbackServer
+
+    monkeypatch.setitem(sys.modules, "xllamacpp", None)  # as if not installed: find_spec finds nothing
+    with pytest.raises(MissingDependencyError, match=r"pip install 'cogenesis-device\[demo\]'"):
+        LoopbackServer()

@@ -173,3 +173,13 @@ def test_a_model_that_refuses_max_tokens_gets_max_completion_tokens(model):
             assert remote.chat([{"role": "user", "content": "Say hello."}], max_tokens=8, public=True).text == "Hello"
     sent = [json.loads(b) for b in server.bodies]
     assert [("max_tokens" in b, b.get("max_completion_tokens")) for b in sent] == [(True, None), (False, 8), (False, 8)]
+
+
+def test_a_servers_retry_delay_is_capped_at_max_backoff(model):
+    """A hostile or broken server asking for 100 s (openai-python honours up to 120 s) waits max_backoff
+    instead: the bound the client had before openai-python did its retries. The gap is far below 100 s."""
+    answer = _failing_then_answering(429, 1, {"error": {"message": "Rate limit reached"}}, {"retry-after": "100"})
+    with _server(**{"POST /v1/completions": answer}) as server, \
+            _remote(server, model, max_retries=1, max_backoff=0.5) as remote:
+        assert remote.connect().max_top_k == 20
+    assert len(server.times) == 2 and server.times[1] - server.times[0] < 10.0

@@ -348,7 +348,7 @@ def _configure_logging(verbosity: int) -> None:
     """Library warnings (a retried answer, a fallback) always reach stderr; -v adds information, -vv
     debugging, openai-python's included. The library itself only logs; configuring is the app's."""
     library, openai_log = logging.getLogger("cogenesis_device"), logging.getLogger("openai")
-    if not any(isinstance(h, _Stderr) for h in library.handlers):
+    if _STDERR not in library.handlers:
         library.addHandler(_STDERR)
     library.setLevel(logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG)
     if verbosity >= 2 and _STDERR not in openai_log.handlers:

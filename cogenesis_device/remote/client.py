@@ -54,7 +54,8 @@ class RemoteModel:
         openai-python's client as it retries them (Retry-After, retry-after-ms and x-should-retry
         honoured, else exponential backoff from 0.5 s); both kinds draw on this one budget.
     backoff, max_backoff: exponential backoff in seconds before another try after a malformed,
-        logprob-less or truncated answer (which the HTTP client takes as it comes).
+        logprob-less or truncated answer (which the HTTP client takes as it comes); max_backoff also
+        caps every wait of the HTTP client, a server's Retry-After included.
     template: how the remote prompt is formatted for next-token scores: a LocalModel of the remote's
         GGUF or of its family (its format_prompt: the chat template, or plain text for a base model),
         a callable(messages) -> str, or "raw" (plain text, local.plain_prompt).
@@ -122,8 +123,8 @@ class RemoteModel:
         transport = GuardedTransport(httpx2.AsyncHTTPTransport(limits=limits), self.guard, self.timings,
                                       int(max_response_bytes), self.timeout)
         http = httpx2.AsyncClient(transport=transport, timeout=self.timeout)
-        self._client = openai.AsyncOpenAI(base_url=self.base_url, api_key=api_key, timeout=self.timeout,
-                                          max_retries=self.max_retries, http_client=http)
+        self._client = _openai_client(self.max_backoff, base_url=self.base_url, api_key=api_key,
+                                      timeout=self.timeout, max_retries=self.max_retries, http_client=http)
         self._clients = {self.max_retries: self._client}  # by the retries left them, sharing one pool
         # The chat request's length limit: OpenAI's newer models refuse max_tokens and ask for
         # max_completion_tokens, which other servers may not read; switched on the first such refusal.
@@ -435,6 +436,18 @@ class RemoteModel:
 
 
 # -- parsing: every shape check raises Retryable('malformed' | 'missing_logprobs' | 'truncated') --------
+
+
+def _openai_client(max_backoff: float, **options) -> openai.AsyncOpenAI:
+    """openai-python's client, each of its retry waits (a server's Retry-After included, which it
+    honours up to two minutes) capped at max_backoff: a hostile or broken server could otherwise hold a
+    generation that long per retry. Its with_options() copies keep the class, so the cap too.
+    (_calculate_retry_timeout is openai-python's own hook for the wait; the version is pinned below 4.)"""
+    class CappedRetryWaits(openai.AsyncOpenAI):
+        def _calculate_retry_timeout(self, *args, **kwargs) -> float:
+            return min(max_backoff, super()._calculate_retry_timeout(*args, **kwargs))
+
+    return CappedRetryWaits(**options)
 
 
 def _seed(seed: int | None) -> dict:
