@@ -15,6 +15,7 @@ import numpy as np
 
 from . import _native
 from .errors import CogenesisIOError, InvalidParameterError, MissingFileError, StateError
+from .prompts import plain_prompt
 from .registry import DEFAULT_MODEL, resolve_model
 from .sampling import ENGINE_DEFAULT, SamplingParams, sampling_or
 
@@ -24,12 +25,6 @@ SYSTEM_PROMPT = ("You write on behalf of the user described below. Use their det
                  "style wherever they fit the task.\n\nAbout the user:\n{context}")
 _CONTEXT_MARK, _USER_MARK = "\uE000", "\uE001"  # private-use characters: in no real text
 _ROWS_PER_DECODE = 32  # rows per teacher-forced decode (a session's n_outputs_max)
-
-
-def plain_prompt(messages: Sequence[dict]) -> str:
-    """A prompt without chat markup: each message's text followed by a blank line (roles are dropped).
-    The format for base models, which have no chat template and simply continue text."""
-    return "".join(m["content"] + "\n\n" for m in messages)
 
 
 # A generation's timings and token counts, bound from the engine (cg_timings): fields, rates, to_dict().

@@ -490,8 +490,15 @@ class EgressGuard:
         self.items = private_items(contexts, publics, min_span=min_span, extra=entities)
         self._matcher = _Matcher(self.items, min_span)
         self._known: list[str] = []
+        self._echoes: set[tuple[int, ...]] = set()
         for text in known:
             self.add_known(text)
+
+    def allow_echo(self, ids: Sequence[int]) -> None:
+        """Token ids the server itself answered, which may go back to it unread (vLLM's /detokenize of
+        its own /tokenize answer, which renders the chat template): a function of what the server wrote
+        tells it nothing of the device. Any other id list is checked with the tokenizer, or refused."""
+        self._echoes.add(tuple(ids))
 
     def add_known(self, text: str) -> None:
         """Text the remote holds already (see the class docstring): our prompt once it is rendered."""
@@ -565,7 +572,7 @@ class EgressGuard:
             return b"", record, f"refused to send a request to {endpoint}: {why}"
 
         try:
-            parts = _Parts(payload, self.tokenizer)
+            parts = _Parts(payload, self.tokenizer, self._echoes)
         except PrivacyBlockedError as exc:
             return refuse(str(exc))
         findings = parts.find(self.find, known=self._known)
@@ -578,7 +585,7 @@ class EgressGuard:
         if findings and self.policy == "redact":
             checked = parts.redacted([(f.start, f.end, PLACEHOLDER if f.kind else "") for f in findings])
             body = (json.dumps(checked, ensure_ascii=False) if is_json else checked).encode("utf-8")
-            leftover = _Parts(checked, self.tokenizer).find(self.find, known=self._known, ignore_placeholders=True)
+            leftover = _Parts(checked, self.tokenizer, self._echoes).find(self.find, known=self._known, ignore_placeholders=True)
             if leftover:  # defence in depth: a placeholder next to text could re-form a span
                 return refuse(f"redaction left {len(leftover)} private span(s)")
             record.action = "redacted"
@@ -637,8 +644,8 @@ class _Parts:
     """A JSON payload read as one text: its strings (keys included) and decoded token-id lists,
     joined in order with nothing between, so a span split across two strings is still one span."""
 
-    def __init__(self, payload: Any, tokenizer: Any):
-        self._payload, self._tokenizer = payload, tokenizer
+    def __init__(self, payload: Any, tokenizer: Any, echoes: set[tuple[int, ...]] = frozenset()):
+        self._payload, self._tokenizer, self._echoes = payload, tokenizer, echoes
         self._segments: list[tuple[int, int]] = []  # (start, end) in text of each leaf, in visiting order
         self._leaves: list[str] = []
         self._is_key: list[bool] = []
@@ -693,6 +700,8 @@ class _Parts:
     def _walk(self, value: Any, chunks: list[str], key: str = "") -> None:
         if isinstance(value, str):
             self._leaf(value, chunks, is_protocol=key in PROTOCOL_VALUED_KEYS and value in PROTOCOL_VALUES)
+        elif _is_token_ids(value) and tuple(value) in self._echoes:
+            self._leaf("", chunks)  # the server's own answer, sent back: nothing of ours to read
         elif _is_token_ids(value):
             if self._tokenizer is None:
                 raise PrivacyBlockedError("it carries token ids, which cannot be checked without the local tokenizer")
@@ -726,6 +735,9 @@ class _Parts:
         def walk(value: Any) -> Any:
             if isinstance(value, str):
                 return leaf(value)
+            if _is_token_ids(value) and tuple(value) in self._echoes:
+                next(counter)
+                return value
             if _is_token_ids(value):
                 return self._tokenizer.tokenize(leaf(self._tokenizer.detokenize(list(value))), add_special=False)
             if isinstance(value, list):

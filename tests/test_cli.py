@@ -175,6 +175,18 @@ def test_private_text_can_stay_out_of_the_process_list(tmp_path, loopback_server
     assert "prefer --context-file" in exposed.stderr
 
 
+def test_run_renders_with_the_servers_template_or_says_which_it_assumed(loopback_server, python_server):
+    """--template auto: llama.cpp's server renders its own template (no warning); llama_cpp.server
+    cannot, so the local model's is used and the warning says so. Before, the local model's ChatML went
+    to any server without a word, a Llama 3 on vLLM included."""
+    args = ["run", "Write a two-line shop announcement", "--context", "Name: Odalys", "-n", "4", "--mode", "logits"]
+    rendered = run_cli(*args, "--remote-url", loopback_server.base_url)
+    assert rendered.returncode == 0 and "chat template" not in rendered.stderr, rendered.stderr
+    assumed = run_cli(*args, "--remote-url", python_server.base_url)
+    assert assumed.returncode == 0, assumed.stderr
+    assert "the server does not render its chat template" in assumed.stderr and "fallback" not in assumed.stderr
+
+
 @pytest.mark.parametrize("args, message", [
     (["run", "Hi", "--context-file", "/nonexistent/profile.txt"], "cannot read the context file"),
     (["run", "--context", "x"], "no instruction"),

@@ -40,6 +40,8 @@ def test_each_name_loads_only_what_it_needs(tmp_path):
     assert "cogenesis_device._native" in local and "openai" not in local and "httpx2" not in local
     remote = _loaded_after(tmp_path, "cogenesis_device.RemoteModel")
     assert "openai" in remote
+    # The network client formats prompts without the engine (it imported local.plain_prompt, issue 33).
+    assert "cogenesis_device._native" not in remote and "cogenesis_device.local" not in remote
 
 
 def _layer(module: str) -> int:

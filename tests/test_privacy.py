@@ -162,6 +162,20 @@ def test_token_id_prompts_are_decoded_checked_and_redacted(model):
         EgressGuard(PROFILE).check_body("POST", "/v1/completions", json.dumps({"prompt": ids}).encode())
 
 
+def test_only_the_servers_own_ids_go_back_unread(model):
+    """vLLM renders its chat template as ids (/tokenize), turned into text by /detokenize: those ids,
+    the server's own answer, may be sent back without a tokenizer; any other id list is still refused
+    (it could spell the context)."""
+    guard = EgressGuard(PROFILE)
+    guard.allow_echo([128006, 882, 128007])
+    sent, record = guard.check_body("POST", "/detokenize", json.dumps({"tokens": [128006, 882, 128007]}).encode())
+    assert json.loads(sent) == {"tokens": [128006, 882, 128007]} and record.action == "sent"
+    ids = model.tokenize("Good morning Ingrid Solheim", add_special=False)
+    for other in ([128006, 882], ids):
+        with pytest.raises(PrivacyBlockedError, match="token ids"):
+            guard.check_body("POST", "/detokenize", json.dumps({"tokens": other}).encode())
+
+
 def test_a_short_draft_is_private_too():
     assert EgressGuard(["", "Hi all,"], public="Write a note").redact("Hi all, here it is")[0] == "[PRIVATE], here it is"
     guard = EgressGuard(["", "Hi Kvbo7!"], public="Write a note")

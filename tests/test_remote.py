@@ -428,6 +428,7 @@ def test_without_a_template_the_server_renders_the_prompt_or_the_error_asks_for_
 
     with RemoteModel(real_server.base_url, tokenizer=model) as untemplated:
         if real_server.server == "llama-cpp-python":
+            assert untemplated.server_template() is None
             with pytest.raises(RemoteError, match="template="):
                 untemplated.prompt(HAIKU, public=True)
         else:
@@ -439,6 +440,26 @@ def test_without_a_template_the_server_renders_the_prompt_or_the_error_asks_for_
                                                               sampling=cg.SamplingParams.collaborative())
     assert result.mode == ("logits" if real_server.server == "llama.cpp" else "sketch"), result.mode_reason
     assert not result.fallback, result.fallback_reason
+
+
+def test_a_template_is_checked_against_the_servers_own(loopback_server, python_server, model):
+    """llama.cpp's server renders with the GGUF's template: the bundled model's own agrees with it, a
+    Llama 3 template given by mistake is named in a warning. llama_cpp.server renders nothing, so there
+    is nothing to compare, and no warning."""
+    def llama3(messages):
+        return "".join(f"<|start_header_id|>{m['role']}<|end_header_id|>\n\n{m['content']}<|eot_id|>"
+                       for m in messages) + "<|start_header_id|>assistant<|end_header_id|>\n\n"
+
+    with RemoteModel(loopback_server.base_url, template=model) as same, \
+            RemoteModel(loopback_server.base_url, template=llama3) as other, \
+            RemoteModel(python_server.base_url, template=llama3) as unrendered:
+        assert same.server_template() == "apply-template" and same.check_template() is None
+        warning = other.check_template()
+        assert warning and "<|start_header_id|>" in warning and "<|im_start|>" in warning
+        assert unrendered.check_template() is None
+        # Each check asks with a public message, recorded by the model's own guard.
+        asked = [r.endpoint for r in unrendered.guard.records if r.method == "POST"]
+        assert asked == ["/apply-template", "/tokenize"]
 
 
 def test_the_loopback_server_dies_with_its_parent_even_on_sigkill(tmp_path):

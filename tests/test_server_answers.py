@@ -183,3 +183,71 @@ def test_a_servers_retry_delay_is_capped_at_max_backoff(model):
             _remote(server, model, max_retries=1, max_backoff=0.5) as remote:
         assert remote.connect().max_top_k == 20
     assert len(server.times) == 2 and server.times[1] - server.times[0] < 10.0
+
+
+# vLLM's /tokenize with messages (TokenizeChatRequest: add_generation_prompt defaults to true,
+# add_special_tokens to false, since the template writes the BOS) and /detokenize (DetokenizeResponse
+# {prompt}), in vllm/entrypoints/openai/protocol.py and serving_tokenization.py. Ids are Llama 3's.
+LLAMA3 = {128000: "<|begin_of_text|>", 128006: "<|start_header_id|>", 882: "user", 128007: "<|end_header_id|>",
+          271: "\n\n", 9906: "Hello", 128009: "<|eot_id|>", 78191: "assistant"}
+LLAMA3_CHAT = [128000, 128006, 882, 128007, 271, 9906, 128009, 128006, 78191, 128007, 271]
+
+
+def _vllm_routes(seen: list) -> dict:
+    def tokenize(request):
+        seen.append(("tokenize", request))
+        tokens = LLAMA3_CHAT if "messages" in request else [128000] if request.get("add_special_tokens") else []
+        return 200, {"count": len(tokens), "max_model_len": 8192, "tokens": tokens, "token_strs": None}
+
+    def detokenize(request):
+        seen.append(("detokenize", request))
+        return 200, {"prompt": "".join(LLAMA3[t] for t in request["tokens"])}
+
+    return {"GET /v1/models": (200, models("meta-llama/Llama-3.1-8B-Instruct")),
+            "POST /tokenize": tokenize, "POST /detokenize": detokenize}
+
+
+def test_vllm_renders_the_prompt_with_its_own_template_through_tokenize_and_detokenize():
+    """Without template=, vLLM (no /apply-template) renders the messages: /tokenize with messages, then
+    /detokenize, without the BOS that /v1/completions adds to the text again. Before, the client knew
+    only llama.cpp's /apply-template and asked for template=, which users filled with the local
+    model's ChatML."""
+    seen = []
+    with ReplayServer(_vllm_routes(seen)) as server, RemoteModel(server.base_url, timeout=5) as remote:
+        prompt = remote.prompt([{"role": "user", "content": "Hello"}], public=True)
+        assert remote.server_template() == "tokenize"
+        again = remote.prompt([{"role": "user", "content": "Hello"}], public=True)
+    assert prompt == again == ("<|start_header_id|>user<|end_header_id|>\n\nHello<|eot_id|>"
+                               "<|start_header_id|>assistant<|end_header_id|>\n\n")
+    (_, chat), (_, empty), (_, text) = seen[:3]
+    assert chat["messages"] == [{"role": "user", "content": "Hello"}] and chat["add_generation_prompt"] is True
+    assert chat["model"] == "meta-llama/Llama-3.1-8B-Instruct" and empty["prompt"] == ""
+    assert text["tokens"] == LLAMA3_CHAT[1:]
+    # The BOS the tokenizer adds is asked once; the renderer found is remembered.
+    assert [kind for kind, _ in seen] == ["tokenize", "tokenize", "detokenize"] + ["tokenize", "detokenize"] * 2
+    assert sum(1 for body in server.bodies if "apply-template" in body) == 0
+
+
+def test_a_template_of_another_family_is_named_in_a_warning(model, caplog):
+    """template= the local SmolLM2 (ChatML) against vLLM serving Llama 3: the prompts would go out in
+    markup the remote never saw, silently. check_template compares with the server's own rendering."""
+    seen = []
+    with ReplayServer(_vllm_routes(seen)) as server, RemoteModel(server.base_url, template=model,
+                                                                 timeout=5) as remote:
+        with caplog.at_level("WARNING", logger="cogenesis_device.remote"):
+            warning = remote.check_template()
+    assert warning and "<|im_start|>" in warning and "<|start_header_id|>" in warning
+    assert warning in caplog.text
+
+
+def test_a_server_that_cannot_render_is_named_and_remembered():
+    """SGLang's /tokenize reads only a prompt (422 for messages), and it has no /apply-template: the
+    error asks for template=, and the answer is remembered (no second round of requests)."""
+    routes = {"GET /v1/models": (200, models("Qwen/Qwen2.5-7B-Instruct", owner="sglang")),
+              "POST /tokenize": (422, {"object": "error", "message": "prompt: Field required", "code": 422})}
+    with ReplayServer(routes) as server, RemoteModel(server.base_url, timeout=5, max_retries=0) as remote:
+        assert remote.server_template() is None
+        asked = len(server.bodies)
+        with pytest.raises(RemoteError, match="template=") as err:
+            remote.prompt([{"role": "user", "content": "Hello"}], public=True)
+        assert err.value.kind == "config" and len(server.bodies) == asked == 2

@@ -25,6 +25,8 @@ from ..attribution import AttributionConfig
 from ..fusion import FusionConfig
 from ..sampling import COLLABORATIVE, ENGINE_DEFAULT
 from . import bench, research
+
+log = logging.getLogger("cogenesis_device.cli")
 from .types import non_negative, non_negative_int, positive, positive_int, unit_interval
 
 EXIT_FELL_BACK = 3  # --strict: the remote failed and the text is the local model's alone
@@ -133,9 +135,11 @@ def _add_run(sub) -> None:
     p.add_argument("--remote-model", default=None, help="remote model name (default: the only one served)")
     p.add_argument("--api-key", default=None, help="API key (default $OPENAI_API_KEY, which keeps it out of the "
                    "process list)")
-    p.add_argument("--template", default="local", choices=["local", "raw", "server"],
-                   help="remote prompt format for logits mode: the local model's chat template (same family), raw, "
-                        "or the server's own rendering (llama.cpp's /apply-template)")
+    p.add_argument("--template", default="auto", choices=["auto", "server", "local", "raw"],
+                   help="remote prompt format for logits mode: auto (default): the server's own rendering where it "
+                        "offers one (llama.cpp's /apply-template, vLLM's /tokenize), else the local model's chat "
+                        "template, with a warning; server: the server's only; local: the local model's (same "
+                        "family; checked against the server's where it renders); raw: plain text")
     p.add_argument("--loopback", default=None, metavar="MODEL",
                    help="start a loopback llama.cpp server with this registry model as the remote")
     _add_collaboration(p)
@@ -263,11 +267,45 @@ def _run(args) -> int:
         if args.loopback:
             print(f"starting a loopback remote ({args.loopback}) ...", file=sys.stderr)
             url = stack.enter_context(LoopbackServer(args.loopback, n_threads=args.threads)).base_url
-        template = {"local": local, "raw": "raw", "server": None}[args.template]
+        template = {"local": local, "raw": "raw", "server": None, "auto": None}[args.template]
+        if args.loopback and args.template == "auto":  # the remote's GGUF is known: its own template
+            template = _remote_template(args.loopback, local, args.threads)
         remote = stack.enter_context(RemoteModel(url, args.api_key, args.remote_model, template=template,
                                                  **research.remote_options(args)))
+        if template is None and args.template == "auto":
+            _choose_template(remote, local)
+        elif args.template == "local":
+            remote.check_template()
         result = _collaborate(args, remote, local, instruction or None, context, args.mode, draft, args.request)
     return _exit_status(args, [result])
+
+
+def _remote_template(name: str, local, threads: int):
+    """The remote's prompts are written in its own chat template, and its tokens read with its tokenizer:
+    the local model's when they are one file, else the remote's GGUF (its weights are mapped, not read)."""
+    from ..local import LocalModel
+
+    return local if resolve_model(name) == local.path else LocalModel(name, n_ctx=256, n_threads=threads)
+
+
+def _choose_template(remote, local) -> None:
+    """--template auto: the server renders its own template where it can; else the local model's is
+    assumed to be the remote's family, and the user is told, since a wrong one lowers the remote's scores
+    without any error."""
+    from ..errors import RemoteError
+
+    try:
+        renderer = remote.server_template()
+    except RemoteError as exc:
+        renderer, why = None, f"asking how the server renders its chat template failed ({exc})"
+    else:
+        why = "the server does not render its chat template (no /apply-template, no /tokenize with messages)"
+    if renderer is None:
+        remote.template, remote.tokenizer = local, local.native
+        log.warning("%s: remote prompts use the local model's chat template, which must be of the remote's family "
+                    "(else pass --template raw, or a server that renders)", why)
+    else:
+        log.info("remote prompts are rendered by the server (%s)", renderer)
 
 
 def _demo(args) -> int:
@@ -278,10 +316,7 @@ def _demo(args) -> int:
     _warn_on_audit(args)
     sample = json.loads(resources.files("cogenesis_device").joinpath("data/demo.json").read_text(encoding="utf-8"))
     local = LocalModel(args.model, n_ctx=args.n_ctx, n_threads=args.threads)
-    # The remote's prompts are written in its own chat template, and its tokens read with its tokenizer:
-    # the local model's when they are one file, else the remote's GGUF (its weights are mapped, not read).
-    same = resolve_model(args.remote) == local.path
-    template = local if same else LocalModel(args.remote, n_ctx=256, n_threads=args.threads)
+    template = _remote_template(args.remote, local, args.threads)
     print(f"starting a loopback OpenAI-compatible server as the remote ({args.remote}) ...", file=sys.stderr)
     with LoopbackServer(args.remote, n_threads=args.threads) as server, \
             RemoteModel(server.base_url, template=template, **research.remote_options(args)) as remote:

@@ -23,8 +23,8 @@ import httpx2
 import openai
 
 from ..errors import PrivacyBlockedError, RemoteError, without_traceback
-from ..local import plain_prompt
 from ..privacy import EgressGuard
+from ..prompts import plain_prompt
 from .formats import (ChatReply, Continuation, RemoteCapabilities, Retryable, parse_completion, parse_json,
                       parse_text_completion, read_chat_chunks, token_identity)
 from .transport import GuardedTransport, current_attribution, current_guard, requests_sent
@@ -35,7 +35,8 @@ Messages = Sequence[dict]
 _PROBE_PROMPT = "The capital of France is"
 _RETRY_STATUS = {408, 409, 429}  # and 5xx: what openai-python retries, unless x-should-retry says otherwise
 _PARAMETER_REFUSED = {400, 422}  # the probe's top-k refused: try a smaller one
-_NO_COMPLETIONS = {404, 405, 501}  # no /v1/completions for this model (OpenAI's chat models): no logprobs
+_NO_ENDPOINT = {404, 405, 501}  # e.g. no /v1/completions for this model (OpenAI's chat models): no logprobs
+_TEMPLATE_PROBE = ({"role": "user", "content": "Hello"},)  # public: how the server renders one message
 
 
 def _is_loopback(url: str) -> bool:
@@ -58,7 +59,7 @@ class RemoteModel:
         caps every wait of the HTTP client, a server's Retry-After included.
     template: how the remote prompt is formatted for next-token scores: a LocalModel of the remote's
         GGUF or of its family (its format_prompt: the chat template, or plain text for a base model),
-        a callable(messages) -> str, or "raw" (plain text, local.plain_prompt).
+        a callable(messages) -> str, or "raw" (plain text, prompts.plain_prompt).
     tokenizer: the remote's tokenizer (a LocalModel or _native.Model of the server's model), which
         reads tokens the server names by id; by default the template's, when it is a LocalModel.
         Without one, tokens are read from their bytes or text.
@@ -115,6 +116,9 @@ class RemoteModel:
         self.timings = {"guard_ms": 0.0, "http_ms": 0.0, "parse_ms": 0.0}
         self._model = model
         self._capabilities: RemoteCapabilities | None = None
+        self._renderer: str | None = None  # how the server renders templates (server_template); "" for not at all
+        self._added_tokens: list | None = None  # what vLLM's tokenizer adds to a prompt (a BOS)
+        self._probe_rendering: str | None = None  # the server's rendering of _TEMPLATE_PROBE
         self._probe_lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="cogenesis-remote", daemon=True)
@@ -273,7 +277,7 @@ class RemoteModel:
                 top_k = k
                 break
             except RemoteError as exc:
-                if exc.kind == "missing_logprobs" or exc.status in _NO_COMPLETIONS:
+                if exc.kind == "missing_logprobs" or exc.status in _NO_ENDPOINT:
                     break
                 if not (exc.kind == "status" and exc.status in _PARAMETER_REFUSED):
                     raise
@@ -300,12 +304,12 @@ class RemoteModel:
 
     def prompt(self, messages: Messages, *, guard: EgressGuard | None = None, public: bool = False) -> str:
         """The text prompt for /v1/completions: the messages formatted with the remote's template, or,
-        with no template=, by the server itself (llama.cpp's /apply-template, a request that passes
-        `guard` like any other, so it needs guard= or public=True)."""
+        with no template=, by the server itself (see server_template). A request to the server passes
+        `guard` like any other, so it needs guard= or public=True."""
         if self.template is None:
             guard = self._job_guard(guard, public, "prompt")
             return self._wait(self._submit(self._attempts("applying the server's chat template",
-                                                          lambda client: self._apply_template(client, messages)),
+                                                          lambda client: self._render(client, messages)),
                                            guard))
         if self.template == "raw":
             return plain_prompt(messages)
@@ -313,23 +317,92 @@ class RemoteModel:
             return self.template.format_prompt(messages)
         return self.template(messages)
 
-    async def _apply_template(self, client: openai.AsyncOpenAI, messages: Messages) -> str:
-        url = f"{self.base_url.removesuffix('/v1')}/apply-template"  # at the server root, not under /v1
+    def server_template(self) -> str | None:
+        """How the server renders chat messages with its model's own template, asked once with a public
+        message: "apply-template" (llama.cpp's /apply-template), "tokenize" (vLLM's /tokenize with
+        messages, then /detokenize), or None when it offers neither (llama_cpp.server, SGLang, TGI,
+        OpenAI). A failure other than a missing endpoint raises RemoteError, and nothing is remembered."""
+        if self._probe_rendering is None and self._renderer != "":
+            try:
+                self._probe_rendering = self._wait(self._submit(self._attempts(
+                    "applying the server's chat template", lambda client: self._render(client, _TEMPLATE_PROBE)),
+                    self.guard))
+            except RemoteError:
+                if self._renderer != "":  # a failure, not the answer "no endpoint"
+                    raise
+        return self._renderer or None
+
+    def check_template(self) -> str | None:
+        """Compares template= with the server's own rendering of a public message, where the server
+        renders (server_template). Returns a warning, also logged, when the markup around the message
+        differs: the remote then reads prompts in markup it was not trained on (ChatML sent to a Llama 3
+        model, say), and its scores are worse than they should be. None when they agree (a default
+        system turn the server adds before is allowed), or when there is nothing to compare."""
+        if self.template is None or self.base_model:
+            return None
         try:
-            response = await client.post(url, body={"messages": list(messages)}, cast_to=httpx2.Response)
-        except openai.APIStatusError as exc:
-            if exc.status_code in (404, 405):
-                raise RemoteError("the remote model's chat template is unknown and the server does not render it "
-                                  "(no /apply-template, which llama.cpp's server has): pass template= (a LocalModel "
-                                  "of the same family, a callable(messages) -> str, or 'raw')", kind="config") from None
-            raise
-        try:
-            prompt = response.json()["prompt"]
-        except (ValueError, KeyError, TypeError):
-            raise Retryable("the /apply-template answer has no prompt", "malformed") from None
-        if not isinstance(prompt, str):
-            raise Retryable("the /apply-template answer has no prompt", "malformed")
-        return prompt
+            if self.server_template() is None:
+                return None
+        except RemoteError as exc:
+            log.info("the chat template was not checked against the server's: %s", exc)
+            return None
+        ours, theirs = self.prompt(_TEMPLATE_PROBE), self._probe_rendering
+        # The same markup around the message, and after it up to the reply; what comes before may differ
+        # (a default system turn, as SmolLM2's Jinja template adds and llama.cpp's built-in one does not).
+        before, found, after = ours.rpartition(_TEMPLATE_PROBE[0]["content"])
+        their_before, their_found, their_after = theirs.rpartition(_TEMPLATE_PROBE[0]["content"])
+        if found and their_found and after == their_after and their_before.endswith(before):
+            return None
+        warning = (f"template= formats prompts unlike the server's own chat template (one message renders as "
+                   f"{ours!r} here, {theirs!r} by the server): pass the remote's own GGUF as template=, or "
+                   f"template=None to let the server render")
+        log.warning("%s", warning)
+        return warning
+
+    async def _render(self, client: openai.AsyncOpenAI, messages: Messages) -> str:
+        """The messages rendered by the server: llama.cpp's /apply-template, else vLLM's /tokenize and
+        /detokenize; remembers which one answers. Both sit at the server root, not under /v1."""
+        root = self.base_url.removesuffix("/v1")
+        if self._renderer in (None, "apply-template"):
+            try:
+                response = await client.post(f"{root}/apply-template", body={"messages": list(messages)},
+                                             cast_to=httpx2.Response)
+                self._renderer = "apply-template"
+                return _answer_field(response, "prompt", str, "/apply-template")
+            except openai.APIStatusError as exc:
+                if exc.status_code not in _NO_ENDPOINT:
+                    raise
+        if self._renderer in (None, "tokenize"):
+            model = self._model or await self._list_model(client)
+            try:
+                response = await client.post(f"{root}/tokenize", cast_to=httpx2.Response, body={
+                    "model": model, "messages": list(messages), "add_generation_prompt": True})
+            except openai.APIStatusError as exc:
+                # SGLang's /tokenize reads only a prompt, and refuses messages as a malformed request.
+                if exc.status_code not in _NO_ENDPOINT | _PARAMETER_REFUSED:
+                    raise
+            else:
+                self._renderer = "tokenize"
+                tokens = _answer_field(response, "tokens", list, "/tokenize")
+                if not all(type(t) is int for t in tokens):
+                    raise Retryable("the /tokenize answer's tokens are not all ids", "malformed")
+                # The completions endpoint adds the tokenizer's own leading special tokens (a BOS) to
+                # the text it is sent: drop them here, or the remote would read two.
+                if self._added_tokens is None:
+                    empty = await client.post(f"{root}/tokenize", cast_to=httpx2.Response, body={
+                        "model": model, "prompt": "", "add_special_tokens": True})
+                    self._added_tokens = _answer_field(empty, "tokens", list, "/tokenize")
+                if self._added_tokens and tokens[:len(self._added_tokens)] == self._added_tokens:
+                    tokens = tokens[len(self._added_tokens):]
+                (current_guard.get() or self.guard).allow_echo(tokens)
+                text = await client.post(f"{root}/detokenize", cast_to=httpx2.Response,
+                                         body={"model": model, "tokens": tokens})
+                return _answer_field(text, "prompt", str, "/detokenize")
+        self._renderer = ""
+        raise RemoteError("the remote model's chat template is unknown and the server does not render it "
+                          "(no /apply-template as llama.cpp's server has, no /tokenize with messages as vLLM's "
+                          "has): pass template= (a LocalModel of the same family, a callable(messages) -> str, "
+                          "or 'raw')", kind="config")
 
     def next_tokens(self, prompt: str, *, n: int = 1, top_k: int | None = None, temperature: float = 0.0,
                     seed: int | None = None, guard: EgressGuard | None = None, public: bool = False) -> Continuation:
@@ -461,3 +534,14 @@ def _error_message(exc: openai.APIError) -> str:
         body = body.get("error", body) if not isinstance(body.get("message"), str) else body
         body = body.get("message", body) if isinstance(body, dict) else body
     return str(body or exc.message)[:300]
+
+
+def _answer_field(response: httpx2.Response, field: str, kind: type, endpoint: str):
+    """One field of a JSON answer, of the type expected; else a retryable malformed answer."""
+    try:
+        value = response.json()[field]
+    except (ValueError, KeyError, TypeError):
+        raise Retryable(f"the {endpoint} answer has no {field}", "malformed") from None
+    if not isinstance(value, kind):
+        raise Retryable(f"the {endpoint} answer has no {field}", "malformed")
+    return value
