@@ -41,6 +41,24 @@ CHAIN_START_MAX_ZIPF = 5.0
 TITLE_CASE_SHARE = 0.6
 HEADING_WORD_MIN_ZIPF = 4.0  # a word this common is a heading's word when capitalized, not a name
 RELATION_STANDIN = "someone close to me"
+# A word this common is no name wherever it stands, capitalized or not ('The', 'In', 'Not', 'You').
+FUNCTION_WORD_ZIPF = 6.0
+# An acronym this common (lower-cased) names no one ('AI', 'API', 'US', 'HR'); rarer ones may ('HSBC', 'GHF').
+COMMON_ACRONYM_ZIPF = 4.0
+# A word of a program's identifier ('messageContainer.classList', 'BuildId', 'train_data') names no one
+# when each of its parts is a word this common (or 3 letters or fewer) and no part is a first name.
+CODE_PART_MIN_ZIPF = 3.0
+# Words that introduce a name, and the words after them taken for it: up to NAME_CUE_WORDS, ending
+# before punctuation or a word this common ('called the police', 'work at home' name nothing).
+_NAME_CUE = re.compile(r"\b(?:(?:my|his|her|their|our) name is|named|nicknamed|called|(?:located|based|lives?|living) in|"
+                       r"(?:work|works|worked|working|employed|intern(?:ed|ing)?|stud(?:y|ies|ied|ying)) (?:at|for)|"
+                       r"graduated from|hi|hello|hey|dear)[ \t]+(?=[^\W\d_])", re.I)
+NAME_CUE_WORDS, NAME_CUE_STOP_ZIPF = 3, 5.5
+_GREETED = {"everyone", "everybody", "all", "team", "there", "guys", "folks", "friends", "colleagues", "both", "world",
+            "sir", "sirs", "madam", "customer", "customers", "reader", "readers", "hiring", "manager", "user", "users"}
+_PLACE_ACRONYMS = {"usa", "uk", "uae", "la", "nyc", "dc", "eu", "ussr", "prc", "sf"}
+_HONORIFICS = {"mr", "mrs", "ms", "miss", "mx", "dr", "prof", "sir", "madam", "madame", "mme", "mlle", "herr", "frau",
+               "señor", "señora", "sr", "sra"}
 
 _MONTH_NAMES = [n for n in (*calendar.month_name, *calendar.month_abbr) if n]
 _CALENDAR = {n.lower() for n in (*calendar.day_name, *calendar.month_name, *calendar.day_abbr, *calendar.month_abbr) if n}
@@ -51,10 +69,15 @@ _CHAIN_JOINERS = {"of", "the", "and", "&", "de", "du", "da", "del", "della", "va
                   "bin", "al", "el", "y"}
 
 _WORD = re.compile(r"[^\W\d_](?:[\w'’&.-]*[^\W_])?")
+_CODE_LINE = re.compile(r"[;{}]\s*$|^\s*(?:def|class|import|from|return|const|let|var|public|private|#include)\b|"
+                        r"[=(]\s*[\w.]+\(|\w\.\w+\(|^(?: {4}|\t)", re.M)
+_CODE_PARTS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
 _IDENTIFIERS = [
     ("email", EMAIL_RE),
-    ("url", re.compile(r"(?:https?://|www\.)\S+|\b[\w-]+(?:\.[\w-]+)*\.(?:com|net|org|io|edu|gov|co|uk|de|fr|in|ai|app|"
+    ("url", re.compile(r"(?:\b[a-z][a-z0-9+.-]{1,15}://|www\.)\S+|\b[\w-]+(?:\.[\w-]+)*\.(?:com|net|org|io|edu|gov|co|uk|de|fr|in|ai|app|"
                        r"info|biz|me|us|ca|au|ru|cn|jp)\b(?:/\S*)?", re.I)),
+    # a home folder's path names its user ('/home/fxu80pep/public_html', 'C:\\Users\\ana\\data.txt')
+    ("path", re.compile(r"(?:\b[A-Za-z]:)?[\\/](?:home|Users|users)[\\/][^\s\"'<>|]+|~[\\/][^\s\"'<>|]+")),
     ("tag", re.compile(r"<\s*[A-Z][A-Z0-9_]*_[A-Z0-9_]+\s*>|\b[A-Z]+(?:_[A-Z0-9]+){1,}\b")),
     ("date", re.compile(rf"\b(?:(?:{'|'.join(_MONTH_NAMES)})\.? \d{{1,2}}(?:st|nd|rd|th)?\b(?:,? \d{{4}})?|"
                         rf"\d{{1,2}}(?:st|nd|rd|th)? (?:of )?(?:{'|'.join(_MONTH_NAMES)})\b\.?(?:,? \d{{4}})?)", re.I)),
@@ -68,6 +91,8 @@ _CURRENCY_AFTER = re.compile(r"\s?(?:usd|eur|gbp|dollars?|euros?|pounds?|bucks)\
 _AGE_BEFORE = re.compile(r"(?:\b(?:age|aged|turns?|turned|turning|i am|i'm)\s*)$", re.I)
 _AGE_AFTER = re.compile(r"^\s*(?:years?[ -]old|yo\b|y/o\b|-year-old)", re.I)
 _YEAR = re.compile(r"^(?:19|20)\d\d$")
+# Numbers that measure rather than identify: a time or a video's time code, a decimal, a span of years.
+_MEASURE = re.compile(r"^(?:\d{1,2}:\d{2}(?::\d{2})?(?:[.,]\d{1,3})?|\d{1,5}[.,]\d{1,3}|(?:19|20)\d\d-(?:19|20)\d\d)$")
 
 # Sensitive topics: word patterns (stems end in \w*), each naming a fact about the writer.
 _TOPICS = {
@@ -108,7 +133,7 @@ _CLAUSE_BREAK = re.compile(r"[.;:!?()\[\]\n—–]+|,\s*|\s+(?=(?:because|since|
 class SensitiveSpan:
     """One span of a text that states a fact about its writer (positions in the text)."""
 
-    kind: str  # 'email', 'url', 'tag', 'number', 'name', 'rare', 'relation', or a topic: 'health', 'finances'...
+    kind: str  # 'email', 'url', 'path', 'tag', 'number', 'name', 'rare', 'relation', or a topic: 'health', 'finances'...
     start: int
     end: int
 
@@ -126,7 +151,7 @@ def sensitive_spans(text: str) -> list[SensitiveSpan]:
 def _identifying_number(text: str, m: re.Match) -> bool:
     token = m.group()
     digits = sum(c.isdigit() for c in token)
-    if _YEAR.match(token):
+    if _YEAR.match(token) or (_MEASURE.match(token) and not _CURRENCY_AFTER.match(text, m.end())):
         return False
     return (digits >= MIN_ID_DIGITS or (digits >= 3 and any(c.isalpha() for c in token)) or bool(_AMOUNT.search(token))
             or bool(_CURRENCY_AFTER.match(text, m.end()))
@@ -165,26 +190,67 @@ def _is_first_name(lower: str, *, written_in_lower_case: bool = False) -> bool:
     return share >= COMMON_NAME_SHARE or (share >= NAME_SHARE and word_zipf(lower) < NAME_MAX_ZIPF)
 
 
+# Languages whose word lists judge a Latin-script text that is not English ('contexte', 'cual'), and
+# the share of a text's lower-case words common in English below which it is taken for another language.
+OTHER_LATIN_LANGUAGES = ("fr", "es", "de", "it", "pt", "nl")
+ENGLISH_SHARE = 0.6
+_CYRILLIC = re.compile(r"[\u0400-\u04ff]")
+
+
+@lru_cache(maxsize=200000)
+def _zipf_in(word: str, lang: str) -> float:
+    from wordfreq import zipf_frequency
+
+    return zipf_frequency(word, lang)
+
+
+def _frequency(text: str, words: list[re.Match]):
+    """How common a folded word of this text is in the text's own language: English, Russian for
+    Cyrillic words, and for a Latin-script text mostly of words rare in English the likeliest of
+    OTHER_LATIN_LANGUAGES, so another language's common words are not taken for names."""
+    lower = [m.group().lower() for m in words if len(m.group()) >= 3 and m.group().islower() and
+             not _CYRILLIC.search(m.group())]
+    foreign = len(lower) >= 5 and sum(word_zipf(w) >= RARE_NAME_ZIPF for w in lower) < ENGLISH_SHARE * len(lower)
+    lang = max(OTHER_LATIN_LANGUAGES, key=lambda la: sum(_zipf_in(w, la) >= RARE_NAME_ZIPF for w in lower)) \
+        if foreign else None
+
+    def zipf(word: str) -> float:
+        if _CYRILLIC.search(word):
+            return _zipf_in(word, "ru")
+        return max(word_zipf(word), _zipf_in(word, lang)) if lang else word_zipf(word)
+    return zipf
+
+
 def _names(text: str) -> list[SensitiveSpan]:
     """Capitalized words inside a sentence and their chains; a sentence's first word when it is a
     first name, capitalized elsewhere too, starts a chain or is rare; rare words and first names in
-    lower case; every other place a word of a name found stands."""
+    lower case; a word after a title ('Ms. yoyo') or before 'et al.'; place names in any case;
+    every other place a word of a name found stands. A program's identifiers, common acronyms and
+    single letters are no names."""
     words = list(_WORD.finditer(text))
     capitalized_inside = set()
     first_of_sentence = []
     newlines = [i for i, c in enumerate(text) if c == "\n"]
     lines = [bisect.bisect_left(newlines, m.start()) for m in words]  # the line each word stands on
     title_lines = _title_case_lines(words, lines)
+    code_lines = {bisect.bisect_left(newlines, m.start()) for m in _CODE_LINE.finditer(text)}
+    zipf = _frequency(text, words)
     for i, m in enumerate(words):
         before = text[words[i - 1].end():m.start()] if i else text[:m.start()]
-        first_of_sentence.append(i == 0 or bool(re.search(r"[.!?:\n\"“(]|^\s*[-*•]", before)))
-        if _is_capitalized(m.group()) and not first_of_sentence[i]:
+        if i and (len(words[i - 1].group()) == 1 or words[i - 1].group().lower() in _HONORIFICS):
+            before = before.replace(".", "", 1)  # the period of an initial or a title ends no sentence: 'P., & Zhang'
+        first_of_sentence.append(i == 0 or bool(re.search(r"[.!?:\n\"“(\[\]|>#*=;{}]|^\s*[-•]", before)))
+        if _is_capitalized(m.group()) and not first_of_sentence[i] and lines[i] not in title_lines:
             capitalized_inside.add(m.group().lower())
     is_name = []
     for i, m in enumerate(words):
         word, lower = m.group(), m.group().lower()
-        rare = len(lower) >= 3 and not lower.isupper() and word_zipf(lower.strip("'’.-")) < (
-            RARE_NAME_ZIPF if _is_capitalized(word) else RARE_LOWERCASE_ZIPF)
+        if _names_no_one(word, lines[i] in code_lines) or zipf(lower) >= FUNCTION_WORD_ZIPF:
+            is_name.append(False)
+            continue
+        # on a line of code a lower-case word is the program's ('lib64', 'randint'), not a name
+        rare = len(lower) >= 3 and not lower.isupper() and not (lines[i] in code_lines and word.islower()) and \
+            zipf(lower.strip("'’.-")) < (RARE_NAME_ZIPF if _is_capitalized(word) else RARE_LOWERCASE_ZIPF)
         if not _is_capitalized(word) or lower in _COMMON_CAPITALIZED or lines[i] in title_lines:
             is_name.append(rare or (lower not in _COMMON_CAPITALIZED and _is_first_name(lower, written_in_lower_case=True)))
         elif not first_of_sentence[i]:
@@ -192,10 +258,29 @@ def _names(text: str) -> list[SensitiveSpan]:
         else:
             follows = i + 1 < len(words) and _is_capitalized(words[i + 1].group()) and \
                 text[m.end():words[i + 1].start()].strip() == ""
-            starts_chain = follows and word_zipf(lower) < CHAIN_START_MAX_ZIPF
+            starts_chain = follows and zipf(lower) < CHAIN_START_MAX_ZIPF
             is_name.append(rare or lower in capitalized_inside or starts_chain or _is_first_name(lower))
+    for i, m in enumerate(words):  # names by their neighbours: 'Mr. Lin', 'Song et al.'
+        after_title = i > 0 and words[i - 1].group().lower().rstrip(".") in _HONORIFICS and \
+            text[words[i - 1].end():m.start()].strip() in ("", ".")
+        before_et_al = i + 2 < len(words) and words[i + 1].group().lower() == "et" and \
+            words[i + 2].group().lower().startswith("al")
+        if after_title or before_et_al:
+            is_name[i] = True
+    for cue in _NAME_CUE.finditer(text):  # 'my name is amer', 'a company called tech stop', 'Hi May'
+        i = bisect.bisect_left([w.start() for w in words], cue.end())
+        for j in range(i, min(i + NAME_CUE_WORDS, len(words))):
+            gap = text[words[j - 1].end():words[j].start()] if j > i else text[cue.end():words[j].start()]
+            word, lower = words[j].group(), words[j].group().lower()
+            common = zipf(lower) >= NAME_CUE_STOP_ZIPF and not (_is_capitalized(word) and _first_names().get(lower, 0.0) >= NAME_SHARE)
+            if gap.strip() or common or lower in _HONORIFICS or lower in _GREETED:
+                break
+            is_name[j] = True
+    for start, end in _places(words, text):
+        is_name[start:end] = [True] * (end - start)
     # a word of a name found once is that name wherever it stands ("Johnny" of "Johnny Bay")
-    named = {words[i].group().lower() for i in range(len(words)) if is_name[i] and _is_capitalized(words[i].group())}
+    named = {words[i].group().lower() for i in range(len(words)) if is_name[i] and _is_capitalized(words[i].group())
+             and word_zipf(words[i].group().lower()) < FUNCTION_WORD_ZIPF}
     is_name = [flag or (_is_capitalized(m.group()) and m.group().lower() in named) for flag, m in zip(is_name, words)]
     spans, i = [], 0
     while i < len(words):
@@ -221,6 +306,57 @@ def _names(text: str) -> list[SensitiveSpan]:
     return spans
 
 
+def _names_no_one(word: str, in_code: bool) -> bool:
+    """A single letter ('Plan A'), a common acronym ('AI', 'API'), or a program's identifier whose
+    parts are common words: 'self.password', 'train_data', and on a line of code 'BuildId'."""
+    letters = word.strip("'’.-")
+    if len(letters) <= 1:
+        return True
+    if letters.isupper() and letters.isalpha() and len(letters) <= 6:
+        return word_zipf(letters.lower()) >= COMMON_ACRONYM_ZIPF and letters.lower() not in _PLACE_ACRONYMS
+    # Outside a line of code only a lower-case start joined by '.' or '_' reads as code: 'Spain.In'
+    # is a missing space, 'LinkedIn' a name.
+    code_shaped = "_" in letters or ("." in letters and all(seg[:1].islower() for seg in letters.split(".")))
+    parts = _CODE_PARTS.findall(letters)
+    if any(part.isdigit() for part in parts):  # 'ru.myitschool.lab23': a package, a school's name in it
+        return False
+    if not (code_shaped or (in_code and len(parts) >= 2 and re.search(r"[a-z][A-Z]|\.", letters))):
+        return False
+    places = _place_names()[0]
+    return len(parts) >= 2 and any(len(part) >= 4 for part in parts) and all(
+        len(part) <= 3 or (word_zipf(part.lower()) >= CODE_PART_MIN_ZIPF and part.lower() not in places and
+                           _first_names().get(part.lower(), 0.0) < NAME_SHARE and part.lower() not in _HONORIFICS)
+        for part in parts)
+
+
+@lru_cache(maxsize=1)
+def _place_names() -> tuple[frozenset[str], int]:
+    """The place names of data/places.json (tools/places.py: GeoNames countries, continents, US states
+    and large cities, lower-cased), and the most words one has."""
+    import json
+    from importlib import resources
+
+    places = json.loads(resources.files("cogenesis_device").joinpath("data/places.json").read_text("utf-8"))["places"]
+    return frozenset(places), max(len(p.split()) for p in places)
+
+
+def _places(words: list[re.Match], text: str) -> list[tuple[int, int]]:
+    """(first, end) word indexes of the place names among words, in any case ('belarus', 'HONG KONG')."""
+    places, longest = _place_names()
+    found, i = [], 0
+    while i < len(words):
+        for n in range(min(longest, len(words) - i), 0, -1):
+            last = words[i + n - 1]
+            if n > 1 and "\n" in text[words[i].start():last.end()]:
+                continue
+            if " ".join(w.group().lower() for w in words[i:i + n]) in places:
+                found.append((i, i + n))
+                i += n - 1
+                break
+        i += 1
+    return found
+
+
 def _is_capitalized(word: str) -> bool:
     return word[:1].isupper()
 
@@ -240,10 +376,10 @@ def _title_case_lines(words: list[re.Match], lines: list[int]) -> set[int]:
     per_line: dict[int, list[bool]] = {}
     for m, line in zip(words, lines):
         lower = m.group().lower()
-        if lower not in _CHAIN_JOINERS and word_zipf(lower) >= HEADING_WORD_MIN_ZIPF and \
+        if lower not in _CHAIN_JOINERS and lower not in _COMMON_CAPITALIZED and word_zipf(lower) >= HEADING_WORD_MIN_ZIPF and \
                 _first_names().get(lower, 0.0) < NAME_SHARE:
             per_line.setdefault(line, []).append(_is_capitalized(m.group()))
-    return {line for line, caps in per_line.items() if len(caps) >= 3 and sum(caps) >= TITLE_CASE_SHARE * len(caps)}
+    return {line for line, caps in per_line.items() if sum(caps) >= 3 and sum(caps) >= TITLE_CASE_SHARE * len(caps)}
 
 
 def _topic_clauses(text: str) -> list[SensitiveSpan]:

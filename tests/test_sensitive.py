@@ -84,6 +84,59 @@ def test_a_first_name_at_the_start_of_a_sentence_is_a_name_and_a_common_word_is_
     assert scrub("Emma twirled in her dress. Will you write about it?")[0] == "twirled in her dress. Will you write about it?"
 
 
+# Found on PUPA's queries (bench_request_privacy.py): facts with no capital letter to give them away,
+# and public words taken for names. (request, facts that must not be sent, words that must stay)
+NO_CAPITALS = [
+    ("Write guidelines for responsible AI usage, my country is belarus and I work at cloudflare.",
+     ["belarus", "cloudflare"], ["guidelines", "ai", "usage", "country"]),
+    ("GHF HAS BEEN DOING MANY HERITAGE PROJECTS IN CHINA AND HONG KONG", ["china", "hong kong"], ["heritage", "projects"]),
+    ("Write an unformal email to Ms. yoyo, tell her the amount remaining.", ["yoyo"], ["email", "amount", "remaining"]),
+    ("Summarize: Song et al. reported the results, as Gupta, P., & Zhang, Y. found.", ["song", "zhang"],
+     ["summarize", "reported", "results"]),
+    ("I'm a graphic designer, my name is amer, give me a zoom intro", ["amer"], ["graphic", "designer", "zoom"]),
+    ("Write a commercial for a company called tech stop, that is located in madera.", ["tech stop", "madera"],
+     ["commercial", "company"]),
+    ("Fix the error in /home/fxu80pep/public_html/pro/login.php and C:\\Users\\ana\\Documents\\data.txt",
+     ["fxu80pep", "ana"], ["fix", "error"]),
+    ("Connect to wss://yuntian-deng-chatgpt.hf.space/queue/join from the page", ["yuntian"], ["connect", "page"]),
+]
+PUBLIC_WORDS = [
+    ("In the code, self.password and train_data hold the values; call random.randint(1, 6).",
+     ["self password", "train data", "random randint"]),
+    ("The subtitle runs from 00:01:22.020 to 00:01:33.210 and the mean was 124.3 in 2023-2032.",
+     ["00 01 22 020", "124 3", "2023 2032"]),
+    ("Explain the AI model to the IT team.\nArtificial Intelligence In Medicine Analysis\nIn this study we used it.",
+     ["ai", "it team", "in this study"]),
+    ("Пожалуйста, перепишите на русском языке предоставленный текст", ["перепишите на русском языке предоставленный текст"]),
+    ("Merci de m'écrire une lettre de motivation pour le poste, avec les résultats de l'élection",
+     ["lettre de motivation", "résultats de l élection"]),
+]
+
+
+@pytest.mark.parametrize("request_text,facts,task", NO_CAPITALS, ids=[r[1][0] for r in NO_CAPITALS])
+def test_a_fact_without_a_capital_letter_is_still_found(request_text, facts, task):
+    """Before: lower-case places and companies, all-capital text, a name after a title or before
+    'et al.', a name a cue introduces, home-folder paths and wss:// URLs were all sent."""
+    sent, _ = scrub(request_text)
+    assert not [f for f in facts if _sent(sent, f)], sent
+    assert all(_sent(sent, w) for w in task), sent
+
+
+@pytest.mark.parametrize("request_text,kept", PUBLIC_WORDS, ids=[r[1][0] for r in PUBLIC_WORDS])
+def test_code_measures_common_acronyms_and_other_languages_are_no_names(request_text, kept):
+    """Before: a program's identifiers, time codes and decimals, 'AI', a sentence's 'In' after a title
+    that capitalized it, and the common words of Russian and French were removed as names."""
+    sent, _ = scrub(request_text)
+    assert all(_sent(sent, w) for w in kept), sent
+
+
+def test_a_name_cue_takes_no_common_word():
+    sent, removed = scrub("I called the police, worked at home and said hello everyone.")
+    assert removed == [], removed
+    sent, removed = scrub("Hi May, we will pass this on. Hello everyone, hi Will Turner")
+    assert removed == ["May", "Will Turner"] and "everyone" in sent, (sent, removed)
+
+
 def test_a_private_request_never_sends_the_facts_it_states(model, remote, proxy):
     """End to end, logits mode: the request's own facts reach neither the instruction nor any body sent,
     and the guard treats what was removed as private in the generated text too."""
