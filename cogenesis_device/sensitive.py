@@ -43,7 +43,7 @@ HEADING_WORD_MIN_ZIPF = 4.0  # a word this common is a heading's word when capit
 RELATION_STANDIN = "someone close to me"
 # A word this common is no name wherever it stands, capitalized or not ('The', 'In', 'Not', 'You').
 FUNCTION_WORD_ZIPF = 6.0
-# An acronym this common (lower-cased) names no one ('AI', 'API', 'US', 'HR'); rarer ones may ('HSBC', 'GHF').
+# An acronym this common (lower-cased) names no one ('AI', 'IT', 'HR'); rarer ones may ('API', 'HSBC', 'GHF').
 COMMON_ACRONYM_ZIPF = 4.0
 # A word of a program's identifier ('messageContainer.classList', 'BuildId', 'train_data') names no one
 # when each of its parts is a word this common (or 3 letters or fewer) and no part is a first name.
