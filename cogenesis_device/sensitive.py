@@ -267,8 +267,9 @@ def _names(text: str) -> list[SensitiveSpan]:
             words[i + 2].group().lower().startswith("al")
         if after_title or before_et_al:
             is_name[i] = True
+    starts = [w.start() for w in words]
     for cue in _NAME_CUE.finditer(text):  # 'my name is amer', 'a company called tech stop', 'Hi May'
-        i = bisect.bisect_left([w.start() for w in words], cue.end())
+        i = bisect.bisect_left(starts, cue.end())
         for j in range(i, min(i + NAME_CUE_WORDS, len(words))):
             gap = text[words[j - 1].end():words[j].start()] if j > i else text[cue.end():words[j].start()]
             word, lower = words[j].group(), words[j].group().lower()
@@ -307,7 +308,7 @@ def _names(text: str) -> list[SensitiveSpan]:
 
 
 def _names_no_one(word: str, in_code: bool) -> bool:
-    """A single letter ('Plan A'), a common acronym ('AI', 'API'), or a program's identifier whose
+    """A single letter ('Plan A'), a common acronym ('AI', 'IT'), or a program's identifier whose
     parts are common words: 'self.password', 'train_data', and on a line of code 'BuildId'."""
     letters = word.strip("'’.-")
     if len(letters) <= 1:
