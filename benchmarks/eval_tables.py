@@ -64,15 +64,16 @@ RUNS = {  # name: (dataset, arguments)
     "qwen15_8": (CONTEXT_AWARE, ["--limit", "8", "-n", "64", *QWEN15, "--privacy", "redact",
                                   "--modes", "local,remote,sketch,logits:weighted:mask,logits:weighted:local",
                                   "--rules", "", "--no-embeddings"]),
-    # The paper's same-family pair: Qwen2.5-Coder-0.5B local, 1.5B remote, on the first 24 samples (the
-    # whole split did not fit the session that measured it).
-    "qwen05_qwen15_gold24": (CONTEXT_AWARE, ["--limit", "24", "-m", "qwen2.5-coder-0.5b-instruct", "--modes", "none",
-                                             *QWEN15, "--rules", QWEN_RULES, "--no-embeddings"]),
-    # Repetition without and with the engine's no-repeat n-gram link.
+    # The paper's same-family pair: Qwen2.5-Coder-0.5B local, 1.5B remote, gold bits per byte on the whole dev split.
+    "qwen05_qwen15_gold150": (CONTEXT_AWARE, ["-m", "qwen2.5-coder-0.5b-instruct", "--modes", "none", *QWEN15,
+                                              "--rules", QWEN_RULES, "--gate-records", "--no-embeddings"]),
+    # Repetition without and with the engine's no-repeat n-gram link, its n-grams of token ids or of token texts.
     "repetition12_before": (CONTEXT_AWARE, ["--limit", "12", "--modes", REPETITION_MODES, "--no-repeat-ngram", "0",
                                             *GENERATION]),
     "repetition12_after": (CONTEXT_AWARE, ["--limit", "12", "--modes", REPETITION_MODES, "--no-repeat-ngram", "4",
-                                           *GENERATION]),
+                                           "--no-repeat-by", "token", *GENERATION]),
+    "repetition12_text": (CONTEXT_AWARE, ["--limit", "12", "--modes", REPETITION_MODES, "--no-repeat-ngram", "4",
+                                          "--no-repeat-by", "text", *GENERATION]),
 }
 
 

@@ -360,7 +360,7 @@ class LocalModel:
         return CompletionStream(gen, session, self._release)
 
     def _start(self, prompt, sampling, max_tokens, stop, ignore_eos, chat, system, prefix_cache, cache_key, scope):
-        sampler = sampling_or(ENGINE_DEFAULT, sampling).sampler()
+        sampler = sampling_or(ENGINE_DEFAULT, sampling).sampler(self._model)
         tokens = self._prompt_tokens(prompt, chat=chat, system=system)
         session = self._acquire(scope)
         try:

@@ -32,10 +32,14 @@ class SamplingParams:
     repeat_penalty: float = _ENGINE["repeat_penalty"]  # > 0; 1 disables
     repeat_last_n: int = _ENGINE["repeat_last_n"]  # tokens the penalty looks back on
     no_repeat_ngram: int = _ENGINE["no_repeat_ngram"]  # n >= 1: never complete an n-gram the text already holds
+    # Compare the n-grams' tokens by text, lower-cased and without whitespace ("*  \n" repeats "*\n"):
+    no_repeat_text: bool = _ENGINE["no_repeat_text"]
     seed: int | None = _ENGINE["seed"]  # None: a random seed at every generation
 
     def __post_init__(self) -> None:
-        self.sampler()  # the engine validates (InvalidParameterError naming the field)
+        # The engine validates (InvalidParameterError naming the field). Parameters have no model, which
+        # the text comparison needs for its vocabulary: it is checked when a model's sampler is made.
+        _native.Sampler(**{**self.to_dict(), "no_repeat_text": False})
 
     @classmethod
     def greedy(cls, **changes) -> "SamplingParams":
@@ -53,9 +57,9 @@ class SamplingParams:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def sampler(self) -> _native.Sampler:
-        """A fresh native sampler chain with these parameters."""
-        return _native.Sampler(**self.to_dict())
+    def sampler(self, model: _native.Model | None = None) -> _native.Sampler:
+        """A fresh native sampler chain with these parameters, for `model` (needed by no_repeat_text)."""
+        return _native.Sampler(model, **self.to_dict())
 
 
 # The two defaults, made (and checked) once: a SamplingParams is frozen, so one object serves every call.

@@ -196,7 +196,7 @@ std::shared_ptr<CoGenerationHandle> start(
     const std::vector<std::string> & stop, const std::string & rule, const std::string & fill, float weight,
     float alpha, float plausible, std::shared_ptr<GateHandle> gate, float temperature, int32_t top_k, float top_p,
     float min_p, float repeat_penalty, int32_t repeat_last_n, std::optional<int64_t> seed, int32_t no_repeat_ngram,
-    bool attribution,
+    bool no_repeat_text, bool attribution,
     float threshold, float min_logprob, float budget_bits, int32_t window) {
     auto h = std::make_shared<CoGenerationHandle>();
     h->session = std::move(session);
@@ -225,7 +225,8 @@ std::shared_ptr<CoGenerationHandle> start(
     p.fusion.alpha = alpha;
     p.fusion.plausible = plausible;
     p.gate = h->gate ? h->gate->ptr : nullptr;
-    p.sampling = sampling_params(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed, no_repeat_ngram);
+    p.sampling = sampling_params(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed, no_repeat_ngram,
+                                 no_repeat_text);
     p.bridge = h->bridge ? h->bridge->ptr : nullptr;
     p.remote_vocab = h->remote_vocab ? h->remote_vocab->ptr : nullptr;
     cg_remote_provider prov{};
@@ -339,7 +340,7 @@ void register_cogen(py::module_ & m) {
              py::arg("top_p") = d.sampling.top_p, py::arg("min_p") = d.sampling.min_p,
              py::arg("repeat_penalty") = d.sampling.repeat_penalty, py::arg("repeat_last_n") = d.sampling.repeat_last_n,
              py::arg("seed") = py::none(), py::arg("no_repeat_ngram") = d.sampling.no_repeat_ngram,
-             py::arg("attribution") = d.attribution, py::arg("threshold") = d.attr_threshold,
+             py::arg("no_repeat_text") = d.sampling.no_repeat_text, py::arg("attribution") = d.attribution, py::arg("threshold") = d.attr_threshold,
              py::arg("min_logprob") = d.attr_min_logprob, py::arg("budget_bits") = d.attr_budget_bits,
              py::arg("window") = d.attr_window)
         .def("step", &step,

@@ -17,7 +17,7 @@ std::shared_ptr<FusionSamplerHandle> create(std::shared_ptr<ModelHandle> model, 
                                             const std::string & fill, float weight, float alpha, float plausible,
                                             std::shared_ptr<GateHandle> gate, float temperature, int32_t top_k,
                                             float top_p, float min_p, float repeat_penalty, int32_t repeat_last_n,
-                                            std::optional<int64_t> seed, int32_t no_repeat_ngram) {
+                                            std::optional<int64_t> seed, int32_t no_repeat_ngram, bool no_repeat_text) {
     cg_fusion_params p = cg_fusion_default_params();
     p.rule = parse_fusion_rule(rule);
     p.fill = parse_sparse_fill(fill);
@@ -25,12 +25,13 @@ std::shared_ptr<FusionSamplerHandle> create(std::shared_ptr<ModelHandle> model, 
     p.alpha = alpha;
     p.plausible = plausible;
     const cg_sampling_params sp = sampling_params(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed,
-                                                  no_repeat_ngram);
+                                                  no_repeat_ngram, no_repeat_text);
     auto h = std::make_shared<FusionSamplerHandle>();
+    h->model = model;
     h->gate = std::move(gate);
     h->n_vocab = cg_model_n_vocab(model->ptr);
     cg_sampler * rest = nullptr;
-    check(cg_sampler_init_from_params(&sp, &rest));
+    check(cg_sampler_init_from_params(model->ptr, &sp, &rest));
     h->link = cg_sampler_init_fusion(&p, h->gate ? h->gate->ptr : nullptr, h->n_vocab);
     if (!h->link) {
         cg_sampler_free(rest);
@@ -63,7 +64,8 @@ void register_fusion_sampler(py::module_ & m) {
              py::arg("plausible") = f.plausible, py::arg("gate") = nullptr, py::arg("temperature") = d.temperature,
              py::arg("top_k") = d.top_k, py::arg("top_p") = d.top_p, py::arg("min_p") = d.min_p,
              py::arg("repeat_penalty") = d.repeat_penalty, py::arg("repeat_last_n") = d.repeat_last_n,
-             py::arg("seed") = py::none(), py::arg("no_repeat_ngram") = d.no_repeat_ngram)
+             py::arg("seed") = py::none(), py::arg("no_repeat_ngram") = d.no_repeat_ngram,
+             py::arg("no_repeat_text") = d.no_repeat_text)
         .def("set_remote", &set_remote, py::arg("ids"), py::arg("logprobs"), py::arg("local_noctx") = py::none(),
              "The remote top-k for the next step (copied), and the local no-context scores for context_delta.")
         .def("last_info", [](const FusionSamplerHandle & h) {

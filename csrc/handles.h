@@ -44,7 +44,8 @@ struct SessionHandle {
 };
 
 struct SamplerHandle {
-    cg_sampler * ptr = nullptr;
+    cg_sampler *                 ptr = nullptr;
+    std::shared_ptr<ModelHandle> model;  // kept alive for links that read its token texts
     ~SamplerHandle() { cg_sampler_free(ptr); }
 };
 
@@ -118,7 +119,8 @@ py::dict fusion_params_dict(const cg_fusion_params & p);
 
 // Validated sampling parameters (seed None = random), shared by Sampler and FusionSampler.
 cg_sampling_params sampling_params(float temperature, int32_t top_k, float top_p, float min_p, float repeat_penalty,
-                                   int32_t repeat_last_n, std::optional<int64_t> seed, int32_t no_repeat_ngram);
+                                   int32_t repeat_last_n, std::optional<int64_t> seed, int32_t no_repeat_ngram,
+                                   bool no_repeat_text);
 
 inline std::string decode_utf8(const char * data, size_t n) {
     return py::reinterpret_steal<py::str>(PyUnicode_DecodeUTF8(data, (py::ssize_t) n, "replace"));

@@ -109,6 +109,62 @@ def test_no_repeat_ngram_in_generation_spares_the_prompt_and_is_seeded(model):
     assert model.generate(prompt, **sampled).tokens == model.generate(prompt, **sampled).tokens
 
 
+def _one_token(model, text):
+    ids = model.tokenize(text, add_special=False)
+    assert len(ids) == 1, f"{text!r} is {len(ids)} tokens in this vocabulary"
+    return ids[0]
+
+
+def test_no_repeat_ngram_by_text_sees_repeats_in_other_spacing_and_case(model):
+    """Scores that always prefer "*" then "**": the text "* \\n*  \\n" and its variants in spacing are
+    all the n-gram ("*", "*"), so by text the sampler blocks what by token id it lets through."""
+    star, stars, space_nl, spaces_nl = (_one_token(model, t) for t in ("*", "**", " \n", "  \n"))
+    hello, spaced_hello, world = (_one_token(model, t) for t in ("hello", " Hello", " world"))
+
+    def run(sampler, forced, prefer):
+        """Accept `forced` (by scores that pick each), then return the sampler's pick on `prefer`."""
+        for t in forced:
+            logits = np.full(model.n_vocab, -5.0, dtype=np.float32)
+            logits[t] = 10.0
+            assert sampler.sample(logits) == t
+        logits = np.full(model.n_vocab, -5.0, dtype=np.float32)
+        logits[prefer] = [10.0 - i for i in range(len(prefer))]
+        return sampler.sample(logits)
+
+    by_id = lambda: _native.Sampler(model.native, temperature=0, no_repeat_ngram=2)  # noqa: E731
+    by_text = lambda: _native.Sampler(model.native, temperature=0, no_repeat_ngram=2, no_repeat_text=True)  # noqa: E731
+    # "* \n**  \n*" then "**" again: by id the bigram ("*", "**") was never generated (a space stood
+    # between); by text, with the whitespace left out, the text is "* ** *" and "**" would repeat it.
+    markup = [star, space_nl, stars, spaces_nl, star]
+    assert run(by_id(), markup, [stars, star]) == stars
+    assert run(by_text(), markup, [stars, star]) == star
+    # " Hello world" then "hello": " world" would repeat the phrase in another case and spacing.
+    phrase = [spaced_hello, world, space_nl, hello]
+    assert run(by_id(), phrase, [world, stars]) == world
+    assert run(by_text(), phrase, [world, stars]) == stars
+    # A whitespace-only token is never blocked and never part of an n-gram.
+    assert run(by_text(), [space_nl, space_nl, space_nl], [space_nl]) == space_nl
+    with pytest.raises(cg.errors.InvalidParameterError, match="needs the model"):
+        _native.Sampler(temperature=0, no_repeat_ngram=2, no_repeat_text=True)
+
+
+def test_no_repeat_text_in_generation_leaves_no_repeated_text_ngram(model):
+    """A prompt that makes the model write markup: by text, no 3-gram of its non-space pieces repeats."""
+    prompt = "Write a markdown table of fruits and colours:\n\n| fruit | colour |\n|---|---|\n| apple | red |\n"
+    options = dict(max_tokens=64, ignore_eos=True)
+    by_text = model.generate(prompt, **options, sampling=cg.SamplingParams.greedy(no_repeat_ngram=3, no_repeat_text=True))
+    by_id = model.generate(prompt, **options, sampling=cg.SamplingParams.greedy(no_repeat_ngram=3))
+
+    def text_grams(tokens):
+        keys = ["".join(model.detokenize([t]).split()).lower() for t in tokens]
+        keys = [k for k in keys if k]
+        return [tuple(keys[i:i + 3]) for i in range(len(keys) - 2)]
+
+    grams = text_grams(by_text.tokens)
+    assert grams and len(grams) == len(set(grams))
+    id_grams = text_grams(by_id.tokens)  # by id, the table's "| ... |" pieces repeat in other spacing
+    assert len(id_grams) > len(set(id_grams))
+
 def test_stream_yields_the_same_text_as_generate(model):
     full = model.generate("List three colours:", max_tokens=40, **GREEDY)
     with model.stream("List three colours:", max_tokens=40, **GREEDY) as stream:

@@ -59,6 +59,9 @@ def add_eval(sub) -> None:
     p.add_argument("--no-repeat-ngram", type=non_negative_int, default=None, metavar="N",
                    help="repetition control of every generating mode: never complete an n-gram the text already "
                         "holds (default: the library's, 4; 0 turns it off)")
+    p.add_argument("--no-repeat-by", choices=("token", "text"), default=None,
+                   help="what the n-grams compare: token ids, or token texts lower-cased and without whitespace, "
+                        "which also catches markup looping in variants of spacing (default: the library's)")
     p.add_argument("-t", "--threads", type=positive_int, default=None, help="threads (default: all cores)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
@@ -82,7 +85,8 @@ def run_eval(args) -> int:
                             max_tokens=args.max_tokens, lookahead=args.lookahead,
                             gold=args.remote_gguf != "none", gate_records=args.gate_records,
                             embeddings=not args.no_embeddings,
-                            **({} if args.no_repeat_ngram is None else {"no_repeat_ngram": args.no_repeat_ngram}))
+                            **({} if args.no_repeat_ngram is None else {"no_repeat_ngram": args.no_repeat_ngram}),
+                            **({} if args.no_repeat_by is None else {"no_repeat_text": args.no_repeat_by == "text"}))
     gate = Gate(args.gate) if args.gate else None
     local = LocalModel(args.model, n_ctx=args.n_ctx, n_threads=args.threads)
     needs_remote = any(m != "local" for m in settings.modes) or args.judge == "remote"

@@ -318,7 +318,7 @@ class CoStream:
         """The local model alone, through the engine's generation loop (as LocalModel generates)."""
         prompt = self._gen.local.private_prompt(context, user, self._draft)
         with self._gen.local.pooled_session(scope=LocalModel.scope_for(context)) as session:
-            sampler = sampling.sampler()
+            sampler = sampling.sampler(self._gen.local.native)
             self._engine = _native.Generation(session, np.asarray(prompt, dtype=np.int32), sampler,
                                               max_tokens=max_tokens, stop=[], ignore_eos=False)
             try:

@@ -26,14 +26,14 @@ from typing import Sequence
 
 import numpy as np
 
-from ..collab import NO_REPEAT_NGRAM, OUTLINE_PROMPT, CoGenerator, derive_instruction
+from ..collab import OUTLINE_PROMPT, CoGenerator, derive_instruction
 from ..errors import InvalidParameterError, PrivacyBlockedError, RemoteError
 from ..fusion import FusionConfig
 from ..jsonl import KeyedLog, read_jsonl
 from ..local import LocalModel
 from ..privacy import POLICIES, EgressGuard, summarize
 from ..remote import RemoteModel
-from ..sampling import SamplingParams
+from ..sampling import COLLABORATIVE, SamplingParams
 from .datasets import Sample
 from .judge import CRITERIA, Judge
 from .leakscan import leaked, plant_canaries, profile_facts
@@ -74,7 +74,8 @@ class EvalSettings:
     embeddings: bool = True
     canaries: bool = True  # plant made-up facts in each context (leakscan.plant_canaries) and look for them
     derive: bool = True  # derive each sample's public instruction from its full request on the device, and scan it
-    no_repeat_ngram: int = NO_REPEAT_NGRAM  # the engine's repetition control in every generating mode (0: off)
+    no_repeat_ngram: int = COLLABORATIVE.no_repeat_ngram  # the engine's repetition control in every generating mode (0: off)
+    no_repeat_text: bool = COLLABORATIVE.no_repeat_text  # its n-grams compared by token text, not token id
 
 
 class Evaluation:
@@ -132,7 +133,8 @@ class Evaluation:
                               lookahead=s.lookahead,
                               attribution=not policy.endswith(TEXT_ONLY))
             result = gen.generate(sample.instruction, context, max_tokens=s.max_tokens,
-                                  sampling=SamplingParams.greedy(no_repeat_ngram=s.no_repeat_ngram))
+                                  sampling=SamplingParams.greedy(no_repeat_ngram=s.no_repeat_ngram,
+                                                                 no_repeat_text=s.no_repeat_text))
             text, fallback, audit = result.text, result.fallback_reason, result.audit
             stats = {"first_token_ms": result.stats.first_token_ms, "total_ms": result.stats.total_ms,
                      "tokens_per_s_after_first": result.stats.tokens_per_s_after_first,

@@ -59,7 +59,7 @@ int main(int argc, char ** argv) {
     struct cg_sampling_params smp = cg_sampling_default_params();
     smp.temperature = 0.0f;
     cg_sampler * sampler = NULL;
-    if (cg_sampler_init_from_params(&smp, &sampler) != CG_OK) return die("sampler");
+    if (cg_sampler_init_from_params(model, &smp, &sampler) != CG_OK) return die("sampler");
 
     struct cg_generate_params gp = cg_generate_default_params();
     gp.max_tokens = max_tokens;

@@ -676,7 +676,7 @@ int32_t cg_cogen_init(cg_session * s, const cg_token * prompt, int32_t n_prompt,
     co->fusion = cg_sampler_init_fusion(&params->fusion, params->gate, co->n_vocab);
     if (!co->fusion) return fail(CG_ERR_INVALID_ARGUMENT);
     cg_sampler * rest = nullptr;
-    if (int32_t rc = cg_sampler_init_from_params(&params->sampling, &rest)) {
+    if (int32_t rc = cg_sampler_init_from_params(s->model, &params->sampling, &rest)) {
         cg_sampler_free(co->fusion);
         co->fusion = nullptr;
         return fail(rc);

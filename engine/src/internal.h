@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cctype>
 #include <limits>
+#include <mutex>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -26,6 +27,11 @@ std::string take_llama_errors();
 
 double now_ms();
 
+// For each token of the model, the class of its text lower-cased and without whitespace: tokens whose
+// texts differ only in case or spacing (" The", "the", "  \n*" and "*") share a class; a token whose
+// text is only whitespace, or empty (special tokens), has class -1. Made once per model; thread-safe.
+const std::vector<int32_t> & text_classes(const cg_model * model);
+
 // Copy `n` items into a caller buffer of `capacity` and return the count needed.
 template <typename T>
 int32_t copy_out(const T * src, int32_t n, T * dst, int32_t capacity) {
@@ -39,6 +45,9 @@ struct cg_model {
     llama_model *       model = nullptr;
     const llama_vocab * vocab = nullptr;
     double              load_ms = 0.0;
+    // Each token's text class (cg::text_classes), made on first use and then shared by every sampler.
+    mutable std::once_flag       text_classes_once;
+    mutable std::vector<int32_t> text_classes;
 };
 
 struct cg_session {

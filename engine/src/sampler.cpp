@@ -205,12 +205,22 @@ struct Penalties : Sampler {
 // transformers' no_repeat_ngram_size): what stops a small model from looping. The tokens accepted
 // before the first apply after a reset are the prompt, and repeating them stays allowed: the user's
 // own phrases and the names of the private context are what personalized text is made of.
+// Given text classes (cg::text_classes), n-grams are of classes, not ids, and whitespace-only tokens
+// are left out: markup that loops in variants of spacing ("*  \n*   \n**" again as "*\n* \n**") and
+// phrases repeated in another case are repeats too.
 struct NoRepeatNgram : Sampler {
-    size_t                n;
-    std::vector<cg_token> history;
-    size_t                generated_from = SIZE_MAX;
-    explicit NoRepeatNgram(int32_t size) : n((size_t) size) {}
-    void accept(cg_token t) override { history.push_back(t); }
+    size_t                        n;
+    const std::vector<int32_t> *  classes;  // token -> class, -1 to skip; null: compare ids
+    std::vector<int32_t>          history;  // ids, or classes
+    size_t                        generated_from = SIZE_MAX;
+    NoRepeatNgram(int32_t size, const std::vector<int32_t> * text_classes) : n((size_t) size), classes(text_classes) {}
+    int32_t key(cg_token t) const {
+        return !classes ? t : t >= 0 && (size_t) t < classes->size() ? (*classes)[(size_t) t] : -1;
+    }
+    void accept(cg_token t) override {
+        const int32_t k = key(t);
+        if (k >= 0) history.push_back(k);
+    }
     void reset() override {
         history.clear();
         generated_from = SIZE_MAX;
@@ -219,20 +229,21 @@ struct NoRepeatNgram : Sampler {
         if (generated_from == SIZE_MAX) generated_from = history.size();
         const size_t k = n - 1, h = history.size();
         if (h < k + 1 || h - k <= generated_from) return;
-        std::vector<cg_token> banned;
-        for (size_t i = generated_from; i + k < h; ++i) {  // an earlier n-gram whose first n-1 tokens end the text
+        std::vector<int32_t> banned;
+        for (size_t i = generated_from; i + k < h; ++i) {  // an earlier n-gram whose first n-1 keys end the text
             if (std::equal(history.begin() + i, history.begin() + i + k, history.end() - k)) banned.push_back(history[i + k]);
         }
         if (banned.empty()) return;
         std::sort(banned.begin(), banned.end());
+        auto is_banned = [&](cg_token t) {
+            const int32_t c = key(t);
+            return c >= 0 && std::binary_search(banned.begin(), banned.end(), c);
+        };
         size_t left = 0;
-        for (size_t j = 0; j < cur->size; ++j) {
-            const bool ban = std::binary_search(banned.begin(), banned.end(), cur->data[j].id);
-            left += !ban && cur->data[j].logit > -INFINITY;
-        }
+        for (size_t j = 0; j < cur->size; ++j) left += !is_banned(cur->data[j].id) && cur->data[j].logit > -INFINITY;
         if (left == 0) return;  // every candidate repeats: better a repeat than no token
         for (size_t j = 0; j < cur->size; ++j) {
-            if (std::binary_search(banned.begin(), banned.end(), cur->data[j].id)) cur->data[j].logit = -INFINITY;
+            if (is_banned(cur->data[j].id)) cur->data[j].logit = -INFINITY;
         }
         cur->sorted = false;
     }
@@ -300,7 +311,13 @@ cg_sampler * cg_sampler_init_min_p(float p) {
 
 cg_sampler * cg_sampler_init_no_repeat_ngram(int32_t n) {
     if (n < 1) return invalid("no_repeat_ngram must be >= 1 (0 leaves it out of a chain), got " + std::to_string(n));
-    return cg::wrap_sampler(new NoRepeatNgram(n));
+    return cg::wrap_sampler(new NoRepeatNgram(n, nullptr));
+}
+
+cg_sampler * cg_sampler_init_no_repeat_ngram_text(const cg_model * model, int32_t n) {
+    if (!model) return invalid("the no-repeat n-gram sampler that compares text needs the model (its vocabulary)");
+    if (n < 1) return invalid("no_repeat_ngram must be >= 1 (0 leaves it out of a chain), got " + std::to_string(n));
+    return cg::wrap_sampler(new NoRepeatNgram(n, &cg::text_classes(model)));
 }
 
 cg_sampler * cg_sampler_init_penalties(int32_t last_n, float repeat_penalty) {
@@ -383,10 +400,11 @@ struct cg_sampling_params cg_sampling_default_params(void) {
     p.repeat_last_n = 64;
     p.seed = CG_SEED_RANDOM;
     p.no_repeat_ngram = 0;
+    p.no_repeat_text = false;
     return p;
 }
 
-int32_t cg_sampler_init_from_params(const struct cg_sampling_params * p, cg_sampler ** out) {
+int32_t cg_sampler_init_from_params(const cg_model * model, const struct cg_sampling_params * p, cg_sampler ** out) {
     if (!p || !out) return cg::fail(CG_ERR_INVALID_ARGUMENT, "sampling params and out must not be NULL");
     *out = nullptr;
     if (std::isnan(p->temperature) || std::isinf(p->temperature)) {
@@ -407,11 +425,18 @@ int32_t cg_sampler_init_from_params(const struct cg_sampling_params * p, cg_samp
         return cg::fail(CG_ERR_INVALID_ARGUMENT, "no_repeat_ngram must be >= 0 (0 disables), got " + std::to_string(p->no_repeat_ngram));
     }
 
+    if (p->no_repeat_ngram > 0 && p->no_repeat_text && !model) {
+        return cg::fail(CG_ERR_INVALID_ARGUMENT, "no_repeat_text compares token texts: it needs the model (got NULL)");
+    }
+
     cg_sampler * chain = cg_sampler_chain_init();
     if (p->repeat_penalty != 1.0f && p->repeat_last_n > 0) {
         cg_sampler_chain_add(chain, cg_sampler_init_penalties(p->repeat_last_n, p->repeat_penalty));
     }
-    if (p->no_repeat_ngram > 0) cg_sampler_chain_add(chain, cg_sampler_init_no_repeat_ngram(p->no_repeat_ngram));
+    if (p->no_repeat_ngram > 0) {
+        cg_sampler_chain_add(chain, p->no_repeat_text ? cg_sampler_init_no_repeat_ngram_text(model, p->no_repeat_ngram)
+                                                      : cg_sampler_init_no_repeat_ngram(p->no_repeat_ngram));
+    }
     if (p->temperature <= 0.0f) {
         cg_sampler_chain_add(chain, cg_sampler_init_greedy());
     } else {

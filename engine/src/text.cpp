@@ -1,7 +1,8 @@
-// Token bytes -> released text, shared by the generation loops.
+// Token bytes -> released text, shared by the generation loops; token texts compared as text.
 #include "internal.h"
 
 #include <algorithm>
+#include <cctype>
 
 namespace cg {
 
@@ -13,6 +14,23 @@ std::string token_piece(const cg_model * model, cg_token token) {
     std::string big((size_t) n, '\0');
     cg_token_to_piece(model, token, false, &big[0], n);
     return big;
+}
+
+const std::vector<int32_t> & text_classes(const cg_model * model) {
+    std::call_once(model->text_classes_once, [model] {
+        const int32_t n_vocab = cg_model_n_vocab(model);
+        std::unordered_map<std::string, int32_t> class_of;
+        model->text_classes.assign((size_t) n_vocab, -1);
+        for (cg_token t = 0; t < n_vocab; ++t) {
+            std::string key;
+            for (const unsigned char c : token_piece(model, t)) {  // ASCII case and spacing only: bytes of UTF-8 stay
+                if (!std::isspace(c)) key.push_back((char) std::tolower(c));
+            }
+            if (key.empty()) continue;
+            model->text_classes[(size_t) t] = class_of.emplace(key, (int32_t) class_of.size()).first->second;
+        }
+    });
+    return model->text_classes;
 }
 
 size_t complete_utf8_len(const std::string & s) {
