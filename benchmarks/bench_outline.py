@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import statistics
 import sys
 import time
 
@@ -76,7 +75,7 @@ def main() -> int:
     info = model_info(local.path)
     rows = [row("outline-format", summarize([s["rouge_l"] for s in scores[f]]), unit="rouge_l", threads=args.threads,
                 format=f, remote=args.remote, max_tokens=args.max_tokens, **info) for f in formats]
-    lines = [f"# Sketch mode: how the local model is given the remote's outline\n",
+    lines = ["# Sketch mode: how the local model is given the remote's outline\n",
              f"`python benchmarks/bench_outline.py --limit {args.limit} --remote {args.remote} -n {args.max_tokens}`: "
              f"the first {len(samples)} dev samples, each outline written once by {args.remote} (loopback llama.cpp "
              f"server), then the local model ({info['model']}) alone and after each format, seed {args.seed}; "

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import collections
 import csv
-import json
 import pathlib
 import sys
 import time

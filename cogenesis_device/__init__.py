@@ -11,9 +11,9 @@ import importlib
 import importlib.util
 import logging
 
-from . import errors
+from . import errors  # noqa: F401 (in __all__, which is built below)
 from ._libllama import load_libllama
-from ._version import __version__
+from ._version import __version__  # noqa: F401 (in __all__)
 
 load_libllama()  # before the extension loads: it binds to llama-cpp-python's libllama (about 10 ms)
 
