@@ -30,16 +30,7 @@ std::shared_ptr<FusionSamplerHandle> create(std::shared_ptr<ModelHandle> model, 
     h->model = model;
     h->gate = std::move(gate);
     h->n_vocab = cg_model_n_vocab(model->ptr);
-    cg_sampler * rest = nullptr;
-    check(cg_sampler_init_from_params(model->ptr, &sp, &rest));
-    h->link = cg_sampler_init_fusion(&p, h->gate ? h->gate->ptr : nullptr, h->n_vocab);
-    if (!h->link) {
-        cg_sampler_free(rest);
-        check(CG_ERR_INVALID_ARGUMENT);
-    }
-    h->ptr = cg_sampler_chain_init();
-    cg_sampler_chain_add(h->ptr, h->link);
-    cg_sampler_chain_add(h->ptr, rest);
+    check(cg_sampler_init_fusion_chain(model->ptr, &p, h->gate ? h->gate->ptr : nullptr, &sp, &h->ptr, &h->link));
     return h;
 }
 
@@ -57,8 +48,9 @@ void register_fusion_sampler(py::module_ & m) {
     const cg_fusion_params f = cg_fusion_default_params();
     const cg_sampling_params d = cg_sampling_default_params();
     py::class_<FusionSamplerHandle, SamplerHandle, std::shared_ptr<FusionSamplerHandle>>(m, "FusionSampler",
-        "A Sampler whose chain starts with the fusion link: set_remote() before a step fuses that step;\n"
-        "a step without it is local-only. Then the usual chain (top-k, top-p, min-p, temperature, dist/greedy).")
+        "A Sampler whose chain is the collaborative one (cg_sampler_init_fusion_chain): no-repeat n-gram on the\n"
+        "local scores, then the fusion link (set_remote() before a step fuses that step; a step without it is\n"
+        "local-only), then the usual chain (penalties, top-k, top-p, min-p, temperature, dist/greedy).")
         .def(py::init(&create), py::arg("model"), py::kw_only(), py::arg("rule") = fusion_rule_name(f.rule),
              py::arg("fill") = sparse_fill_name(f.fill), py::arg("weight") = f.weight, py::arg("alpha") = f.alpha,
              py::arg("plausible") = f.plausible, py::arg("gate") = nullptr, py::arg("temperature") = d.temperature,

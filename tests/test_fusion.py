@@ -344,6 +344,36 @@ def test_weight_zero_follows_the_remote(model):
     assert {(i.chosen == i.local_top, i.chosen == i.remote_top) for i in mixed_infos} - {(False, False)}
 
 
+def test_a_repeat_is_ruled_out_before_fusion_even_when_it_is_the_only_plausible_token(model):
+    """History A B A; the local model is sure of B (C is 5 nats below: outside plausible=0.1) and the
+    remote lists only B. With the no-repeat link after the fusion, B was the only candidate left and the
+    repeat went through; before the fusion it rules B out, C becomes the best allowed local token, and
+    the step is the local model's (overruled: the remote listed nothing allowed)."""
+    a, b, c = 100, 200, 300
+    sampler = F.FusionSampler(model.native, rule="weighted", fill="mask", plausible=0.1, temperature=0,
+                              no_repeat_ngram=2)
+    for t in (a, b, a):  # local-only steps that pick each token
+        logits = np.full(model.n_vocab, -5.0, np.float32)
+        logits[t] = 10.0
+        assert sampler.sample(logits) == t
+    logits = np.full(model.n_vocab, -5.0, np.float32)
+    logits[[b, c]] = [10.0, 5.0]
+    sampler.set_remote(np.array([b], np.int32), np.array([-0.01], np.float32))
+    assert sampler.sample(logits) == c
+    info = sampler.last_info()
+    assert info.overruled and not info.consulted and info.chosen == c
+    # A remote that lists an allowed token as well is fused as usual, among the allowed tokens.
+    sampler.reset()
+    for t in (a, b, a):
+        logits = np.full(model.n_vocab, -5.0, np.float32)
+        logits[t] = 10.0
+        sampler.sample(logits)
+    logits = np.full(model.n_vocab, -5.0, np.float32)
+    logits[[b, c]] = [10.0, 9.0]
+    sampler.set_remote(np.array([b, c], np.int32), np.array([-0.01, -5.0], np.float32))
+    assert sampler.sample(logits) == c and sampler.last_info().consulted
+
+
 def test_fusion_sampler_errors(model):
     with pytest.raises(InvalidParameterError, match="needs a gate"):
         F.FusionSampler(model.native, rule="gate")

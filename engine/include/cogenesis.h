@@ -452,6 +452,16 @@ CG_API int32_t cg_fusion_sampler_set_remote(cg_sampler * fusion, const cg_sparse
 /* Attribution of the last fused step (chosen is set once the chain accepted a token). */
 CG_API int32_t cg_fusion_sampler_last_info(const cg_sampler * fusion, struct cg_fusion_info * out);
 
+/* The chain collaboration samples with: no-repeat n-gram -> fusion -> the rest of the standard chain
+ * (cg_sampler_init_from_params). The no-repeat link goes first so that it rules out a repeat on the
+ * local scores, before the fusion link: a token it rules out is never chosen whatever the remote
+ * says of it, and the plausibility limit counts from the best token still allowed (after the fusion,
+ * a repeat that was the only plausible token would have to be let through). *fusion is the fusion
+ * link, owned by *chain, for cg_fusion_sampler_set_remote. */
+CG_API int32_t cg_sampler_init_fusion_chain(const cg_model * model, const struct cg_fusion_params * fusion_params,
+                                            const cg_gate * gate, const struct cg_sampling_params * sampling,
+                                            cg_sampler ** chain, cg_sampler ** fusion);
+
 /* The paper's P/K/T schedule: consult the remote on every step below p, then
  * in each cycle of k + t steps skip k and consult t. step is 0-based. */
 CG_API bool cg_schedule_consult(int32_t p, int32_t k, int32_t t, int32_t step);

@@ -673,17 +673,10 @@ int32_t cg_cogen_init(cg_session * s, const cg_token * prompt, int32_t n_prompt,
         co->public_prefix = public_prefix ? public_prefix : "";
     }
     auto fail = [co](int32_t rc) { cg_cogen_free(co); return rc; };
-    co->fusion = cg_sampler_init_fusion(&params->fusion, params->gate, co->n_vocab);
-    if (!co->fusion) return fail(CG_ERR_INVALID_ARGUMENT);
-    cg_sampler * rest = nullptr;
-    if (int32_t rc = cg_sampler_init_from_params(s->model, &params->sampling, &rest)) {
-        cg_sampler_free(co->fusion);
-        co->fusion = nullptr;
+    if (int32_t rc = cg_sampler_init_fusion_chain(s->model, &params->fusion, params->gate, &params->sampling, &co->chain,
+                                                  &co->fusion)) {
         return fail(rc);
     }
-    co->chain = cg_sampler_chain_init();
-    cg_sampler_chain_add(co->chain, co->fusion);
-    cg_sampler_chain_add(co->chain, rest);
     co->bridge = params->bridge;
     if (provider && !co->bridge) {
         if (int32_t rc = cg_vocab_bridge_init(s->model, &co->bridge)) return fail(rc);

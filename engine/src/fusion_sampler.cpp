@@ -1,13 +1,16 @@
 // The fusion link of the sampler chain: fuses the candidates with the remote's top-k set for the step.
 #include "internal.h"
+#include "simd.h"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <vector>
 
 namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+constexpr float kRuledOut = -1e30f;  // a ruled-out token's local score inside the fusion: finite, so w * x stays a number
 
 // The fusion link: gathers the candidates into a dense row, fuses, scatters back.
 struct FusionLink : cg::Sampler {
@@ -17,7 +20,13 @@ struct FusionLink : cg::Sampler {
     cg::Remote         remote;
     bool               has_remote = false;
     std::vector<float> noctx, row, fused;
+    std::vector<int32_t> ruled_out;  // tokens an earlier link set to -inf this step
     cg_fusion_info     info{};
+
+    static float log_sum_exp(const std::vector<float> & x) {
+        const float mx = *std::max_element(x.begin(), x.end());
+        return mx + (float) std::log(cg::sum_exp(x.data(), (int32_t) x.size(), mx, nullptr));
+    }
 
     FusionLink(const cg_fusion_params & p, const cg_gate * g, int32_t n)
         : params(p), gate(g), n_vocab(n), row(n), fused(n) {
@@ -33,10 +42,12 @@ struct FusionLink : cg::Sampler {
         return rc;
     }
 
+    // After an earlier link (no-repeat n-gram): a token it ruled out (-inf, or missing from the
+    // candidates) stays out whatever the remote says of it, and the plausibility limit counts from
+    // the best token still allowed. When the remote listed only ruled-out tokens (mask fill), the step
+    // is the local model's, as when it listed nothing plausible.
     void apply(cg_token_data_array * cur) override {
         cg_token_data * d = cur->data;
-        // As the first link it sees the whole vocabulary in order; otherwise
-        // tokens missing from the candidates count as -inf.
         const bool in_order = (int32_t) cur->size == n_vocab && d[0].id == 0 && d[n_vocab - 1].id == n_vocab - 1;
         if (in_order) {
             for (int32_t i = 0; i < n_vocab; ++i) row[i] = d[i].logit;
@@ -46,9 +57,29 @@ struct FusionLink : cg::Sampler {
                 if (d[i].id >= 0 && d[i].id < n_vocab) row[d[i].id] = d[i].logit;
             }
         }
+        ruled_out.clear();
+        for (int32_t i = 0; i < n_vocab; ++i) {
+            if (row[i] == kNegInf) {
+                ruled_out.push_back(i);
+                row[i] = kRuledOut;
+            }
+        }
         if (fuse_step(row.data()) != CG_OK) {  // the message stays in cg_last_error
             cur->size = 0;
             return;
+        }
+        if (!ruled_out.empty()) {
+            for (const int32_t i : ruled_out) fused[i] = kNegInf;
+            info.fused_top = cg::argmax_first(fused.data(), n_vocab);
+            if (info.fused_top < 0 || fused[info.fused_top] == kNegInf) {  // nothing allowed was listed
+                const float lse = log_sum_exp(row);
+                for (int32_t i = 0; i < n_vocab; ++i) fused[i] = row[i] - lse;
+                for (const int32_t i : ruled_out) fused[i] = kNegInf;
+                info.fused_top = info.local_top;
+                info.consulted = false;
+                info.overruled = true;
+                info.weight = 1.0f;
+            }
         }
         if (in_order) {
             for (int32_t i = 0; i < n_vocab; ++i) d[i].logit = fused[i];
@@ -118,6 +149,41 @@ int32_t cg_fusion_sampler_set_remote(cg_sampler * fusion, const cg_sparse_dist *
     if (int32_t rc = cg::prepare_remote(remote, f->n_vocab, f->params.fill, f->remote)) return rc;
     f->has_remote = !f->remote.empty();
     if (local_noctx) f->noctx.assign(local_noctx, local_noctx + f->n_vocab);
+    return CG_OK;
+}
+
+int32_t cg_sampler_init_fusion_chain(const cg_model * model, const struct cg_fusion_params * fusion_params,
+                                     const cg_gate * gate, const struct cg_sampling_params * sampling,
+                                     cg_sampler ** chain, cg_sampler ** fusion) {
+    if (!model || !fusion_params || !sampling || !chain || !fusion) {
+        return cg::fail(CG_ERR_INVALID_ARGUMENT, "cg_sampler_init_fusion_chain: NULL argument");
+    }
+    *chain = *fusion = nullptr;
+    cg_sampling_params rest_params = *sampling;
+    rest_params.no_repeat_ngram = 0;  // it goes before the fusion link instead
+    cg_sampler * rest = nullptr;
+    if (int32_t rc = cg_sampler_init_from_params(model, &rest_params, &rest)) return rc;
+    if (sampling->no_repeat_ngram < 0) {
+        cg_sampler_free(rest);
+        return cg::fail(CG_ERR_INVALID_ARGUMENT, "no_repeat_ngram must be >= 0 (0 disables), got " +
+                                                     std::to_string(sampling->no_repeat_ngram));
+    }
+    cg_sampler * no_repeat = nullptr;
+    if (sampling->no_repeat_ngram > 0) {
+        no_repeat = sampling->no_repeat_text ? cg_sampler_init_no_repeat_ngram_text(model, sampling->no_repeat_ngram)
+                                             : cg_sampler_init_no_repeat_ngram(sampling->no_repeat_ngram);
+    }
+    cg_sampler * link = cg_sampler_init_fusion(fusion_params, gate, cg_model_n_vocab(model));
+    if (!link) {
+        cg_sampler_free(rest);
+        cg_sampler_free(no_repeat);
+        return CG_ERR_INVALID_ARGUMENT;
+    }
+    *chain = cg_sampler_chain_init();
+    if (no_repeat) cg_sampler_chain_add(*chain, no_repeat);
+    cg_sampler_chain_add(*chain, link);
+    cg_sampler_chain_add(*chain, rest);
+    *fusion = link;
     return CG_OK;
 }
 
