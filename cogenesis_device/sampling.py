@@ -6,7 +6,7 @@
 
 `SamplingParams()` is `cg_sampling_default_params()` (what `LocalModel.generate` uses when given
 none); `SamplingParams.collaborative()` is the sampling of `cg_cogen_default_params()` (what
-`CoGenerator` uses: greedy, no 4-gram repeated). Both come from the engine, read once at import.
+`CoGenerator` uses: greedy, no 4-gram of token texts repeated). Both come from the engine, read once at import.
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ class SamplingParams:
 
     @classmethod
     def collaborative(cls, **changes) -> "SamplingParams":
-        """The collaborative loop's defaults (cg_cogen_default_params): greedy, no 4-gram repeated."""
+        """The collaborative loop's defaults (cg_cogen_default_params): greedy, no 4-gram of token texts repeated."""
         return cls(**{**_COLLABORATIVE, **changes})
 
     def replace(self, **changes) -> "SamplingParams":

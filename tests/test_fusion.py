@@ -11,6 +11,9 @@ from cogenesis_device import fusion as F
 from cogenesis_device.errors import InvalidParameterError, MissingFileError
 
 TOL = 1e-5
+# The engine fuses in float32 against a float64 reference: near -33 nats (a 262k vocabulary's tail) one
+# float32 step is 3.8e-6, and a few roundings exceed TOL; 1e-6 relative is about 8 of those steps.
+REL_TOL = 1e-6
 
 
 def log_softmax(x):
@@ -39,7 +42,7 @@ def assert_matches_reference(local, ids, lps, noctx, gate_arrays, rule, fill, **
     finite = np.isfinite(ref)
     assert np.array_equal(np.isfinite(out), finite)
     assert np.array_equal(out[~finite], ref[~finite])
-    np.testing.assert_allclose(out[finite], ref[finite], atol=TOL, rtol=0)
+    np.testing.assert_allclose(out[finite], ref[finite], atol=TOL, rtol=REL_TOL)
     assert info.fused_top == int(np.argmax(ref))
     return out, info
 

@@ -610,7 +610,7 @@ struct cg_cogen_params {
     int32_t attr_window;
     struct cg_fusion_params   fusion;
     const cg_gate *           gate;     /* for CG_FUSION_GATE; must outlive the object */
-    struct cg_sampling_params sampling; /* default: greedy, no_repeat_ngram 4 (else cg_sampling_default_params) */
+    struct cg_sampling_params sampling; /* default: greedy, no_repeat_ngram 4 by text (else cg_sampling_default_params) */
     cg_vocab_bridge *         bridge;   /* maps text-form steps (NULL: built at init, a vocabulary scan) */
     /* The remote's tokenizer when it is known (of any family): lookahead then
      * continues only while the remote's tokens are how it would tokenize their

@@ -630,10 +630,12 @@ struct cg_cogen_params cg_cogen_default_params(void) {
     p.fusion.plausible = 0.1f;
     p.gate = nullptr;
     // Collaboration writes greedily, with no 4-gram repeated: small models loop without it, and the
-    // per-token protocol's text is then reproducible (docs/collaboration.md, "Repetition control").
+    // per-token protocol's text is then reproducible. The 4-grams are of token texts, so that markup
+    // looping in variants of spacing is caught (docs/collaboration.md, "Repetition control").
     p.sampling = cg_sampling_default_params();
     p.sampling.temperature = 0.0f;
     p.sampling.no_repeat_ngram = 4;
+    p.sampling.no_repeat_text = true;
     p.bridge = nullptr;
     p.remote_vocab = nullptr;
     return p;
