@@ -62,6 +62,25 @@ def test_vllm_null_entries_are_positions_without_scores(model):
     assert steps[0].top == {} and steps[1].top == {".": -0.40, ",": -1.6}
 
 
+def test_scores_are_asked_without_a_repeat_penalty_unless_the_server_refuses_the_field(model):
+    """llama_cpp.server penalizes repeats (1.1) unless told otherwise, so its temperature-0 token is not
+    its own best; every scoring request says repeat_penalty 1.0. OpenAI refuses fields it does not know:
+    the client then goes on without it, and asks once."""
+    refusal = {"error": {"message": "Unrecognized request argument supplied: repeat_penalty",
+                         "type": "invalid_request_error", "param": None, "code": None}}
+
+    def answer(request):
+        return (400, refusal) if "repeat_penalty" in request else (200, PROBE_ANSWER)
+    with _server(**{"POST /v1/completions": answer}) as server, _remote(server, model) as remote:
+        for _ in range(2):
+            assert [s.token for s in remote.next_tokens("The capital of France is", n=2, public=True).steps] == \
+                [" Paris", "."]
+    assert [b.get("repeat_penalty") for b in _completions(server)] == [1.0, None, None, None]
+    with _server(**{"POST /v1/completions": (200, PROBE_ANSWER)}) as server, _remote(server, model) as remote:
+        remote.next_tokens("The capital of France is", n=2, public=True)
+    assert [b.get("repeat_penalty") for b in _completions(server)] == [1.0, 1.0]  # the probe, then the request
+
+
 # -- the probe ------------------------------------------------------------------------------------
 
 

@@ -133,6 +133,11 @@ class RemoteModel:
         # The chat request's length limit: OpenAI's newer models refuse max_tokens and ask for
         # max_completion_tokens, which other servers may not read; switched on the first such refusal.
         self._token_limit = "max_tokens"
+        # Scores are read as the server's own distribution: llama_cpp.server applies repeat_penalty 1.1
+        # unless told otherwise, and then the token it returns at temperature 0 is not its own best
+        # (its logprobs are from before the penalty). repeat_penalty=1.0 goes with each scoring request
+        # until a server refuses the field (OpenAI: "Unrecognized request argument").
+        self._neutral_penalty = True
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -432,9 +437,21 @@ class RemoteModel:
                     seed: int | None = None, raw: bool = False, final_kinds: tuple = ()):
         """A coroutine for the parsed Continuation, and with raw=True the JSON body beside it. A plain
         function, so that no frame holding the prompt stays in the traceback of its errors."""
+        async def create(client: openai.AsyncOpenAI):
+            neutral = {"extra_body": {"repeat_penalty": 1.0}} if self._neutral_penalty else {}
+            return await client.completions.with_raw_response.create(
+                model=model, prompt=prompt, max_tokens=n, temperature=temperature, logprobs=top_k, **_seed(seed),
+                **neutral)
+
         async def attempt(client: openai.AsyncOpenAI):
-            answer = await client.completions.with_raw_response.create(
-                model=model, prompt=prompt, max_tokens=n, temperature=temperature, logprobs=top_k, **_seed(seed))
+            try:
+                answer = await create(client)
+            except openai.BadRequestError as exc:
+                if not (self._neutral_penalty and "repeat_penalty" in _error_message(exc)):
+                    raise
+                self._neutral_penalty = False
+                log.info("%s does not take repeat_penalty: scoring requests go without it", self.base_url)
+                answer = await create(client)
             parsing = time.perf_counter()
             body = parse_json(answer)
             continuation = parse_completion(body, n, self.tokenizer, top_k)

@@ -159,15 +159,14 @@ int32_t cg_sampler_init_fusion_chain(const cg_model * model, const struct cg_fus
         return cg::fail(CG_ERR_INVALID_ARGUMENT, "cg_sampler_init_fusion_chain: NULL argument");
     }
     *chain = *fusion = nullptr;
+    if (sampling->no_repeat_ngram < 0) {
+        return cg::fail(CG_ERR_INVALID_ARGUMENT, "no_repeat_ngram must be >= 0 (0 disables), got " +
+                                                     std::to_string(sampling->no_repeat_ngram));
+    }
     cg_sampling_params rest_params = *sampling;
     rest_params.no_repeat_ngram = 0;  // it goes before the fusion link instead
     cg_sampler * rest = nullptr;
     if (int32_t rc = cg_sampler_init_from_params(model, &rest_params, &rest)) return rc;
-    if (sampling->no_repeat_ngram < 0) {
-        cg_sampler_free(rest);
-        return cg::fail(CG_ERR_INVALID_ARGUMENT, "no_repeat_ngram must be >= 0 (0 disables), got " +
-                                                     std::to_string(sampling->no_repeat_ngram));
-    }
     cg_sampler * no_repeat = nullptr;
     if (sampling->no_repeat_ngram > 0) {
         no_repeat = sampling->no_repeat_text ? cg_sampler_init_no_repeat_ngram_text(model, sampling->no_repeat_ngram)
