@@ -110,6 +110,9 @@ class LocalModel:
 
     model: a registry name ("smollm2-135m-instruct", "gemma3-270m") or a path to a .gguf file.
     n_ctx: context window of each session, in tokens. n_threads: decode threads (default: all cores).
+    adapter: a GGUF LoRA adapter of this model (what `cogenesis finetune` writes), attached to every
+        session with adapter_scale (1: as trained). Both sequences of a session run with it, so in logits
+        mode attribution's no-context side scores with the same weights as the side that writes.
 
     The model is loaded once; each concurrent generation gets its own session
     (llama context + KV cache) from a pool, so several threads can generate at once.
@@ -124,10 +127,15 @@ class LocalModel:
         n_ctx: int = _SESSION_DEFAULTS["n_ctx"],
         n_threads: int | None = None,
         n_batch: int = _SESSION_DEFAULTS["n_batch"],
+        adapter: str | os.PathLike | None = None,
+        adapter_scale: float = 1.0,
     ):
         self.path = resolve_model(model)
         self.name = os.fspath(model)
         self._model = _native.Model(str(self.path))
+        self.adapter_path = None if adapter is None else os.path.abspath(os.fspath(adapter))
+        self.adapter_scale = float(adapter_scale)
+        self._adapter = None if adapter is None else _native.Adapter(self._model, self.adapter_path)
         self._session_args = dict(n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads or 0)
         # Idle sessions with the scope their cache holds; borrowed sessions' scopes by id().
         self._idle: list[tuple[object, _native.Session]] = []
@@ -205,8 +213,11 @@ class LocalModel:
     # -- sessions ----------------------------------------------------------
 
     def new_session(self, *, n_seq_max: int = 1) -> _native.Session:
-        """A fresh session of its own (for prefill/decode/state work outside generate)."""
-        return _native.Session(self._model, n_seq_max=n_seq_max, **self._session_args)
+        """A fresh session of its own (for prefill/decode/state work outside generate), with the adapter."""
+        session = _native.Session(self._model, n_seq_max=n_seq_max, **self._session_args)
+        if self._adapter is not None:
+            session.set_adapter(self._adapter, self.adapter_scale)
+        return session
 
     def _pool_session(self) -> _native.Session:
         # Two sequences: the main one, and in logits mode the remote's view of the text (attribution.py).
@@ -317,7 +328,7 @@ class LocalModel:
             if key is None:
                 session.save_state(os.fspath(path))
             else:
-                _write_private(path, _seal(key, session.state_bytes()))
+                write_private(path, _seal(key, session.state_bytes()))
             session.truncate(0)
         return len(tokens)
 
@@ -419,7 +430,7 @@ def _seal(key: bytes, state: bytes) -> bytes:
     return _SEALED_MAGIC + nonce + _aead(key).encrypt(nonce, state, _SEALED_MAGIC)
 
 
-def _write_private(path: str | os.PathLike, data: bytes) -> None:
+def write_private(path: str | os.PathLike, data: bytes) -> None:
     """Writes data to a new 0600 file under a unique name beside path, then renames it over path."""
     target = os.path.abspath(os.fspath(path))
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=os.path.basename(target) + ".")

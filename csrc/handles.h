@@ -36,9 +36,17 @@ struct ModelHandle {
     ~ModelHandle() { cg_model_free(ptr); }
 };
 
-struct SessionHandle {
+struct AdapterHandle {
     std::shared_ptr<ModelHandle> model;
-    cg_session *                 ptr = nullptr;
+    cg_adapter *                 ptr = nullptr;
+    std::string                  path;
+    ~AdapterHandle() { cg_adapter_free(ptr); }
+};
+
+struct SessionHandle {
+    std::shared_ptr<ModelHandle>   model;
+    std::shared_ptr<AdapterHandle> adapter;  // the attached one, kept loaded while attached
+    cg_session *                   ptr = nullptr;
     std::atomic<bool>            busy{false};
     ~SessionHandle() { cg_session_free(ptr); }
 };
@@ -129,6 +137,7 @@ inline std::string decode_utf8(const char * data, size_t n) {
 void register_errors(py::module_ & m);
 void register_model(py::module_ & m);
 void register_session(py::module_ & m);
+void register_adapter(py::module_ & m);
 void register_sampler(py::module_ & m);
 void register_generation(py::module_ & m);
 void register_fusion(py::module_ & m);

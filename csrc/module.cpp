@@ -8,6 +8,7 @@ PYBIND11_MODULE(_native, m) {
     cgpy::register_errors(m);
     cgpy::register_model(m);
     cgpy::register_session(m);
+    cgpy::register_adapter(m);
     cgpy::register_sampler(m);
     cgpy::register_generation(m);
     cgpy::register_gate(m);

@@ -111,6 +111,19 @@ void register_session(py::module_ & m) {
                 run_nogil(s, [&](cg_session * p) { return cg_session_seq_truncate(p, seq_id, n_keep); });
             }, py::arg("n_keep"), py::kw_only(), py::arg("seq_id") = 0,
              "Keep the first n_keep tokens of the sequence (roll back the rest).")
+        .def("set_adapter", [](SessionHandle & s, std::shared_ptr<AdapterHandle> adapter, float scale) {
+                if (adapter && adapter->model != s.model) {
+                    throw py::value_error("the adapter was loaded for another Model than this Session's");
+                }
+                const cg_adapter * a = adapter ? adapter->ptr : nullptr;
+                run_nogil(s, [&](cg_session * p) { return cg_session_set_adapter(p, a, scale); });
+                s.adapter = std::move(adapter);
+            }, py::arg("adapter"), py::arg("scale") = 1.0f,
+             "Attach a LoRA Adapter of this session's Model with a scale (1: as trained), replacing any attached\n"
+             "one; None detaches. A change clears the session's KV cache: cached tokens were computed with the\n"
+             "old weights. State files record the adapter and refuse to load under another.")
+        .def_property_readonly("adapter", [](const SessionHandle & s) { return s.adapter; },
+             "The attached Adapter, or None.")
         .def("save_state", [](SessionHandle & s, const std::string & path, int32_t seq_id) {
                 run_nogil(s, [&](cg_session * p) { return cg_session_state_save(p, seq_id, path.c_str()); });
             }, py::arg("path"), py::kw_only(), py::arg("seq_id") = 0,

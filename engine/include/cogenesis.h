@@ -196,6 +196,32 @@ CG_API size_t  cg_session_state_max_size(const cg_session * session);
  * Safe to call from any thread. The flag clears when the next generation starts. */
 CG_API void cg_session_cancel(cg_session * session);
 
+/* --------------------------------------------------------- LoRA adapter */
+
+/* A LoRA adapter in GGUF (what `cogenesis finetune` exports, or llama.cpp's
+ * convert_lora_to_gguf.py writes), loaded once for a model and attached to any
+ * of its sessions. Usage:
+ *   cg_adapter * a;
+ *   cg_adapter_load(model, "adapter.gguf", &a);
+ *   cg_session_set_adapter(session, a, 1.0f);    // every decode now uses base + scale * LoRA
+ *   ...
+ *   cg_session_set_adapter(session, NULL, 0.0f);  // back to the base weights
+ *   cg_adapter_free(a);                           // after detaching it from every session */
+typedef struct cg_adapter cg_adapter;
+
+/* Load an adapter for model. Fails with CG_ERR_FILE_NOT_FOUND, or CG_ERR_MODEL_LOAD
+ * for a file that is not GGUF or not a LoRA adapter of this model's architecture
+ * and shapes. The model must outlive the adapter. */
+CG_API int32_t cg_adapter_load(cg_model * model, const char * path, cg_adapter ** out);
+CG_API void    cg_adapter_free(cg_adapter * adapter);
+
+/* Attach adapter to the session with a scale (1 = as trained; the file's alpha/rank
+ * applies on top), replacing any attached one; NULL detaches. A change clears the
+ * session's KV cache (its sequences restart empty), since cached tokens were computed
+ * with the old weights; state files record the adapter and refuse another. The
+ * adapter must stay loaded while attached. */
+CG_API int32_t cg_session_set_adapter(cg_session * session, const cg_adapter * adapter, float scale);
+
 /* -------------------------------------------------------------- sampler */
 
 typedef struct cg_token_data {

@@ -27,6 +27,13 @@ std::string take_llama_errors();
 
 double now_ms();
 
+// CG_OK if path is a regular file that starts with the GGUF magic; else a clear error naming it as `what`
+// ("model", "adapter"), which llama.cpp would report vaguely or not at all.
+int32_t check_gguf_file(const char * path, const char * what);
+
+// 64-bit hash of n bytes: any changed, moved or swapped 8-byte word changes it (state files, adapters).
+uint64_t checksum(const uint8_t * data, size_t n);
+
 // For each token of the model, the class of its text lower-cased and without whitespace: tokens whose
 // texts differ only in case or spacing (" The", "the", "  \n*" and "*") share a class; a token whose
 // text is only whitespace, or empty (special tokens), has class -1. Made once per model; thread-safe.
@@ -61,6 +68,7 @@ struct cg_session {
     std::vector<std::vector<cg_token>> seqs;  // tokens held in the KV cache, per sequence
     std::vector<int32_t> output_rows;         // logits row -> batch index of the last evaluation
     std::vector<cg_token_data> candidates;    // scratch buffer for sampling
+    uint64_t         adapter_tag = 0;         // the attached LoRA adapter and scale (0: none), for state files
     std::atomic<bool> cancel{false};
 };
 

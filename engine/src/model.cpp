@@ -6,29 +6,28 @@
 #include <memory>
 #include <sys/stat.h>
 
-namespace {
+namespace cg {
 
-// Check what llama.cpp would otherwise report vaguely (or not at all).
-int32_t check_gguf_file(const char * path) {
+int32_t check_gguf_file(const char * path, const char * what) {
     struct stat st {};
     if (stat(path, &st) != 0) {
-        return cg::fail(CG_ERR_FILE_NOT_FOUND, std::string("model file not found: '") + path + "'");
+        return fail(CG_ERR_FILE_NOT_FOUND, std::string(what) + " file not found: '" + path + "'");
     }
     if (!S_ISREG(st.st_mode)) {
-        return cg::fail(CG_ERR_MODEL_LOAD, std::string("model path is not a regular file: '") + path + "'");
+        return fail(CG_ERR_MODEL_LOAD, std::string(what) + " path is not a regular file: '" + path + "'");
     }
     std::unique_ptr<FILE, int (*)(FILE *)> f(std::fopen(path, "rb"), std::fclose);
     if (!f) {
-        return cg::fail(CG_ERR_IO, std::string("cannot open model file '") + path + "': " + std::strerror(errno));
+        return fail(CG_ERR_IO, std::string("cannot open ") + what + " file '" + path + "': " + std::strerror(errno));
     }
     char magic[4] = {0, 0, 0, 0};
     if (std::fread(magic, 1, 4, f.get()) != 4 || std::memcmp(magic, "GGUF", 4) != 0) {
-        return cg::fail(CG_ERR_MODEL_LOAD, std::string("not a GGUF file (bad magic bytes): '") + path + "'");
+        return fail(CG_ERR_MODEL_LOAD, std::string("not a GGUF file (bad magic bytes): '") + path + "'");
     }
     return CG_OK;
 }
 
-}  // namespace
+}  // namespace cg
 
 extern "C" {
 
@@ -43,7 +42,7 @@ struct cg_model_params cg_model_default_params(void) {
 int32_t cg_model_load(const char * path, struct cg_model_params params, cg_model ** out) {
     if (!path || !out) return cg::fail(CG_ERR_INVALID_ARGUMENT, "cg_model_load: path and out must not be NULL");
     *out = nullptr;
-    if (int32_t rc = check_gguf_file(path)) return rc;
+    if (int32_t rc = cg::check_gguf_file(path, "model")) return rc;
     cg::ensure_backend();
 
     const double t0 = cg::now_ms();

@@ -21,40 +21,24 @@
 namespace {
 
 constexpr char     kMagic[4] = {'C', 'G', 'K', 'V'};
-constexpr uint32_t kVersion = 2;
+constexpr uint32_t kVersion = 3;  // 3: the attached adapter's tag
 constexpr size_t   kChecksumSize = sizeof(uint64_t);
 
 struct Fingerprint {
     uint32_t n_vocab, n_layer, n_embd;
     uint64_t size, n_params;
+    uint64_t adapter;  // the session's adapter tag (0: none): KV data depends on the weights that wrote it
     bool operator==(const Fingerprint & o) const {
         return n_vocab == o.n_vocab && n_layer == o.n_layer && n_embd == o.n_embd && size == o.size &&
-               n_params == o.n_params;
+               n_params == o.n_params && adapter == o.adapter;
     }
 };
 
-Fingerprint fingerprint(const cg_model * m) {
+Fingerprint fingerprint(const cg_session * s) {
+    const cg_model * m = s->model;
     return {(uint32_t) llama_vocab_n_tokens(m->vocab), (uint32_t) llama_model_n_layer(m->model),
-            (uint32_t) llama_model_n_embd(m->model), llama_model_size(m->model), llama_model_n_params(m->model)};
-}
-
-// 64-bit hash over 8-byte words (a multiply-rotate mix, then a final avalanche): fast enough for
-// hundreds of megabytes of KV data, and any changed, moved or swapped word changes it.
-uint64_t checksum(const uint8_t * data, size_t n) {
-    constexpr uint64_t k1 = 0x9E3779B97F4A7C15ull, k2 = 0xC2B2AE3D27D4EB4Full;
-    uint64_t h = k2 ^ (uint64_t) n;
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t w;
-        std::memcpy(&w, data + i, 8);
-        h ^= w * k1;
-        h = ((h << 31) | (h >> 33)) * k2;
-    }
-    uint64_t tail = 0;
-    std::memcpy(&tail, data + i, n - i);
-    h ^= tail * k1;
-    h ^= h >> 33; h *= k2; h ^= h >> 29; h *= k1; h ^= h >> 32;
-    return h;
+            (uint32_t) llama_model_n_embd(m->model), llama_model_size(m->model), llama_model_n_params(m->model),
+            s->adapter_tag};
 }
 
 template <typename T>
@@ -96,17 +80,18 @@ int32_t serialize(cg_session * s, int32_t seq_id, std::string & out) {
 
     out.assign(kMagic, 4);
     put(out, kVersion);
-    const Fingerprint fp = fingerprint(s->model);
+    const Fingerprint fp = fingerprint(s);
     put(out, fp.n_vocab); put(out, fp.n_layer); put(out, fp.n_embd); put(out, fp.size); put(out, fp.n_params);
+    put(out, fp.adapter);
     put(out, (uint32_t) toks.size());
     out.append(reinterpret_cast<const char *>(toks.data()), toks.size() * sizeof(cg_token));
     put(out, (uint64_t) blob.size());
     out += blob;
-    put(out, checksum(reinterpret_cast<const uint8_t *>(out.data()), out.size()));
+    put(out, cg::checksum(reinterpret_cast<const uint8_t *>(out.data()), out.size()));
     return CG_OK;
 }
 
-constexpr size_t kHeaderSize = 4 + 4 + 3 * 4 + 2 * 8 + 4;  // through n_tokens
+constexpr size_t kHeaderSize = 4 + 4 + 3 * 4 + 3 * 8 + 4;  // through n_tokens
 
 // Checks the fixed header (magic, version, model, token count against the window) and leaves r after it.
 int32_t check_header(cg_session * s, int32_t seq_id, Reader & r, uint32_t & n_tokens, const std::string & where) {
@@ -119,8 +104,13 @@ int32_t check_header(cg_session * s, int32_t seq_id, Reader & r, uint32_t & n_to
     }
     Fingerprint fp;
     fp.n_vocab = r.get<uint32_t>(); fp.n_layer = r.get<uint32_t>(); fp.n_embd = r.get<uint32_t>();
-    fp.size = r.get<uint64_t>(); fp.n_params = r.get<uint64_t>();
-    if (r.ok && !(fp == fingerprint(s->model))) return cg::fail(CG_ERR_STATE, "the state was saved with a different model" + where);
+    fp.size = r.get<uint64_t>(); fp.n_params = r.get<uint64_t>(); fp.adapter = r.get<uint64_t>();
+    const Fingerprint ours = fingerprint(s);
+    if (r.ok && !(fp == ours)) {
+        const bool adapter_only = fp.adapter != ours.adapter && (Fingerprint{fp.n_vocab, fp.n_layer, fp.n_embd, fp.size, fp.n_params, ours.adapter} == ours);
+        return cg::fail(CG_ERR_STATE, (adapter_only ? "the state was saved with another LoRA adapter attached (or none)"
+                                                    : "the state was saved with a different model") + where);
+    }
     n_tokens = r.get<uint32_t>();
     if (!r.ok) return cg::fail(CG_ERR_STATE, "state is truncated or corrupt" + where);
     const int32_t others = cg::session_used(s) - (int32_t) s->seqs[seq_id].size();
@@ -142,7 +132,7 @@ int32_t deserialize(cg_session * s, int32_t seq_id, const uint8_t * data, size_t
     const size_t body_size = r.pos;
     const uint64_t stored = r.get<uint64_t>();
     if (!r.ok || !tok_bytes || !blob || r.pos != size) return cg::fail(CG_ERR_STATE, "state is truncated or corrupt" + where);
-    if (stored != checksum(data, body_size)) {
+    if (stored != cg::checksum(data, body_size)) {
         return cg::fail(CG_ERR_STATE, "state checksum mismatch: its tokens and KV data do not belong together "
                                       "(corrupt, or spliced from two saves)" + where);
     }
