@@ -13,7 +13,7 @@ from cogenesis_device.errors import InvalidParameterError, StateError
 from cogenesis_device.jsonl import KeyedLog
 from cogenesis_device.privacy import EgressGuard
 
-HEADER = 4 + 4 + 3 * 4 + 2 * 8 + 4  # magic, version, model fingerprint, token count
+HEADER = 4 + 4 + 3 * 4 + 3 * 8 + 4  # magic, version, model fingerprint (and the adapter tag), token count
 PARIS = "Q: Which city is the capital of France? A: The capital of France is"
 TOKYO = "Q: Which city is the capital of Japan? A: The capital of Japan is"
 CONTEXT = ("Private profile. Name: Dana Whitfield. Occupation: veterinary nurse in Leeds. Writes short, warm "
