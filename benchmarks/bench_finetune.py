@@ -24,9 +24,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 
 import cogenesis_device as cg
+from cogenesis_device.attribution import log_softmax_at
 from cogenesis_device.bench import fmt, model_info, summarize
 from cogenesis_device.bench import row as common_row
 from cogenesis_device.eval import lora_export  # noqa: F401 - imported now: the run must not pick up later edits
@@ -45,8 +45,7 @@ def gold_bpb(local: cg.LocalModel, instruction: str, context: str, gold: str) ->
     nll = 0.0
     with local.pooled_session(scope=cg.LocalModel.scope_for(context)) as session:  # the generation reuses its prefill
         for row, target in zip(cg.LocalModel.teacher_forced_rows(session, prompt, targets), targets):
-            top = row.max()
-            nll -= row[target] - top - math.log(np.exp(row - top).sum())
+            nll -= log_softmax_at(row, target)
     return float(nll), len(gold.encode("utf-8"))
 
 
