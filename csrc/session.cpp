@@ -112,9 +112,6 @@ void register_session(py::module_ & m) {
             }, py::arg("n_keep"), py::kw_only(), py::arg("seq_id") = 0,
              "Keep the first n_keep tokens of the sequence (roll back the rest).")
         .def("set_adapter", [](SessionHandle & s, std::shared_ptr<AdapterHandle> adapter, float scale) {
-                if (adapter && adapter->model != s.model) {
-                    throw py::value_error("the adapter was loaded for another Model than this Session's");
-                }
                 const cg_adapter * a = adapter ? adapter->ptr : nullptr;
                 run_nogil(s, [&](cg_session * p) { return cg_session_set_adapter(p, a, scale); });
                 s.adapter = std::move(adapter);

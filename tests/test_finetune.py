@@ -178,7 +178,7 @@ def test_an_adapter_attaches_detaches_and_is_recorded_in_state_files(trained, mo
     with pytest.raises(ModelLoadError, match="not a LoRA adapter for this model"):
         _native.Adapter(native, str(model.path))  # a GGUF, but a model, not an adapter
     other = _native.Session(_native.Model(str(gemma_path)), n_ctx=256, n_threads=THREADS)
-    with pytest.raises(ValueError, match="another Model"):
+    with pytest.raises(ValueError, match="another model"):
         other.set_adapter(adapter, 1.0)
 
 

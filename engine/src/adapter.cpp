@@ -4,7 +4,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
-#include <iterator>
+#include <vector>
 
 struct cg_adapter {
     llama_adapter_lora * lora = nullptr;
@@ -12,15 +12,32 @@ struct cg_adapter {
     uint64_t             tag = 0;  // hash of the file's bytes: which adapter a state file was written with
 };
 
+namespace {
+
+// A hash of the file's bytes, read 1 MiB at a time so the file is never held in memory whole
+// (llama.cpp reads it again just after; that read comes from the page cache). False on a read error.
+bool file_hash(const char * path, uint64_t * out) {
+    std::ifstream file(path, std::ios::binary);
+    std::vector<char> chunk(1 << 20);
+    uint64_t h = 0;
+    while (file.read(chunk.data(), (std::streamsize) chunk.size()) || file.gcount() > 0) {
+        const uint64_t pair[2] = {h, cg::checksum(reinterpret_cast<const uint8_t *>(chunk.data()), (size_t) file.gcount())};
+        h = cg::checksum(reinterpret_cast<const uint8_t *>(pair), sizeof pair);
+    }
+    *out = h;
+    return file.eof() && !file.bad();
+}
+
+}  // namespace
+
 extern "C" {
 
 int32_t cg_adapter_load(cg_model * model, const char * path, cg_adapter ** out) {
     if (!model || !path || !out) return cg::fail(CG_ERR_INVALID_ARGUMENT, "cg_adapter_load: NULL argument");
     *out = nullptr;
     if (int32_t rc = cg::check_gguf_file(path, "adapter")) return rc;
-    std::ifstream file(path, std::ios::binary);
-    const std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
-    if (!file.good() && !file.eof()) return cg::fail(CG_ERR_IO, std::string("cannot read adapter file '") + path + "'");
+    uint64_t tag = 0;
+    if (!file_hash(path, &tag)) return cg::fail(CG_ERR_IO, std::string("cannot read adapter file '") + path + "'");
     cg::ensure_backend();
     llama_adapter_lora * lora = llama_adapter_lora_init(model->model, path);
     if (!lora) {
@@ -32,7 +49,7 @@ int32_t cg_adapter_load(cg_model * model, const char * path, cg_adapter ** out) 
     auto * a = new cg_adapter;
     a->lora = lora;
     a->model = model;
-    a->tag = cg::checksum(bytes.data(), bytes.size()) | 1;  // never 0, which means "no adapter"
+    a->tag = tag | 1;  // never 0, which means "no adapter"
     *out = a;
     return CG_OK;
 }
