@@ -1,8 +1,9 @@
 """The paper's SFT step measured: a LoRA of the local model trained on dev samples on the CPU, then the
 tuned and the base model scored by the engine on dev samples the adapter never saw.
 
-    python benchmarks/bench_finetune.py [--train 100] [--held-out 50] [--epochs 1] [--threads 2]
-                                        [--gen-tokens 128] [--remote NAME --fused-samples N]
+    python benchmarks/bench_finetune.py [--train 100] [--held-out 50] [--epochs 1] [--rank 8] [--alpha 16]
+                                        [--lr 0.001] [--past-writings 0] [--threads 2] [--gen-tokens 128]
+                                        [--remote NAME --fused-samples N]
 
 The first train + held-out samples of the dev split are shuffled by the seed; held-out of them are
 never trained on (Finetuner.split). Training time is the whole `Finetuner.run` (loading, tokenizing,
@@ -11,7 +12,10 @@ bits per byte of the held-out answers teacher-forced (base, tuned), and ROUGE-L 
 model's greedy answer (the product's local-only path, CoGenerator without a remote). With --remote, the
 tuned model fused with that remote (a registry GGUF standing in for the server, as `cogenesis eval
 --remote-gguf` does) on the first --fused-samples held-out samples, by the eval's fusion rules.
-Writes results/finetune.json and results/finetune.md.
+--past-writings N adds, for each trained sample, up to N of
+its user's past writings as tasks of their own (the writing's title the request, the rest of the profile
+the context); the held-out users' writings are never trained on. Writes results/finetune.json and
+results/finetune.md.
 """
 from __future__ import annotations
 
@@ -54,6 +58,11 @@ def main() -> int:
     ap.add_argument("--train", type=int, default=100)
     ap.add_argument("--held-out", type=int, default=50)
     ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--rank", type=int, default=FinetuneConfig.rank)
+    ap.add_argument("--alpha", type=float, default=FinetuneConfig.alpha)
+    ap.add_argument("--lr", type=float, default=FinetuneConfig.learning_rate)
+    ap.add_argument("--past-writings", type=int, default=0,
+                    help="also train on up to N of each trained sample's past writings (Sample.past_tasks)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--gen-tokens", type=int, default=128)
     ap.add_argument("--out", default=None, help="the run's folder (default: a new temporary one)")
@@ -66,7 +75,8 @@ def main() -> int:
     n = args.train + args.held_out
     records = read_records(DEV)[:n]
     samples = load(DEV)[:n]
-    config = FinetuneConfig(held_out=args.held_out / n, epochs=args.epochs, threads=args.threads)
+    config = FinetuneConfig(held_out=args.held_out / n, epochs=args.epochs, threads=args.threads, rank=args.rank,
+                            alpha=args.alpha, learning_rate=args.lr, past_writings=args.past_writings)
     out = Path(args.out or tempfile.mkdtemp(prefix="finetune-"))
     args.out = str(out)
     base = cg.LocalModel(n_ctx=4096, n_threads=args.threads)
@@ -126,11 +136,13 @@ def main() -> int:
                        model=info["model"], size=info.get("size"), threads=args.threads)]
     md = ["# LoRA fine-tuning of the local model (the paper's SFT step)", "",
           f"`python benchmarks/bench_finetune.py --train {args.train} --held-out {args.held_out} --epochs {args.epochs} "
-          f"--threads {args.threads} --gen-tokens {args.gen_tokens}"
+          f"--rank {args.rank} --alpha {args.alpha:g} --lr {args.lr:g} --past-writings {args.past_writings} --threads {args.threads} --gen-tokens {args.gen_tokens}"
           + (f" --remote {args.remote} --fused-samples {args.fused_samples}" if fused else "") + "`", "",
           f"SmolLM2-135M-Instruct, LoRA rank {config.rank}, alpha {config.alpha:g}, learning rate "
-          f"{config.learning_rate:g}, bf16 autocast where native; {result.n_train} dev samples trained on, "
-          f"{result.n_held_out} held out (never trained on), {args.threads} threads.", "",
+          f"{config.learning_rate:g}, bf16 autocast where native; {args.train} dev samples trained on"
+          + (f" with up to {args.past_writings} of each one's past writings as tasks of their own (leave one out: "
+             f"{result.n_train} examples an epoch)" if args.past_writings else "")
+          + f", {result.n_held_out} held out (never trained on, nor their past writings), {args.threads} threads.", "",
           f"Whole run (load, train, per-epoch held-out scoring, export): **{wall_s / 60:.1f} min**"
           + (f" over {invocations} invocations on one --out (each resumed the last one's checkpoint; the model load "
              "and export counted each time)" if invocations > 1 else "")

@@ -145,6 +145,9 @@ def add_finetune(sub) -> None:
     p.add_argument("--alpha", type=positive, default=d.alpha, help="LoRA alpha: the update is scaled by alpha / rank "
                                                                    "(default %(default)s)")
     p.add_argument("--lr", type=positive, default=d.learning_rate, help="peak learning rate (default %(default)s)")
+    p.add_argument("--past-writings", type=int, default=d.past_writings, metavar="N",
+                   help="also train on up to N of each trained record's past writings, each as a task of its own "
+                        "(data the evaluation reads, such as the dev split; default %(default)s)")
     p.add_argument("--held-out", type=float, default=d.held_out,
                    help="share of the records scored each epoch (gold bits/byte) and never trained on (default %(default)s)")
     p.add_argument("--max-tokens", type=positive_int, default=d.max_tokens,
@@ -160,7 +163,8 @@ def run_finetune(args) -> int:
 
     records = read_records(args.data)[:args.limit]
     config = FinetuneConfig(rank=args.rank, alpha=args.alpha, learning_rate=args.lr, epochs=args.epochs,
-                            held_out=args.held_out, max_tokens=args.max_tokens, seed=args.seed, threads=args.threads)
+                            held_out=args.held_out, max_tokens=args.max_tokens, seed=args.seed, threads=args.threads,
+                            past_writings=args.past_writings)
     local = LocalModel(args.model, n_ctx=args.max_tokens, n_threads=args.threads)
 
     def epoch_line(r) -> None:

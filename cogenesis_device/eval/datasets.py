@@ -55,6 +55,20 @@ class Sample:
             return self.background
         return "\n\n".join(p for p in (self.background, f"The user's full request: {self.task}") if p)
 
+    def past_tasks(self) -> list["Sample"]:
+        """Each past writing as a task of its own, leave one out: its title the request (the public
+        instruction its part before ": "), its text the answer, the profile and the other writings the
+        context. The same user's history, in the sample's own format: more training data that holds
+        nothing of any other user's."""
+        out = []
+        for i, writing in enumerate(self.writings):
+            title, _, text = writing.partition("\n")
+            if title.strip() and text.strip():
+                rest = self.writings[:i] + self.writings[i + 1:]
+                out.append(Sample(f"{self.tid}/past{i + 1}", public_part(title), title.strip(), text.strip(),
+                                  self.profile, rest))
+        return out
+
     def facts(self) -> list[str]:
         """Profile facts, one per item ("Privacy_info: a; b" gives "a" and "b"), for the fact-use proxy."""
         out = []

@@ -36,12 +36,15 @@ _MAX_LISTED = 20  # bad records named in one error
 
 @dataclass(frozen=True)
 class Record:
-    """One training example; line: where it is in its file (1-based), for messages."""
+    """One training example; line: where it is in its file (1-based), for messages. past: the same
+    user's past writings as records of their own (Sample.past_tasks), trained on with the record when
+    FinetuneConfig.past_writings asks for them, never held out."""
 
     instruction: str
     context: str
     answer: str
     line: int
+    past: tuple["Record", ...] = ()
 
 
 def read_records(path: str | os.PathLike) -> list[Record]:
@@ -53,7 +56,9 @@ def read_records(path: str | os.PathLike) -> list[Record]:
     if not path.is_file():
         raise InvalidParameterError(f"no training data at {path}")
     if path.suffix != ".jsonl":
-        return [Record(s.instruction, s.context, s.gold, n) for n, s in enumerate(datasets.load(path), 1)]
+        return [Record(s.instruction, s.context, s.gold, n, tuple(Record(p.instruction, p.context, p.gold, n)
+                                                                 for p in s.past_tasks()))
+                for n, s in enumerate(datasets.load(path), 1)]
     records, problems = [], []
     with path.open(encoding="utf-8") as lines:
         for n, line in enumerate(lines, 1):
@@ -99,7 +104,9 @@ class FinetuneConfig:
     scored each epoch and never trained on (at least one when there are two or more). max_tokens: the
     longest prompt + answer trained on (longer records are refused by line). bf16: compute in bfloat16
     (torch.autocast) where the CPU has it natively (None: then), about 1.6x faster on this project's
-    machine. checkpoint_every: steps between checkpoints (and at each epoch's end)."""
+    machine. checkpoint_every: steps between checkpoints (and at each epoch's end). past_writings: how
+    many of each trained record's past writings (Record.past) to train on as well; the held-out
+    records' are never used, nor scored."""
 
     rank: int = 8
     alpha: float = 16.0
@@ -111,12 +118,14 @@ class FinetuneConfig:
     bf16: bool | None = None
     checkpoint_every: int = 10
     threads: int | None = None
+    past_writings: int = 0
 
     def __post_init__(self):
         problems = [name for name, ok in (("rank", self.rank >= 1), ("alpha", self.alpha > 0),
                                           ("learning_rate", 0 < self.learning_rate < 1), ("epochs", self.epochs >= 1),
                                           ("held_out", 0 <= self.held_out < 1), ("max_tokens", self.max_tokens >= 16),
-                                          ("checkpoint_every", self.checkpoint_every >= 1)) if not ok]
+                                          ("checkpoint_every", self.checkpoint_every >= 1),
+                                          ("past_writings", self.past_writings >= 0)) if not ok]
         if problems:
             raise InvalidParameterError(f"out of range: {', '.join(problems)} ({self})")
 
@@ -133,7 +142,7 @@ class EpochReport:
 class FinetuneResult:
     adapter: Path                 # the GGUF LoRA
     epochs: list[EpochReport]
-    n_train: int
+    n_train: int                  # examples trained on per epoch, past writings included
     n_held_out: int
     train_seconds: float          # all epochs' training, this run and the ones it resumed
     resumed_from_step: int
@@ -206,8 +215,12 @@ class Finetuner:
         os.chmod(out, 0o700)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        examples = self.examples(records)
-        train, held = self.split(len(examples))
+        train_records, held = self.split(len(records))
+        # Trained on: each trained record, then its past writings; held out: whole records only (their
+        # past writings are the held-out users' and stay out of training).
+        trained = [r for i in train_records for r in (records[i],) + records[i].past[:cfg.past_writings]]
+        examples = self.examples(trained + [records[i] for i in held])
+        train, held_examples = list(range(len(trained))), list(range(len(trained), len(examples)))
         fingerprint = self._fingerprint(examples)
         torch.manual_seed(cfg.seed)
         model = get_peft_model(load_torch_model(self.local), LoraConfig(
@@ -243,7 +256,7 @@ class Finetuner:
             write_private(checkpoint, buffer.getvalue())
 
         def report(epoch: int, loss: float, seconds: float) -> None:
-            r = EpochReport(epoch, loss, self.held_out_bpb(model, [examples[i] for i in held],
+            r = EpochReport(epoch, loss, self.held_out_bpb(model, [examples[i] for i in held_examples],
                                                            [records[i].answer for i in held], bf16), seconds)
             state["reports"].append(asdict(r))
             save()
