@@ -79,6 +79,37 @@ def test_the_dev_split_format_is_read_as_records():
     assert len(records) > 100 and all(r.instruction and r.answer and r.context for r in records[:5])
 
 
+def test_past_writings_train_as_tasks_of_their_own_and_never_the_held_out_users(tmp_path, model):
+    from cogenesis_device.eval.finetune import FinetuneConfig, Finetuner, read_records
+
+    def user(n):  # every text of user n carries its own mark
+        return {"tid": str(n), "additional_profile": f"Name: User{n}\nCity: Town{n}",
+                "conversations": [{"from": "user", "value": f"Write a toast: for my sister, user {n}."},
+                                  {"from": "assistant", "value": f"To my sister! Gold-{n}."}],
+                "profile": [{"title": f"Write a poem {k}: about rain", "text": f"Rain falls. Writing-{n}-{k}."}
+                            for k in range(3)]}
+
+    path = tmp_path / "dev.json"
+    path.write_text(json.dumps([user(n) for n in range(6)]))
+    records = read_records(path)
+    first = records[0]
+    assert [p.instruction for p in first.past] == ["Write a poem 0", "Write a poem 1", "Write a poem 2"]
+    assert [p.answer for p in first.past] == [f"Rain falls. Writing-0-{k}." for k in range(3)]
+    for k, past in enumerate(first.past):  # leave one out: the other writings and the profile are its context
+        assert f"Writing-0-{k}" not in past.context and "User0" in past.context
+        assert all(f"Writing-0-{j}" in past.context for j in range(3) if j != k)
+        assert "Gold-0" not in past.context and past.line == first.line
+
+    finetuner = Finetuner(model, FinetuneConfig(held_out=2 / 6, past_writings=2), progress=False)
+    trained, held = finetuner.training_set(records)
+    assert len(held) == 2 and len(trained) == 4 * 3  # each trained record and two of its writings
+    held_marks = [f"-{records[i].line - 1}-" for i in held]
+    trained_text = " ".join(r.answer + r.context for r in trained)
+    assert not any(mark in trained_text for mark in held_marks)  # a held-out user's writings never trained on
+    assert all(f"Gold-{records[i].line - 1}" not in trained_text for i in held)
+    assert len(Finetuner(model, FinetuneConfig(held_out=2 / 6), progress=False).training_set(records)[0]) == 4
+
+
 def test_training_lowers_the_loss_and_writes_a_private_gguf_adapter(trained):
     _, _, result, out = trained
     losses = [r.train_loss for r in result.epochs[1:]]

@@ -202,6 +202,13 @@ class Finetuner:
         n_held = 0 if n < 2 or self.config.held_out == 0 else min(n - 1, max(1, round(n * self.config.held_out)))
         return sorted(order[:n - n_held]), sorted(order[n - n_held:])
 
+    def training_set(self, records: Sequence[Record]) -> tuple[list[Record], list[int]]:
+        """(the records trained on, the indices of those held out): each trained record followed by up to
+        past_writings of its past writings; a held-out record's past writings are its user's and are
+        never trained on."""
+        train, held = self.split(len(records))
+        return [r for i in train for r in (records[i],) + records[i].past[:self.config.past_writings]], held
+
     def run(self, records: Sequence[Record], out_dir: str | os.PathLike, *,
             on_epoch: Callable[[EpochReport], None] | None = None) -> FinetuneResult:
         """Train (resuming from out_dir's checkpoint when it is of this run), score, export the adapter
@@ -215,10 +222,7 @@ class Finetuner:
         os.chmod(out, 0o700)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        train_records, held = self.split(len(records))
-        # Trained on: each trained record, then its past writings; held out: whole records only (their
-        # past writings are the held-out users' and stay out of training).
-        trained = [r for i in train_records for r in (records[i],) + records[i].past[:cfg.past_writings]]
+        trained, held = self.training_set(records)
         examples = self.examples(trained + [records[i] for i in held])
         train, held_examples = list(range(len(trained))), list(range(len(trained), len(examples)))
         fingerprint = self._fingerprint(examples)
