@@ -124,22 +124,26 @@ def test_a_yes_no_oracle_gets_no_answer(model):
     assert not any("Pelle" in b for b in bodies)
 
 
-@pytest.mark.parametrize("context, instruction, private, guesses", [
+@pytest.mark.parametrize("context, instruction, private, guesses, attribution", [
     # attribution withholds the name
     ("My dog is called Max. He is a black labrador and loves the beach.", "Write a short note about my dog",
-     "Max", (" Max", " Bella")),
+     "Max", (" Max", " Bella"), True),
     # attribution lets the city pass (the instruction makes it likely), the text guard redacts it
     ("City: London\nMy dog Pelle sleeps by the stove.", "Write a short note about a weekend in the capital of England",
-     "London", (" London", " Leeds")),
+     "London", (" London", " Leeds"), True),
+    # attribution off: the text guard alone redacts the name
+    ("My dog is called Max. He is a black labrador and loves the beach.", "Write a short note about my dog",
+     "Max", (" Max", " Bella"), False),
 ])
 def test_the_request_schedule_does_not_tell_which_guess_was_the_private_word(model, context, instruction, private,
-                                                                              guesses):
+                                                                              guesses, attribution):
     # A run that went on past a token the remote never saw showed it that its guess was the private word:
     # the next request came after "Dear [PRIVATE]," for the right guess and right after "Dear [PRIVATE]"
     # for a wrong one (after "the [PRIVATE] weekend" and "the [PRIVATE]" where the guard redacted it).
     # And each withheld token of a run sent the same text again, counting them.
     for guess in guesses:
-        result, bodies = run_attack(model, guessing_script(guess), context, instruction, max_tokens=40)
+        result, bodies = run_attack(model, guessing_script(guess), context, instruction, max_tokens=40,
+                                    attribution=attribution)
         sent = [_generated(json.loads(b)["prompt"]) for b in bodies]
         assert not result.fallback and not any(private in text for text in sent)
         most = max(text.count(PLACEHOLDER) for text in sent)

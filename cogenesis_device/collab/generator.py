@@ -423,13 +423,14 @@ class _RemoteProvider:
         self._remote, self._guard, self._records_attribution = remote, guard, records_attribution
         self._in_flight: set[concurrent.futures.Future] = set()
         self.wait_ms = 0.0  # blocked on the network (the engine's wait_ms also counts handing the steps over)
-        if guard.policy != "redact" or not records_attribution:
-            self.vet = None  # the engine asks only a redacting guard, and only with attribution on
+        if guard.policy != "redact":
+            self.vet = None  # the engine asks only a redacting guard (with attribution on or off)
 
     def vet(self, text: bytes, n_new: int) -> int:
         """The guard's view of a new token (see _native.CoGeneration): the byte offset in text of the
-        first private span reaching into its last n_new bytes, or -1. The engine withholds from there,
-        so attribution and the guard agree on what a request carries before the run goes on."""
+        first private span reaching into its last n_new bytes, or -1. The engine withholds from there
+        and ends the run, so what a request carries is decided before the run goes on (with attribution,
+        the two agree)."""
         decoded = text.decode("utf-8")  # the engine asks only where the text ends on a whole character
         new_from = len(text[:len(text) - n_new].decode("utf-8", "ignore"))  # a split character counts as new
         starts = [f.start for f in self._guard.private_spans(decoded) if f.end > new_from]

@@ -603,8 +603,8 @@ typedef struct cg_remote_provider {
      * buffers. Called exactly once for every handle submit returned. */
     void    (*release)(void * user, int64_t handle);
     void *  user;
-    /* Optional (NULL: none), used with attribution: the app's text guard asked about each new token
-     * before it may join a request. text: the end of the generated text as it may leave (withheld runs
+    /* Optional (NULL: none): the app's text guard asked about each new token before it may join a
+     * request, with attribution on or off. text: the end of the generated text as it may leave (withheld runs
      * as CG_PLACEHOLDER), whose last n_new bytes are the new token. Returns the byte offset in text
      * where the first private span reaching into the new bytes starts, or -1 if none does. The engine
      * withholds the unsent tokens from there on and ends the run, so no request shows the remote that

@@ -47,6 +47,7 @@ struct Egress {
     cg_session *                 s = nullptr;
     const cg_cogen_params *      p = nullptr;
     int32_t                      n_vocab = 0;
+    bool                         scoring = false;  // attribution on; off: the text guard alone decides (vet)
     std::vector<Entry>           entries;
     std::unordered_set<cg_token> withheld_starts;  // tokens that started a withheld rare word
     std::vector<cg_token>        pending;          // queued for the no-context sequence
@@ -63,12 +64,19 @@ struct Egress {
         return CG_OK;
     }
 
+    // A new token's entry: withheld or not by attribution (ratio: its context log-ratio), or, without
+    // attribution, only as the rest of a word the text guard withheld (ratio left as it is).
     int32_t add(cg_token token, const std::string & piece, float context_lp, bool * withheld, float * ratio) {
+        const Entry * last = entries.empty() ? nullptr : &entries.back();
+        const bool continues_word = last && word_byte(piece, false) && word_byte(last->piece, true);
+        if (!scoring) {
+            *withheld = continues_word && last->withheld;
+            entries.push_back({token, piece, *withheld, 0.0f, 0.0f});
+            return CG_OK;
+        }
         if (int32_t rc = flush()) return rc;
         const float plain_lp = log_softmax_at(row.data(), n_vocab, token);
         *ratio = context_lp - plain_lp;
-        const Entry * last = entries.empty() ? nullptr : &entries.back();
-        const bool continues_word = last && word_byte(piece, false) && word_byte(last->piece, true);
         const float bits = std::max(0.0f, *ratio) / kLn2;
         bool w;
         if (continues_word && last->withheld) {
@@ -257,7 +265,9 @@ struct cg_cogen {
     cg_vocab_bridge *   bridge = nullptr;
     bool                owns_bridge = false;
     int32_t             n_vocab = 0;
-    bool                attributing = false;
+    bool                attributing = false;  // scoring tokens without the context (a second sequence)
+    bool                deciding = false;     // deciding token by token what may leave: attribution or a
+                                              // text guard to ask (provider.vet), or both
     Egress              egress;
 
     std::vector<cg_token> tokens;
@@ -357,7 +367,7 @@ int32_t submit(cg_cogen * co) {
     c = Call();
     std::vector<uint8_t> may_leave(co->tokens.size(), 1);
     cg_remote_request req{};
-    if (co->attributing) {
+    if (co->deciding) {
         c.text = co->public_prefix + co->egress.text();
         int32_t n_withheld = 0;
         float bits = 0.0f;
@@ -475,7 +485,7 @@ int32_t await(cg_cogen * co) {
     if (ok) co->pace.observe_latency(c.asked, cg::now_ms() - c.t_submit);
     co->provider.release(co->provider.user, c.handle);  // everything needed is copied
     c.live = false;
-    if (ok && co->attributing) {
+    if (ok && co->deciding) {
         co->last_answer = c;
         co->has_last_answer = true;
     }
@@ -700,11 +710,16 @@ int32_t cg_cogen_init(cg_session * s, const cg_token * prompt, int32_t n_prompt,
     cg_sampler_reset(co->chain);
     for (int32_t i = 0; i < n_prompt; ++i) cg_sampler_accept(co->chain, prompt[i]);
 
+    // Without attribution a text guard still decides before each token may join a request: a run
+    // that went on past a token the guard redacts would show, by when the next request comes, that
+    // the remote's guess was the private word (the same leak attribution's withholding closes).
+    co->deciding = attributing || (provider && provider->vet);
+    co->egress.s = s;
+    co->egress.p = &co->p;
+    co->egress.n_vocab = co->n_vocab;
+    co->egress.scoring = attributing;
     if (attributing) {  // evaluated with the first run, while the first request is in flight
         co->attributing = true;
-        co->egress.s = s;
-        co->egress.p = &co->p;
-        co->egress.n_vocab = co->n_vocab;
         cg_session_seq_truncate(s, kNoContextSeq, 0);
         co->egress.pending.assign(noctx_prompt, noctx_prompt + n_noctx);
     }
@@ -753,7 +768,7 @@ int32_t cg_cogen_next(cg_cogen * co, struct cg_cogen_token * token, const char *
         return done(CG_OK);
     }
     const std::string piece = cg::token_piece(co->s->model, tok);
-    if (co->attributing && co->fallback.empty()) {
+    if (co->deciding && co->fallback.empty()) {
         const double t0 = cg::now_ms();
         const int32_t rc = co->egress.add(tok, piece, t.local_logprob, &t.withheld, &t.context_nats);
         if (rc != CG_OK) return done(rc);

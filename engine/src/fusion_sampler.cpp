@@ -167,11 +167,7 @@ int32_t cg_sampler_init_fusion_chain(const cg_model * model, const struct cg_fus
     rest_params.no_repeat_ngram = 0;  // it goes before the fusion link instead
     cg_sampler * rest = nullptr;
     if (int32_t rc = cg_sampler_init_from_params(model, &rest_params, &rest)) return rc;
-    cg_sampler * no_repeat = nullptr;
-    if (sampling->no_repeat_ngram > 0) {
-        no_repeat = sampling->no_repeat_text ? cg_sampler_init_no_repeat_ngram_text(model, sampling->no_repeat_ngram)
-                                             : cg_sampler_init_no_repeat_ngram(sampling->no_repeat_ngram);
-    }
+    cg_sampler * no_repeat = cg::no_repeat_sampler(model, *sampling);
     cg_sampler * link = cg_sampler_init_fusion(fusion_params, gate, cg_model_n_vocab(model));
     if (!link) {
         cg_sampler_free(rest);

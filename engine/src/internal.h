@@ -126,6 +126,10 @@ int32_t prefill_reusing(cg_session * s, int32_t seq, const cg_token * tokens, in
 
 // Wrap a built-in sampler in a cg_sampler handle that owns it.
 cg_sampler * wrap_sampler(Sampler * s);
+
+// The no-repeat n-gram sampler the sampling params ask for (by token text or by id), or NULL when
+// no_repeat_ngram is 0: the plain chain and the fusion chain put it in different places.
+cg_sampler * no_repeat_sampler(const cg_model * model, const cg_sampling_params & p);
 // The built-in sampler behind a handle, or nullptr for a custom one.
 Sampler * builtin_sampler(const cg_sampler * s);
 // The remote's alternatives at one position, as local ids: repeated ids (several remote tokens that

@@ -279,6 +279,12 @@ cg::Sampler * cg::builtin_sampler(const cg_sampler * s) {
     return s && s->iface.apply == kBuiltin.apply ? static_cast<Sampler *>(s->ctx) : nullptr;
 }
 
+cg_sampler * cg::no_repeat_sampler(const cg_model * model, const cg_sampling_params & p) {
+    if (p.no_repeat_ngram <= 0) return nullptr;
+    return p.no_repeat_text ? cg_sampler_init_no_repeat_ngram_text(model, p.no_repeat_ngram)
+                            : cg_sampler_init_no_repeat_ngram(p.no_repeat_ngram);
+}
+
 extern "C" {
 
 cg_sampler * cg_sampler_init_custom(const cg_sampler_i * iface, void * ctx) {
@@ -433,10 +439,7 @@ int32_t cg_sampler_init_from_params(const cg_model * model, const struct cg_samp
     if (p->repeat_penalty != 1.0f && p->repeat_last_n > 0) {
         cg_sampler_chain_add(chain, cg_sampler_init_penalties(p->repeat_last_n, p->repeat_penalty));
     }
-    if (p->no_repeat_ngram > 0) {
-        cg_sampler_chain_add(chain, p->no_repeat_text ? cg_sampler_init_no_repeat_ngram_text(model, p->no_repeat_ngram)
-                                                      : cg_sampler_init_no_repeat_ngram(p->no_repeat_ngram));
-    }
+    if (cg_sampler * no_repeat = cg::no_repeat_sampler(model, *p)) cg_sampler_chain_add(chain, no_repeat);
     if (p->temperature <= 0.0f) {
         cg_sampler_chain_add(chain, cg_sampler_init_greedy());
     } else {
