@@ -144,8 +144,9 @@ def test_eval_writes_table_1_without_leaking_and_resumes(model, patient_remote, 
 
 
 def test_eval_audit_policy_reports_what_redaction_prevents(model, patient_remote, proxy, tmp_path):
-    """With attribution off (':text-only') the generated prefix carries the profile's name: the guard finds it under both policies, redact sends it
-    redacted, audit sends it as it is, and the independent scan sees the difference. (Before, with
+    """With attribution off (':text-only') the generated prefix carries the profile's name: under redact the
+    engine asks the guard about each token and withholds the name before any request carries it; audit
+    finds it and sends it as it is, and the independent scan sees the difference. (Before, with
     attribution on, both policies found 0 spans and the comparison held whatever the code did.)"""
     remote = patient_remote
     path = tmp_path / "intro.jsonl"
@@ -158,7 +159,8 @@ def test_eval_audit_policy_reports_what_redaction_prevents(model, patient_remote
     results = evaluation.run(samples)
     redacted = results["modes"]["logits:weighted:tail:w=0.9 [redact:text-only]"]["leak"]
     audited = results["modes"]["logits:weighted:tail:w=0.9 [audit:text-only]"]["leak"]
-    assert redacted["found_before_redaction"] > 0 and audited["found_before_redaction"] > 0
+    assert redacted["withheld_tokens"] > 0 and audited["withheld_tokens"] == 0
+    assert audited["found_before_redaction"] > 0
     assert redacted["jobs_leaking"] == 0
     assert audited["jobs_leaking_profile"] == 1 and "profile:name" in audited["leaked_kinds"]
     # The leaks reported are what the bodies on the wire reveal, recounted independently of the eval's records

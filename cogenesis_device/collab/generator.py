@@ -425,6 +425,9 @@ class _RemoteProvider:
         self.wait_ms = 0.0  # blocked on the network (the engine's wait_ms also counts handing the steps over)
         if guard.policy != "redact":
             self.vet = None  # the engine asks only a redacting guard (with attribution on or off)
+        # What the engine withheld is recorded whenever it decides token by token (attribution, or the
+        # guard asked through vet), so the audit counts the tokens the guard kept back too.
+        self._records_attribution = records_attribution or self.vet is not None
 
     def vet(self, text: bytes, n_new: int) -> int:
         """The guard's view of a new token (see _native.CoGeneration): the byte offset in text of the
