@@ -1,7 +1,7 @@
 """Logits mode over a simulated network: local-only decode, the paper's per-token protocol, fixed
 lookahead depths and the default (adaptive) depth, in one run.
 
-    python benchmarks/bench_collab.py [--repeats 2] [--tokens 48] [--rtts 0,20,50,100] [--lookaheads 2,4,8,16]
+    python benchmarks/bench_collab.py [--repeats 2] [--tokens 48] [--rtts 0,20,50,100] [--lookaheads 2,4,8,16] [--batched]
 
 The remote is llama.cpp's own server (the bundled SmolLM2, 2 threads) behind the fault proxy, which
 adds the round-trip time. Every protocol runs in this one script, interleaved, on the same prompts
@@ -17,7 +17,8 @@ generation after the first token. The wait for the first token (for lookahead k,
 remote tokens) is in the first-token and end-to-end columns: wall time from the call to the last of
 the N tokens. Every remote protocol must write the per-token protocol's text on every prompt: the
 JSON records it per row and per RTT, and the run exits with status 1 (after writing the results)
-when a text differs. A second table splits the default's time per token into local
+when a text differs; with --batched each depth runs again with batch_verify, whose texts are
+reported, not failed, and a table gives the local model's cost per evaluation by batch shape. A second table splits the default's time per token into local
 decode, fusion and sampling, attribution, waiting on the remote, and the client's guard, HTTP and
 parsing. Writes results/collab.json and results/collab.md.
 """
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import cogenesis_device as cg
@@ -76,6 +78,36 @@ def run_once(generator: cg.CoGenerator, remote: cg.RemoteModel, instruction: str
     return row
 
 
+BATCH_SHAPES = (("1 token (local only)", 1, False), ("1 + its no-context twin", 1, True),
+                ("4 + 4 twins", 4, True), ("8 + 8 twins", 8, True), ("8 tokens", 8, False))
+
+
+def batch_costs(local: cg.LocalModel, instruction: str, reps: int = 16) -> list[dict]:
+    """The local model's time per evaluation and per main token, by batch shape: what batched
+    verification can save where evaluating a batch costs less than its tokens one at a time."""
+    import numpy as np
+
+    text = np.array(local.tokenize((instruction + " ") * 40), dtype=np.int32)
+    out = []
+    for label, k, twins in BATCH_SHAPES:
+        session = local.new_session(n_seq_max=2)
+        session.prefill(text[:200], seq_id=0)
+        session.prefill(text[:40], seq_id=1)
+        times = []
+        for i in range(reps):
+            toks = text[200 + i * k:200 + (i + 1) * k]
+            seqs = np.zeros(len(toks), dtype=np.int32)
+            if twins:  # each main token beside its no-context twin, as the engine lays them out
+                toks, seqs = np.repeat(toks, 2), np.tile(np.array([0, 1], dtype=np.int32), len(toks))
+            t0 = time.perf_counter()
+            session.decode(seqs, toks)
+            times.append((time.perf_counter() - t0) * 1000.0)
+        ms = summarize(times)
+        out.append({"shape": label, "main_tokens": k, "ms_per_decode": ms,
+                    "ms_per_main_token": summarize([t / k for t in times])})
+    return out
+
+
 def first_difference(a: str, b: str) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
@@ -88,15 +120,22 @@ def main() -> int:
     ap.add_argument("--rtts", default="0,20,50,100")
     ap.add_argument("--lookaheads", default="2,4,8,16")
     ap.add_argument("--threads", type=int, default=1, help="threads of the local model and of the server each")
+    ap.add_argument("--batched", action="store_true",
+                    help="also run each depth with batch_verify (its text may differ within llama.cpp's "
+                         "batch-shape rounding: reported, not failed)")
     args = ap.parse_args()
     rtts = [float(x) for x in args.rtts.split(",")]
     lookaheads = [int(x) for x in args.lookaheads.split(",")]
     pairs = prompts(args.prompts)
 
     local = cg.LocalModel(n_ctx=2048, n_threads=args.threads)
+    costs = batch_costs(local, pairs[0][0]) if args.batched else []
     protocols = {PAPER: dict(lookahead=1, overlap=False), "per-token + overlap": dict(lookahead=1, overlap=True)}
     protocols.update({f"lookahead {k}": dict(lookahead=k) for k in lookaheads})
     protocols[DEFAULT] = {}
+    if args.batched:  # the same depths with the remote's tokens verified in one batch
+        protocols.update({f"lookahead {k}, batched": dict(lookahead=k, batch_verify=True) for k in lookaheads})
+        protocols[DEFAULT + ", batched"] = dict(batch_verify=True)
     rows, profiles, text_checks = [], [], []
     info = model_info(local.path)
     with LoopbackServer(n_ctx=2048, n_threads=args.threads) as server, FaultProxy(server.base_url) as proxy, \
@@ -123,6 +162,9 @@ def main() -> int:
                         samples[name][-1]["same_text"] = same
                         if not same:
                             at = first_difference(text, reference)
+                            if name.endswith("batched"):  # within batch-shape rounding: reported in its row
+                                samples[name][-1]["first_difference"] = at
+                                continue
                             mismatches.append({"repeat": repeat, "prompt": p, "protocol": name, "at_char": at})
                             print(f"ERROR: rtt {rtt:.0f} ms, prompt {p}, repeat {repeat}: {name!r} wrote a different "
                                   f"text from {PAPER!r} (from character {at}: {text[at:at + 30]!r} vs "
@@ -136,6 +178,7 @@ def main() -> int:
                        "n_tokens": summarize([r["n_tokens"] for r in runs]),
                        "fallbacks": sum(r["fallback"] for r in runs),
                        "same_text_as_per_token": sum(r["same_text"] for r in runs) if remote_row else None,
+                       "first_differences": [r["first_difference"] for r in runs if "first_difference" in r],
                        "runs": len(runs)}
                 rows.append(row)
                 print(f"rtt {rtt:5.0f} ms  {name:20} {fmt(row['tokens_per_s'])} tok/s  "
@@ -146,7 +189,7 @@ def main() -> int:
 
     lines = ["# Logits mode over a simulated network", "",
              f"`python benchmarks/bench_collab.py --repeats {args.repeats} --tokens {args.tokens} "
-             f"--prompts {len(pairs)} --rtts {args.rtts} --lookaheads {args.lookaheads} --threads {args.threads}`", "",
+             f"--prompts {len(pairs)} --rtts {args.rtts} --lookaheads {args.lookaheads} --threads {args.threads}{' --batched' if args.batched else ''}`", "",
              f"Remote: llama.cpp's server (SmolLM2-135M, {args.threads} thread(s)) behind the delay proxy; local: "
              f"SmolLM2-135M with the private context ({args.threads} thread(s)); greedy, the default fusion and "
              f"attribution. Tokens/s after the first token; first token and end-to-end: wall time from the call "
@@ -202,6 +245,11 @@ def main() -> int:
     if short:
         lines += ["", "Runs that ended before " + str(args.tokens) + " tokens (end of text): " + ", ".join(
             f"RTT {r['rtt_ms']:g} ms {r['protocol']} (min {min(r['n_tokens']['samples']):.0f})" for r in short) + "."]
+    if costs:
+        lines += ["", "The local model's evaluation cost by batch shape (16 evaluations each, the main sequence "
+                  "200 tokens in, its no-context twin 40):", "",
+                  "| batch | ms per evaluation | ms per main token |", "|---|---|---|"]
+        lines += [f"| {c['shape']} | {fmt(c['ms_per_decode'])} | {fmt(c['ms_per_main_token'])} |" for c in costs]
     same_text = all(c["same_text"] for c in text_checks)
     lines += ["", "Every remote protocol wrote the per-token protocol's text on every run: "
               + ("**yes**." if same_text else "**NO** (" + "; ".join(
@@ -210,7 +258,7 @@ def main() -> int:
     common = [common_row(r["test"] + f", {r['protocol']}", r[metric], unit=unit, protocol=r["protocol"],
                          rtt_ms=r["rtt_ms"], **{k: r[k] for k in ("model", "size", "threads")})
               for r in rows for metric, unit in (("tokens_per_s", "tok/s"), ("end_to_end_ms", "ms end to end"))]
-    path = write("collab", {"args": vars(args), "same_text": same_text, "text_checks": text_checks, "protocols": rows,
+    path = write("collab", {"args": vars(args), "same_text": same_text, "text_checks": text_checks, "protocols": rows, "batch_costs": costs,
                             "profile": profiles}, "\n".join(lines), common)
     print(f"wrote {path}", file=sys.stderr)
     if not same_text:

@@ -298,6 +298,7 @@ void register_cogen(py::module_ & m) {
         Field<S, int32_t>{"n_accepted", &S::n_accepted, "positions where the fused token was the remote's own"},
         Field<S, int32_t>{"n_asked", &S::n_asked, "positions asked of the remote, over all requests"},
         Field<S, int32_t>{"n_scored", &S::n_scored, "positions fused with the remote's scores (n_asked - n_scored were wasted)"},
+        Field<S, int32_t>{"n_decodes", &S::n_decodes, "local evaluations after the prompts' (one batch each, both sequences)"},
         Field<S, int32_t>{"n_withheld", &S::n_withheld, "generated tokens withheld (as of the latest request)"},
         Field<S, float>{"context_bits", &S::context_bits, "context information in the tokens sent (latest request)"});
 

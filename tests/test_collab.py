@@ -1,11 +1,13 @@
 """Collaborative generation end to end: the bundled model locally, llama_cpp.server as the remote."""
 import json
+import math
 import os
 import secrets
 import threading
 import time
 import zlib
 
+import numpy as np
 import pytest
 
 import cogenesis_device as cg
@@ -30,18 +32,41 @@ def dev_samples(n):
     return [(s["conversations"][0]["value"].split(": ")[0], s["additional_profile"]) for s in data[:n]]
 
 
-def test_batched_verification_scores_the_same_positions(model, remote):
-    """Batched scoring differs from one-at-a-time only by llama.cpp's batch-shape rounding."""
-    sequential = cg.CoGenerator(model, remote, lookahead=8).generate(INSTRUCTION, CONTEXT, **GREEDY)
-    batched = cg.CoGenerator(model, remote, lookahead=8, batch_verify=True).generate(INSTRUCTION, CONTEXT, **GREEDY)
+def _no_context_logprobs(model, tokens):
+    """log p(token | the task without the context) of each token, from one fresh evaluation."""
+    session = model.new_session()
+    prompt = model.private_prompt("", INSTRUCTION)
+    return [float(row[t] - row.max() - np.log(np.exp(row - row.max()).sum()))
+            for row, t in zip(cg.LocalModel.teacher_forced_rows(session, prompt, tokens), tokens)]
+
+
+@pytest.mark.parametrize("lookahead", [4, 8])
+def test_batched_verification_scores_the_same_positions(model, remote, lookahead):
+    """Batched scoring differs from one-at-a-time only by llama.cpp's batch-shape rounding on the
+    main side; the no-context side of attribution, evaluated ahead in the same batch and rolled back
+    where the run ends, scores each token as a fresh evaluation does; and a run's remote tokens cost
+    one evaluation, not one each."""
+    sequential = cg.CoGenerator(model, remote, lookahead=lookahead).generate(INSTRUCTION, CONTEXT, **GREEDY)
+    batched = cg.CoGenerator(model, remote, lookahead=lookahead, batch_verify=True).generate(
+        INSTRUCTION, CONTEXT, **GREEDY)
     assert batched.stats.round_trips < 32 and batched.stats.remote_tokens_accepted > 0
     common = 0
     for a, b in zip(sequential.attribution, batched.attribution):
         if a.token != b.token:
             break
         assert abs(a.local_p - b.local_p) < 0.05  # same position, same context: near-identical scores
+        assert a.withheld == b.withheld
         common += 1
     assert common >= 8
+    reference = _no_context_logprobs(model, batched.tokens)
+    for info, expected in zip(batched.attribution, reference):
+        assert abs(math.log(info.local_p) - info.context_nats - expected) < 0.01, info
+    # One-at-a-time evaluates every token (both sequences in one batch); batched, a run takes two
+    # evaluations: its first token while the request is in flight, then the remote's other tokens on
+    # the main and the no-context sequence together.
+    assert sequential.stats.local_decodes >= len(sequential.tokens) - 1
+    assert batched.stats.local_decodes <= 2 * batched.stats.round_trips
+    assert batched.stats.local_decodes < sequential.stats.local_decodes
 
 
 def test_weight_one_is_the_local_model_alone(model, remote):

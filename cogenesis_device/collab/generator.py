@@ -80,8 +80,8 @@ class CoGenerator:
         token, the local speed and the recent acceptance.
     overlap: decode locally while a request is in flight.
     outline_tokens: longest outline asked of the remote in sketch mode.
-    batch_verify: score the remote's lookahead tokens in one batched decode (True), or one at a time
-        as they are accepted (False, the default). llama.cpp's logits depend slightly on the batch
+    batch_verify: score the remote's lookahead tokens in one batched decode, attribution's no-context
+        side in the same batch (True), or one at a time as they are accepted (False, the default). llama.cpp's logits depend slightly on the batch
         shape, so only False reproduces the per-token protocol bit for bit; and on a compute-bound
         CPU a batch costs nearly as much as its tokens one by one, while scoring one at a time stops
         at the first rejection. True pays off on devices where a batch is cheap (GPUs).
@@ -263,6 +263,7 @@ class CoStream:
             remote_tokens_accepted=self._accepted, withheld_tokens=audit["withheld_tokens"],
             remote_tokens_asked=self.engine_stats.n_asked if self.engine_stats else 0,
             remote_tokens_used=self.engine_stats.n_scored if self.engine_stats else 0,
+            local_decodes=self.engine_stats.n_decodes if self.engine_stats else 0,
             context_bits=audit["context_bits"], local_decode_ms=self._decode_ms, n_reused=self._n_reused)
         self.result = CoResult(self._text, self._mode, tokens, self._attribution, records, stats, self._finish,
                                fallback=self._fallback is not None, fallback_reason=self._fallback,

@@ -47,6 +47,7 @@ class CoStats:
     local_decode_ms: float = 0.0  # evaluating generated tokens on the device (logits mode: both sequences)
     remote_tokens_asked: int = 0  # positions asked of the remote, over all requests (logits mode)
     remote_tokens_used: int = 0  # positions fused with the remote's scores (logits mode)
+    local_decodes: int = 0  # local evaluations after the prompts', one batch each (logits mode)
     n_reused: int = 0  # prompt tokens found in the KV cache of an earlier job with the same private context
 
     @property

@@ -619,8 +619,10 @@ struct cg_cogen_params {
                                 latency per request and per token, local speed and acceptance */
     int32_t top_k;           /* alternatives asked per position (0 = the provider's default) */
     bool    overlap;         /* decode the pending token while a request is in flight */
-    bool    batch_verify;    /* score the remote's lookahead tokens in one batch (exact only on
-                                batch-invariant backends) instead of one at a time */
+    bool    batch_verify;    /* score the remote's lookahead tokens in one batch, on both sequences
+                                when attributing, instead of one at a time (exact only on
+                                batch-invariant backends; pays off where a batch costs less than
+                                its tokens one by one, which on a CPU it barely does) */
     int32_t schedule_p, schedule_k, schedule_t; /* cg_schedule_consult; schedule_p < 0 consults always */
     const char * const * stop; /* stop strings (may be NULL) */
     int32_t n_stop;
@@ -674,6 +676,7 @@ struct cg_cogen_stats {
     int32_t n_accepted;      /* positions where the fused token was the remote's own */
     int32_t n_asked;         /* positions asked of the remote, over all requests */
     int32_t n_scored;        /* positions fused with the remote's scores (n_asked - n_scored: wasted) */
+    int32_t n_decodes;       /* local evaluations after the prompts' (one batch each, both sequences) */
     int32_t n_withheld;      /* generated tokens withheld (as of the latest request) */
     float   context_bits;    /* context information in the tokens sent (latest request) */
 };

@@ -52,10 +52,18 @@ struct Egress {
     std::unordered_set<cg_token> withheld_starts;  // tokens that started a withheld rare word
     std::vector<cg_token>        pending;          // queued for the no-context sequence
     std::vector<float>           row;              // its latest scores
+    // A run's remote tokens past the newest entry, evaluated on the no-context sequence in the batch
+    // that verifies them on the main one (batch_verify), and the scores after each: an entry that
+    // takes the next of them finds its scores here instead of costing a decode of its own.
+    std::vector<cg_token>        ahead;
+    std::vector<float>           ahead_rows;
+    size_t                       ahead_taken = 0;
     size_t                       vetted = 0;       // entries the text guard has read (vet)
+    int32_t *                    n_decodes = nullptr;  // the stats' count of evaluations
 
     int32_t flush() {
         if (pending.empty()) return CG_OK;
+        if (cg_session_seq_len(s, kNoContextSeq) > 0) ++*n_decodes;  // else the no-context prompt
         const int32_t rc = cg_session_prefill(s, kNoContextSeq, pending.data(), (int32_t) pending.size());
         pending.clear();
         if (rc != CG_OK) return rc;
@@ -95,9 +103,24 @@ struct Egress {
         }
         entries.push_back({token, piece, w, bits, plain_lp});
         if (w && !continues_word) remember(entries.back());
-        pending.push_back(token);
+        if (ahead_taken < ahead.size() && ahead[ahead_taken] == token) {
+            const float * next = &ahead_rows[ahead_taken++ * (size_t) n_vocab];
+            row.assign(next, next + n_vocab);
+        } else {
+            drop_ahead();
+            pending.push_back(token);
+        }
         *withheld = w;
         return CG_OK;
+    }
+
+    // Forget the remote tokens evaluated ahead that no entry took (the run ended before them).
+    void drop_ahead() {
+        const size_t untaken = ahead.size() - ahead_taken;
+        if (untaken > 0) cg_session_seq_truncate(s, kNoContextSeq, cg_session_seq_len(s, kNoContextSeq) - (int32_t) untaken);
+        ahead.clear();
+        ahead_rows.clear();
+        ahead_taken = 0;
     }
 
     // Withhold the unsent earlier pieces of the word `piece` continues.
@@ -310,6 +333,8 @@ void finish(cg_cogen * co, cg_finish_reason why) {
     if (co->attributing) {
         cg_session_seq_truncate(co->s, kNoContextSeq, 0);
         co->egress.pending.clear();
+        co->egress.ahead.clear();
+        co->egress.ahead_taken = 0;
     }
 }
 
@@ -327,28 +352,53 @@ int32_t used(const cg_cogen * co) {
     return cg::session_used(co->s) + (int32_t) co->egress.pending.size();
 }
 
-// Evaluate tokens on the main sequence, with the queued no-context tokens in the same batch when
-// there are few of them, and append the main rows.
+// Evaluate tokens on the main sequence and append the main rows. With attribution the no-context
+// sequence is evaluated in the same batch: its queued tokens when there are few of them, and the
+// tokens past the first (a run's remote tokens, verified ahead) so that attributing them costs no
+// decode of their own. The batch pairs each token ahead with its main twin, as one-at-a-time
+// decoding lays them out: llama.cpp's unified KV cache gave wrong scores (0.07 nats off, against a
+// fresh evaluation) to a no-context token placed, after a rollback, in a cell before its own
+// sequence's earlier cells, which a batch of all main tokens and then all no-context ones leads to.
 int32_t decode_main(cg_cogen * co, const std::vector<cg_token> & toks) {
     const double t0 = cg::now_ms();
-    std::vector<cg_token> extra;
+    std::vector<cg_token> queued;
     if (co->attributing) {
-        if (toks.size() == 1 && co->egress.pending.size() <= kBatchedNoContext) extra.swap(co->egress.pending);
+        co->egress.drop_ahead();  // a previous run's, past the token that ended it
+        if (co->egress.pending.size() <= kBatchedNoContext) queued.swap(co->egress.pending);
         else if (int32_t rc = co->egress.flush()) return rc;
     }
-    std::vector<int32_t> seqs(toks.size(), kMainSeq);
-    seqs.resize(toks.size() + extra.size(), kNoContextSeq);
-    std::vector<cg_token> all(toks);
-    all.insert(all.end(), extra.begin(), extra.end());
+    const size_t n_ahead = co->attributing ? toks.size() - 1 : 0;
+    std::vector<int32_t> seqs;
+    std::vector<cg_token> all;
+    std::vector<int32_t> main_rows, ahead_rows;
+    auto put = [&](int32_t seq, cg_token t, std::vector<int32_t> * rows) {
+        if (rows) rows->push_back((int32_t) all.size());
+        seqs.push_back(seq);
+        all.push_back(t);
+    };
+    put(kMainSeq, toks[0], &main_rows);
+    for (cg_token t : queued) put(kNoContextSeq, t, nullptr);
+    const int32_t queued_row = (int32_t) all.size() - 1;
+    for (size_t i = 1; i < toks.size(); ++i) {
+        put(kMainSeq, toks[i], &main_rows);
+        if (i <= n_ahead) put(kNoContextSeq, toks[i], &ahead_rows);
+    }
     const int32_t rc = cg_session_decode(co->s, seqs.data(), all.data(), (int32_t) all.size());
     if (rc != CG_OK) return rc;
-    if (!extra.empty()) {
-        const float * r = cg_session_logits(co->s, (int32_t) all.size() - 1);
+    ++co->st.n_decodes;
+    if (!queued.empty()) {  // the no-context scores after the queued tokens: the next token's
+        const float * r = cg_session_logits(co->s, queued_row);
         co->egress.row.assign(r, r + co->n_vocab);
+    }
+    co->egress.ahead.assign(toks.begin() + 1, toks.begin() + 1 + n_ahead);
+    co->egress.ahead_rows.resize(n_ahead * co->n_vocab);
+    for (size_t i = 0; i < n_ahead; ++i) {
+        std::memcpy(&co->egress.ahead_rows[i * co->n_vocab], cg_session_logits(co->s, ahead_rows[i]),
+                    sizeof(float) * co->n_vocab);
     }
     co->rows.resize((size_t) (co->n_rows + toks.size()) * co->n_vocab);
     for (size_t i = 0; i < toks.size(); ++i) {
-        std::memcpy(&co->rows[(size_t) (co->n_rows + i) * co->n_vocab], cg_session_logits(co->s, (int32_t) i),
+        std::memcpy(&co->rows[(size_t) (co->n_rows + i) * co->n_vocab], cg_session_logits(co->s, main_rows[i]),
                     sizeof(float) * co->n_vocab);
     }
     co->n_rows += (int32_t) toks.size();
@@ -717,6 +767,7 @@ int32_t cg_cogen_init(cg_session * s, const cg_token * prompt, int32_t n_prompt,
     co->egress.s = s;
     co->egress.p = &co->p;
     co->egress.n_vocab = co->n_vocab;
+    co->egress.n_decodes = &co->st.n_decodes;
     co->egress.scoring = attributing;
     if (attributing) {  // evaluated with the first run, while the first request is in flight
         co->attributing = true;
@@ -796,7 +847,12 @@ int32_t cg_cogen_next(cg_cogen * co, struct cg_cogen_token * token, const char *
         } else {
             batch.push_back(tok);
         }
-        const int32_t fits = std::min(room, co->s->n_outputs_max);
+        // With attribution the tokens past the first are evaluated on both sequences, with the queued
+        // no-context tokens (room already counts those).
+        int32_t fits = std::min(room, co->s->n_outputs_max);
+        if (co->attributing) {
+            fits = std::min((room + 1) / 2, (co->s->n_outputs_max - (int32_t) co->egress.pending.size() + 1) / 2);
+        }
         if ((int32_t) batch.size() > fits) batch.resize(std::max(fits, 0));
         if (batch.empty()) {
             end_run(co, tok, full, false);
