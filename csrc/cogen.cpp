@@ -214,11 +214,11 @@ std::shared_ptr<CoGenerationHandle> start(
     for (const auto & s : stop) stops.push_back(s.c_str());
     p.stop = stops.data();
     p.n_stop = (int32_t) stops.size();
-    p.attribution = attribution;
-    p.attr_threshold = threshold;
-    p.attr_min_logprob = min_logprob;
-    p.attr_budget_bits = budget_bits;
-    p.attr_window = window;
+    p.attribution.enabled = attribution;
+    p.attribution.threshold = threshold;
+    p.attribution.min_logprob = min_logprob;
+    p.attribution.budget_bits = budget_bits;
+    p.attribution.window = window;
     p.fusion.rule = parse_fusion_rule(rule);
     p.fusion.fill = parse_sparse_fill(fill);
     p.fusion.weight = weight;
@@ -311,11 +311,11 @@ void register_cogen(py::module_ & m) {
         out["remote_top_k"] = p.top_k;
         out["overlap"] = p.overlap;
         out["batch_verify"] = p.batch_verify;
-        out["attribution"] = p.attribution;
-        out["threshold"] = as_decimal(p.attr_threshold);
-        out["min_logprob"] = as_decimal(p.attr_min_logprob);
-        out["budget_bits"] = as_decimal(p.attr_budget_bits);
-        out["window"] = p.attr_window;
+        out["attribution"] = p.attribution.enabled;
+        out["threshold"] = as_decimal(p.attribution.threshold);
+        out["min_logprob"] = as_decimal(p.attribution.min_logprob);
+        out["budget_bits"] = as_decimal(p.attribution.budget_bits);
+        out["window"] = p.attribution.window;
         out["fusion"] = fusion_params_dict(p.fusion);
         out["sampling"] = sampling_params_dict(p.sampling);
         return out;
@@ -341,9 +341,9 @@ void register_cogen(py::module_ & m) {
              py::arg("top_p") = d.sampling.top_p, py::arg("min_p") = d.sampling.min_p,
              py::arg("repeat_penalty") = d.sampling.repeat_penalty, py::arg("repeat_last_n") = d.sampling.repeat_last_n,
              py::arg("seed") = py::none(), py::arg("no_repeat_ngram") = d.sampling.no_repeat_ngram,
-             py::arg("no_repeat_text") = d.sampling.no_repeat_text, py::arg("attribution") = d.attribution, py::arg("threshold") = d.attr_threshold,
-             py::arg("min_logprob") = d.attr_min_logprob, py::arg("budget_bits") = d.attr_budget_bits,
-             py::arg("window") = d.attr_window)
+             py::arg("no_repeat_text") = d.sampling.no_repeat_text, py::arg("attribution") = d.attribution.enabled, py::arg("threshold") = d.attribution.threshold,
+             py::arg("min_logprob") = d.attribution.min_logprob, py::arg("budget_bits") = d.attribution.budget_bits,
+             py::arg("window") = d.attribution.window)
         .def("step", &step,
              "Generate one token (GIL released; the provider's callbacks take it). Returns (CoToken, text):\n"
              "text is what became final (held back while it may start a stop string or a UTF-8 character).")

@@ -152,7 +152,7 @@ int main(int argc, char ** argv) {
         struct cg_cogen_params p = cg_cogen_default_params();
         p.max_tokens = 1 + (int32_t) (rnd() % 12);
         p.lookahead = 1 + (int32_t) (rnd() % 8);
-        p.attribution = chance(70);
+        p.attribution.enabled = chance(70);
         p.batch_verify = chance(30);
         p.overlap = chance(80);
         p.fusion.fill = chance(50) ? CG_FILL_MASK : CG_FILL_TAIL;

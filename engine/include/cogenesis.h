@@ -612,6 +612,21 @@ typedef struct cg_remote_provider {
     int32_t (*vet)(void * user, const char * text, int32_t text_len, int32_t n_new);
 } cg_remote_provider;
 
+/* Attribution (egress privacy), decided on the device: withhold a token when
+ * log p(t|context) - log p(t|no context) > threshold nats, or log p(t|no context)
+ * < min_logprob; the rest of a withheld word, and a rare withheld word repeated,
+ * go too; and at most budget_bits of context information are sent in any
+ * `window` consecutive sent tokens. */
+struct cg_attribution_params {
+    bool    enabled;     /* score tokens without the context (a second sequence of the session) */
+    float   threshold;   /* nats, >= 0 */
+    float   min_logprob; /* nats */
+    float   budget_bits; /* >= 0 */
+    int32_t window;      /* tokens, >= 1 */
+};
+
+CG_API struct cg_attribution_params cg_attribution_default_params(void);
+
 struct cg_cogen_params {
     int32_t max_tokens;      /* tokens to generate (>= 1) */
     int32_t lookahead;       /* positions asked per request, 1..31 (1 = the paper's per-token protocol);
@@ -626,16 +641,7 @@ struct cg_cogen_params {
     int32_t schedule_p, schedule_k, schedule_t; /* cg_schedule_consult; schedule_p < 0 consults always */
     const char * const * stop; /* stop strings (may be NULL) */
     int32_t n_stop;
-    /* Attribution (egress privacy): withhold a token when log p(t|context) -
-     * log p(t|no context) > attr_threshold nats, or log p(t|no context) <
-     * attr_min_logprob; the rest of a withheld word, and a rare withheld word
-     * repeated, go too; and at most attr_budget_bits of context information
-     * are sent in any attr_window consecutive sent tokens. */
-    bool    attribution;
-    float   attr_threshold;
-    float   attr_min_logprob;
-    float   attr_budget_bits;
-    int32_t attr_window;
+    struct cg_attribution_params attribution;
     struct cg_fusion_params   fusion;
     const cg_gate *           gate;     /* for CG_FUSION_GATE; must outlive the object */
     struct cg_sampling_params sampling; /* default: greedy, no_repeat_ngram 4 by text (else cg_sampling_default_params) */

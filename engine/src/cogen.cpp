@@ -89,17 +89,17 @@ struct Egress {
         bool w;
         if (continues_word && last->withheld) {
             w = true;
-        } else if (*ratio > p->attr_threshold || plain_lp < p->attr_min_logprob ||
+        } else if (*ratio > p->attribution.threshold || plain_lp < p->attribution.min_logprob ||
                    (!continues_word && withheld_starts.count(token))) {
             w = true;
             take_back_word(piece);
         } else {
             float recent = 0.0f;
             int32_t counted = 0;
-            for (auto it = entries.rbegin(); it != entries.rend() && counted < p->attr_window - 1; ++it) {
+            for (auto it = entries.rbegin(); it != entries.rend() && counted < p->attribution.window - 1; ++it) {
                 if (!it->withheld) { recent += it->bits; ++counted; }
             }
-            w = recent + bits > p->attr_budget_bits;
+            w = recent + bits > p->attribution.budget_bits;
         }
         entries.push_back({token, piece, w, bits, plain_lp});
         if (w && !continues_word) remember(entries.back());
@@ -657,8 +657,8 @@ int32_t check_params(const cg_session * s, const cg_cogen_params * p, bool attri
         return bad("the context_delta rule needs the local model's scores without the context at every step; "
                    "the collaborative loop offers weighted, max and gate");
     }
-    if (!std::isfinite(p->attr_threshold) || !std::isfinite(p->attr_min_logprob) || !std::isfinite(p->attr_budget_bits) ||
-        p->attr_threshold < 0 || p->attr_budget_bits < 0 || p->attr_window < 1) {
+    if (!std::isfinite(p->attribution.threshold) || !std::isfinite(p->attribution.min_logprob) || !std::isfinite(p->attribution.budget_bits) ||
+        p->attribution.threshold < 0 || p->attribution.budget_bits < 0 || p->attribution.window < 1) {
         return bad("attribution needs a finite threshold >= 0, min_logprob and budget_bits >= 0, and window >= 1");
     }
     if (attributing && s->n_seq_max < 2) return bad("attribution needs a session with n_seq_max >= 2 (a sequence without the context)");
@@ -668,6 +668,16 @@ int32_t check_params(const cg_session * s, const cg_cogen_params * p, bool attri
 }  // namespace
 
 extern "C" {
+
+struct cg_attribution_params cg_attribution_default_params(void) {
+    cg_attribution_params p{};
+    p.enabled = true;
+    p.threshold = 2.0f;
+    p.min_logprob = -10.0f;
+    p.budget_bits = 8.0f;
+    p.window = 16;
+    return p;
+}
 
 struct cg_cogen_params cg_cogen_default_params(void) {
     cg_cogen_params p{};
@@ -681,11 +691,7 @@ struct cg_cogen_params cg_cogen_default_params(void) {
     p.schedule_t = 0;
     p.stop = nullptr;
     p.n_stop = 0;
-    p.attribution = true;
-    p.attr_threshold = 2.0f;
-    p.attr_min_logprob = -10.0f;
-    p.attr_budget_bits = 8.0f;
-    p.attr_window = 16;
+    p.attribution = cg_attribution_default_params();
     p.fusion = cg_fusion_default_params();
     p.fusion.plausible = 0.1f;
     p.gate = nullptr;
@@ -710,7 +716,7 @@ int32_t cg_cogen_init(cg_session * s, const cg_token * prompt, int32_t n_prompt,
     if (provider && (!provider->submit || !provider->wait || !provider->release)) {
         return cg::fail(CG_ERR_INVALID_ARGUMENT, "a remote provider needs submit, wait and release");
     }
-    const bool attributing = provider && params->attribution;
+    const bool attributing = provider && params->attribution.enabled;
     if (attributing && (!noctx_prompt || n_noctx <= 0)) {
         return cg::fail(CG_ERR_INVALID_ARGUMENT, "attribution needs the prompt without the context (noctx_prompt)");
     }
