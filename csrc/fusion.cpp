@@ -5,7 +5,7 @@
 
 namespace cgpy {
 
-int32_t parse_fusion_rule(const std::string & name) {
+cg_fusion_rule parse_fusion_rule(const std::string & name) {
     if (name == "weighted") return CG_FUSION_WEIGHTED;
     if (name == "max") return CG_FUSION_MAX;
     if (name == "context_delta") return CG_FUSION_CONTEXT_DELTA;
@@ -13,7 +13,7 @@ int32_t parse_fusion_rule(const std::string & name) {
     throw StatusError(CG_ERR_INVALID_ARGUMENT, "unknown fusion rule '" + name + "' (weighted, max, context_delta, gate)");
 }
 
-int32_t parse_sparse_fill(const std::string & name) {
+cg_sparse_fill parse_sparse_fill(const std::string & name) {
     if (name == "mask") return CG_FILL_MASK;
     if (name == "tail") return CG_FILL_TAIL;
     if (name == "local") return CG_FILL_LOCAL;

@@ -176,8 +176,8 @@ void register_cogen(py::module_ & m);
 // "eos", "stop", "length", "context_full", "cancelled", or nullptr while running.
 const char * finish_name(cg_finish_reason r);
 
-int32_t parse_fusion_rule(const std::string & name);
-int32_t parse_sparse_fill(const std::string & name);
+cg_fusion_rule parse_fusion_rule(const std::string & name);
+cg_sparse_fill parse_sparse_fill(const std::string & name);
 const char * fusion_rule_name(int32_t rule);
 const char * sparse_fill_name(int32_t fill);
 

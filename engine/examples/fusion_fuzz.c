@@ -76,8 +76,8 @@ int main(int argc, char ** argv) {
             lps[j] = next_u32() % 10 == 0 ? odd_value() : -uniform() * 8.0f;
         }
         struct cg_fusion_params p = cg_fusion_default_params();
-        p.rule = (int32_t) (next_u32() % 5);  /* 4 is invalid */
-        p.fill = (int32_t) (next_u32() % 3);  /* 2 is invalid */
+        p.rule = (enum cg_fusion_rule) (next_u32() % 5);  /* 4 is invalid */
+        p.fill = (enum cg_sparse_fill) (next_u32() % 4);  /* 3 is invalid */
         p.weight = next_u32() % 10 == 0 ? odd_value() : uniform();
         p.alpha = next_u32() % 10 == 0 ? odd_value() : uniform() * 2.0f;
         p.plausible = next_u32() % 10 == 0 ? odd_value() : (next_u32() % 2 ? uniform() : 0.0f);

@@ -402,8 +402,8 @@ typedef struct cg_sparse_dist {
 } cg_sparse_dist;
 
 struct cg_fusion_params {
-    int32_t rule;   /* enum cg_fusion_rule */
-    int32_t fill;   /* enum cg_sparse_fill */
+    enum cg_fusion_rule rule;
+    enum cg_sparse_fill fill;
     float   weight; /* w in [0, 1]: the local share (WEIGHTED) */
     float   alpha;  /* a >= 0: strength of the private-context delta (CONTEXT_DELTA) */
     /* The remote may only choose among tokens the local model (with the private
