@@ -67,7 +67,7 @@ std::shared_ptr<GenerationHandle> start(std::shared_ptr<SessionHandle> session, 
     int32_t rc;
     {
         py::gil_scoped_release nogil;
-        rc = cg_generation_start(g->session->ptr, d, n, g->sampler->ptr, &p, &g->ptr);
+        rc = cg_generation_init(g->session->ptr, d, n, g->sampler->ptr, &p, &g->ptr);
     }
     if (rc != CG_OK) g->release_lease();
     check(rc);

@@ -349,7 +349,7 @@ struct cg_timings {
 /* Begin a generation: reuse the longest cached prefix of the prompt on
  * params->seq_id, evaluate the rest, and reset the sampler (then feed it the
  * prompt for penalties). session and sampler must outlive the generation. */
-CG_API int32_t cg_generation_start(cg_session * session, const cg_token * prompt, int32_t n_prompt,
+CG_API int32_t cg_generation_init(cg_session * session, const cg_token * prompt, int32_t n_prompt,
                             cg_sampler * sampler, const struct cg_generate_params * params,
                             cg_generation ** out);
 

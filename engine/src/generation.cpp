@@ -41,9 +41,9 @@ struct cg_generate_params cg_generate_default_params(void) {
     return p;
 }
 
-int32_t cg_generation_start(cg_session * s, const cg_token * prompt, int32_t n_prompt, cg_sampler * sampler,
+int32_t cg_generation_init(cg_session * s, const cg_token * prompt, int32_t n_prompt, cg_sampler * sampler,
                             const struct cg_generate_params * params, cg_generation ** out) {
-    if (!s || !sampler || !params || !out) return cg::fail(CG_ERR_INVALID_ARGUMENT, "cg_generation_start: NULL argument");
+    if (!s || !sampler || !params || !out) return cg::fail(CG_ERR_INVALID_ARGUMENT, "cg_generation_init: NULL argument");
     *out = nullptr;
     const int32_t seq = params->seq_id;
     if (int32_t rc = cg::check_seq(s, seq)) return rc;
@@ -151,7 +151,7 @@ int32_t cg_generate(cg_session * s, const cg_token * prompt, int32_t n_prompt, c
                     const struct cg_generate_params * params, enum cg_finish_reason * finish_reason,
                     struct cg_timings * timings) {
     cg_generation * g = nullptr;
-    if (int32_t rc = cg_generation_start(s, prompt, n_prompt, sampler, params, &g)) return rc;
+    if (int32_t rc = cg_generation_init(s, prompt, n_prompt, sampler, params, &g)) return rc;
     int32_t rc = CG_OK;
     while (g->finish == CG_FINISH_NONE) {
         cg_token tok;
