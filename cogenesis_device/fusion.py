@@ -1,4 +1,5 @@
-"""Logit fusion: native fusion on numpy arrays, a numpy reference, and a LogitsProcessor.
+"""Logit fusion: native fusion on numpy arrays and a LogitsProcessor (the float64 numpy reference the
+native code is tested against is the tests' own: tests/reference.py).
 
 Every rule works in log-probability space. The local side is log-softmax(local logits). The remote
 side is a sparse top-k of (ids, logprobs), and its unlisted tokens get the fill:
@@ -126,81 +127,6 @@ def remote_dense(ids, logprobs, n_vocab: int, fill: str, ll: np.ndarray | None =
     for i, v in listed.items():
         dense[i] = v
     return dense, listed, fill_lp
-
-
-def features_reference(local, remote_ids, remote_logprobs, fill: str = "mask") -> np.ndarray:
-    """The gate's 8 input features, as the engine computes them."""
-    ll = log_softmax(np.asarray(local))
-    p_local = np.exp(ll)
-    dense, listed, fill_lp = remote_dense(remote_ids, remote_logprobs, len(ll), fill, ll)
-    ranked = sorted(listed.items(), key=lambda kv: -kv[1])
-    q = np.exp(np.array([v for _, v in ranked]))
-    qn = q / q.sum()
-    m = min(FEATURE_TOP_K, len(ranked))
-    remote_top_ids = [i for i, _ in ranked[:m]]
-    local_top_ids = np.argsort(-ll, kind="stable")[:m].tolist()
-    union = remote_top_ids + [i for i in local_top_ids if i not in remote_top_ids]
-    pu = p_local[union] / p_local[union].sum()
-    qu = np.exp(dense[union])
-    qu = qu / qu.sum()
-    mid = 0.5 * (pu + qu)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        js = 0.5 * np.nansum(np.where(pu > 0, pu * np.log(pu / mid), 0.0)) + \
-             0.5 * np.nansum(np.where(qu > 0, qu * np.log(qu / mid), 0.0))
-    local_top = int(np.argmax(ll))
-    return np.array([
-        -(p_local[p_local > 0] * ll[p_local > 0]).sum(),
-        -(qn * np.log(qn)).sum(),
-        p_local[local_top],
-        q[0],
-        len(set(local_top_ids) & set(remote_top_ids)) / m,
-        js,
-        p_local[ranked[0][0]],
-        np.exp(dense[local_top]),
-    ])
-
-
-def gate_reference(features: np.ndarray, mean, std, w1, b1, w2, b2) -> float:
-    std = np.where(np.asarray(std) > 0, std, 1.0)
-    z = (np.asarray(features, dtype=np.float64) - mean) / std
-    return float(1.0 / (1.0 + np.exp(-(np.asarray(w2) @ np.tanh(np.asarray(w1) @ z + b1) + b2))))
-
-
-def fuse_reference(
-    local, remote_ids, remote_logprobs, *, rule: str = "weighted", fill: str = "mask", weight: float = 0.5,
-    alpha: float = 1.0, plausible: float = 0.0, local_noctx=None, gate_arrays: dict | None = None,
-) -> np.ndarray:
-    """What fuse() computes, in float64 numpy: the specification the native code is tested against."""
-    ll = log_softmax(np.asarray(local))
-    if len(remote_ids) == 0 or all(lp <= SENTINEL for lp in remote_logprobs):
-        return ll
-    fused = _fuse_rule(ll, remote_ids, remote_logprobs, local, rule, fill, weight, alpha, local_noctx, gate_arrays)
-    if plausible > 0:
-        fused = np.where(ll >= ll.max() + np.log(plausible), fused, -np.inf)
-        if np.isneginf(fused).all():  # the remote listed nothing plausible: local-only step
-            return ll
-    return fused
-
-
-def _fuse_rule(ll, remote_ids, remote_logprobs, local, rule, fill, weight, alpha, local_noctx, gate_arrays):
-    rd, _, _ = remote_dense(remote_ids, remote_logprobs, len(ll), fill, ll)
-    if rule == "max":
-        return np.maximum(ll, rd)
-    if rule == "context_delta":
-        if alpha == 0:
-            return rd
-        ln = log_softmax(np.asarray(local_noctx))
-        with np.errstate(invalid="ignore"):
-            out = rd + alpha * (ll - ln)
-        out[np.isneginf(ll) | np.isneginf(ln)] = -np.inf
-        return out
-    if rule == "gate":
-        weight = gate_reference(features_reference(local, remote_ids, remote_logprobs, fill), **gate_arrays)
-    if weight == 1.0:
-        return ll
-    if weight == 0.0:
-        return rd
-    return weight * ll + (1.0 - weight) * rd
 
 
 # -- transformers-style logits processor ---------------------------------------

@@ -12,7 +12,7 @@ import pytest
 import cogenesis_device as cg
 from cogenesis_device import _native
 from cogenesis_device.errors import InvalidParameterError
-from cogenesis_device.fusion import fuse_reference
+from reference import fuse_reference
 from cogenesis_device.testing import FaultProxy
 from cogenesis_device.remote import RemoteModel, TokenScores
 from providers import SecondModelProvider

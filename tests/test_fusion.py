@@ -9,6 +9,7 @@ import cogenesis_device as cg
 from cogenesis_device import _native
 from cogenesis_device import fusion as F
 from cogenesis_device.errors import InvalidParameterError, MissingFileError
+from reference import features_reference, fuse_reference
 
 TOL = 1e-5
 # The engine fuses in float32 against a float64 reference: near -33 nats (a 262k vocabulary's tail) one
@@ -38,7 +39,7 @@ def random_gate_arrays(rng, hidden=6):
 def assert_matches_reference(local, ids, lps, noctx, gate_arrays, rule, fill, **kw):
     gate = F.Gate.from_arrays(**gate_arrays)
     out, info = F.fuse(local, ids, lps, rule=rule, fill=fill, local_noctx=noctx, gate=gate, **kw)
-    ref = F.fuse_reference(local, ids, lps, rule=rule, fill=fill, local_noctx=noctx, gate_arrays=gate_arrays, **kw)
+    ref = fuse_reference(local, ids, lps, rule=rule, fill=fill, local_noctx=noctx, gate_arrays=gate_arrays, **kw)
     finite = np.isfinite(ref)
     assert np.array_equal(np.isfinite(out), finite)
     assert np.array_equal(out[~finite], ref[~finite])
@@ -75,7 +76,7 @@ def test_a_remote_cannot_force_a_token_the_local_model_finds_implausible(model, 
         assert np.isneginf(out[implausible]) and not info.overruled
     else:  # with the mask fill nothing listed is left: a local-only step ("max" keeps local scores)
         assert info.overruled and not info.consulted
-        np.testing.assert_allclose(out, F.fuse_reference(local, [], []), atol=1e-5)
+        np.testing.assert_allclose(out, fuse_reference(local, [], []), atol=1e-5)
     # Among plausible tokens the remote still chooses: here, the local model's second choice.
     second = int(np.argsort(-local)[1])
     assert np.exp(local[second] - local.max()) >= 0.1, "the fixture's second choice must be plausible"
@@ -131,7 +132,7 @@ def test_features_match_reference(model, fill):
     gate = F.Gate.from_arrays(**random_gate_arrays(np.random.default_rng(3)))
     _, info = F.fuse(local, ids, lps, rule="gate", gate=gate, fill=fill)
     native = np.array([info.features[k] for k in F.FEATURE_NAMES])
-    np.testing.assert_allclose(native, F.features_reference(local, ids, lps, fill), atol=TOL, rtol=1e-5)
+    np.testing.assert_allclose(native, features_reference(local, ids, lps, fill), atol=TOL, rtol=1e-5)
     assert 0.0 < info.weight < 1.0
 
 
@@ -231,7 +232,7 @@ def test_duplicate_ids_are_merged():
     out, info = F.fuse(local, ids, lps, weight=0.0)
     assert out[9] == pytest.approx(math.log(0.5), abs=1e-6)
     assert info.remote_top == 9
-    np.testing.assert_allclose(out, F.fuse_reference(local, ids, lps, weight=0.0), atol=1e-6)
+    np.testing.assert_allclose(out, fuse_reference(local, ids, lps, weight=0.0), atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -295,7 +296,7 @@ def test_fuse_writes_into_out_in_place():
     out = np.empty(64, dtype=np.float32)
     result, _ = F.fuse(local, np.array([1], np.int32), np.array([-0.5], np.float32), out=out)
     assert result is out or np.shares_memory(result, out)
-    np.testing.assert_allclose(out, F.fuse_reference(local, [1], [-0.5]), atol=1e-6)
+    np.testing.assert_allclose(out, fuse_reference(local, [1], [-0.5]), atol=1e-6)
     with pytest.raises(ValueError, match="out must be"):
         F.fuse(local, np.array([1], np.int32), np.array([-0.5], np.float32), out=np.empty(64, dtype=np.float64))
 
@@ -402,7 +403,7 @@ def test_logits_processor_call_shape():
     fused = proc(input_ids, scores)
     assert fused.shape == scores.shape and seen == [[1, 2, 3], [4, 5, 6]]
     for r in range(2):
-        np.testing.assert_allclose(fused[r], F.fuse_reference(scores[r], [7, 8], [-0.1, -2.5], weight=0.4, fill="tail"),
+        np.testing.assert_allclose(fused[r], fuse_reference(scores[r], [7, 8], [-0.1, -2.5], weight=0.4, fill="tail"),
                                    atol=1e-5)
     assert len(proc.infos) == 2
     with pytest.raises(ValueError, match="local_noctx"):
@@ -414,4 +415,4 @@ def test_logits_processor_with_torch_tensors():
     scores = torch.randn(1, 100)
     out = F.FusionLogitsProcessor(lambda p: ([3], [-0.2]), weight=0.5)(torch.tensor([[1, 2]]), scores)
     assert isinstance(out, torch.Tensor)
-    np.testing.assert_allclose(out.numpy()[0], F.fuse_reference(scores.numpy()[0], [3], [-0.2]), atol=1e-5)
+    np.testing.assert_allclose(out.numpy()[0], fuse_reference(scores.numpy()[0], [3], [-0.2]), atol=1e-5)

@@ -10,7 +10,7 @@ from cogenesis_device import _native
 from cogenesis_device.local import _ROWS_PER_DECODE as _CHUNK
 from cogenesis_device.eval.datasets import Sample, parse_profile
 from cogenesis_device.errors import InvalidParameterError
-from cogenesis_device.fusion import gate_reference
+from reference import gate_reference
 from cogenesis_device.fusion import FusionConfig
 from cogenesis_device.eval.scoring import GATE_GRID, GoldScorer
 
