@@ -67,6 +67,10 @@ RUNS = {  # name: (dataset, arguments)
     # The paper's same-family pair: Qwen2.5-Coder-0.5B local, 1.5B remote, gold bits per byte on the whole dev split.
     "qwen05_qwen15_gold150": (CONTEXT_AWARE, ["-m", "qwen2.5-coder-0.5b-instruct", "--modes", "none", *QWEN15,
                                               "--rules", QWEN_RULES, "--gate-records", "--no-embeddings"]),
+    # The same on the first 40 samples: the whole split did not fit the session (the interrupted run's
+    # folder, renamed, resumed: no sample was scored twice).
+    "qwen05_qwen15_gold40": (CONTEXT_AWARE, ["--limit", "40", "-m", "qwen2.5-coder-0.5b-instruct", "--modes", "none",
+                                             *QWEN15, "--rules", QWEN_RULES, "--gate-records", "--no-embeddings"]),
     # Repetition without and with the engine's no-repeat n-gram link, its n-grams of token ids or of token texts.
     "repetition12_before": (CONTEXT_AWARE, ["--limit", "12", "--modes", REPETITION_MODES, "--no-repeat-ngram", "0",
                                             *GENERATION]),
