@@ -331,10 +331,9 @@ void finish(cg_cogen * co, cg_finish_reason why) {
     co->out.flush();
     release_call(co);
     if (co->attributing) {
+        co->egress.drop_ahead();
         cg_session_seq_truncate(co->s, kNoContextSeq, 0);
         co->egress.pending.clear();
-        co->egress.ahead.clear();
-        co->egress.ahead_taken = 0;
     }
 }
 
@@ -381,7 +380,7 @@ int32_t decode_main(cg_cogen * co, const std::vector<cg_token> & toks) {
     const int32_t queued_row = (int32_t) all.size() - 1;
     for (size_t i = 1; i < toks.size(); ++i) {
         put(kMainSeq, toks[i], &main_rows);
-        if (i <= n_ahead) put(kNoContextSeq, toks[i], &ahead_rows);
+        if (co->attributing) put(kNoContextSeq, toks[i], &ahead_rows);
     }
     const int32_t rc = cg_session_decode(co->s, seqs.data(), all.data(), (int32_t) all.size());
     if (rc != CG_OK) return rc;
